@@ -1,0 +1,86 @@
+"""`ekd-compress` command line: thin click wrappers, one library call each.
+
+Heavy libraries (torch, lhotse, mlflow) are imported inside the commands, so
+`ekd-compress --help` answers at once.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ekd_compress import __version__
+
+
+class UserError(click.ClickException):
+    """Shown as 'Error: ...' with exit code 1 and no traceback."""
+
+
+def _friendly(fn, *args, **kwargs):
+    """Run a library call; known user errors become one clear line instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
+    except Exception as e:  # errors from our own modules that name the fix
+        if type(e).__module__.startswith("ekd_compress"):
+            raise UserError(f"{type(e).__name__}: {e}") from e
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ekd-compress")
+def cli() -> None:
+    """Essence knowledge distillation: train a CTC ensemble, distil its top-k essence into
+    one streaming student, and evaluate them."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Experiment directory (default: the recipe's out_dir).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).")
+@click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
+@click.option("--fresh", is_flag=True, help="Delete the experiment directory first instead of resuming.")
+def distill(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...], no_mlflow: bool, fresh: bool) -> None:
+    """Run every stage of RECIPE (data, features, guide, members, ensemble, essence cache,
+    students, evaluation, report); re-running resumes and re-does only what changed."""
+    from ekd_compress.pipeline.distill import clean_experiment, run_distill
+    from ekd_compress.recipe import load_recipe
+
+    r = _friendly(load_recipe, recipe, overrides)
+    target = out_dir or Path(r.out_dir)
+    if fresh:
+        clean_experiment(target)
+    _friendly(run_distill, r, target, tracking=not no_mlflow)
+    click.echo(f"results: {target / 'results.md'}")
+
+
+@cli.command()
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A Kaldi data dir (wav.scp, text, utt2spk) or a lhotse CutSet manifest (.jsonl.gz).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
+@click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,
+              help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
+              help="Bad utterances in DATA stop the run, or are skipped and counted.")
+def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
+    """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does."""
+    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+
+    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    result = _friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
+                       on_error=on_error, log=log)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+def main() -> None:  # pragma: no cover
+    cli(prog_name="ekd-compress")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Features for training: kaldi-native-fbank through lhotse, and SpecAugment."""

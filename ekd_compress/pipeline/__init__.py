@@ -1,0 +1,1 @@
+"""The `distill` pipeline: resumable stages from data to results."""

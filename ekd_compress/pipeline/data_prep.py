@@ -1,0 +1,142 @@
+"""Data stage: the recipe's corpus -> lhotse CutSets (train, dev, test sets) + tokens.txt.
+
+Every corpus goes through a Kaldi data dir and `load_kaldi_dir`, so validation (file
+and line in every error, skip counts) is the same for all of them.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from lhotse import CutSet
+
+from ekd_compress.data.kaldi import load_kaldi_dir
+from ekd_compress.data.text import get_normalizer
+from ekd_compress.recipe import Recipe, RecipeError
+from ekd_compress.spec.tokens import TokenTable
+
+
+def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(train/dev Kaldi dirs, test-set Kaldi dirs) for the recipe's corpus, building them if needed."""
+    d = recipe.data
+    work = Path(work)
+    tests: dict[str, Path] = {}
+    if d.corpus == "synthetic":
+        from ekd_compress.data.synthetic import make_synthetic_corpus
+
+        s = d.synthetic
+        dirs = make_synthetic_corpus(
+            work / "synthetic", hours=s.hours, dev_hours=s.dev_hours, test_hours=s.test_hours, seed=recipe.seed,
+            sampling_rate=d.sample_rate, snr_db_range=(s.snr_db_low, s.snr_db_high), reverb=s.reverb,
+        )
+        splits = {"train": dirs["train"], "dev": dirs["dev"]}
+        tests["test"] = dirs["test"]
+    elif d.corpus == "fsdd":
+        from ekd_compress.data.fsdd import prepare_fsdd
+
+        f = d.fsdd
+        if not Path(f.root).exists():
+            raise RecipeError(f"data.fsdd.root={f.root} does not exist; set EKD_DATA or --set data.fsdd.root=PATH")
+        dirs = prepare_fsdd(
+            f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,
+            train_indices=list(f.train_indices), dev_indices=list(f.dev_indices), snr_db=f.noisy_dev_snr_db,
+        )
+        splits = {"train": dirs["train"], "dev": dirs["dev"]}
+        tests.update({k: v for k, v in dirs.items() if k not in ("train", "dev")})
+    elif d.corpus == "kaldi":
+        if not d.kaldi.train:
+            raise RecipeError("data.corpus=kaldi needs data.kaldi.train (a Kaldi data dir)")
+        splits = {"train": Path(d.kaldi.train)}
+        if d.kaldi.dev:
+            splits["dev"] = Path(d.kaldi.dev)
+    elif d.corpus == "switchboard":
+        splits = {}  # prepared as CutSets directly, see load_splits
+    else:  # validated in the recipe, kept for safety
+        raise RecipeError(f"data.corpus={d.corpus!r} is unknown")
+    tests.update({name: Path(p) for name, p in d.tests.items()})
+    return splits, tests
+
+
+def split_by_speaker(cuts: CutSet, n_dev_speakers: int, seed: int) -> tuple[CutSet, CutSet]:
+    """Carve a dev set of `n_dev_speakers` whole speakers out of `cuts`."""
+    speakers = sorted({c.supervisions[0].speaker for c in cuts})
+    if n_dev_speakers >= len(speakers):
+        raise RecipeError(
+            f"data.kaldi.dev_speakers={n_dev_speakers} but the train set has only {len(speakers)} speakers; lower it"
+        )
+    dev_spk = set(random.Random(seed).sample(speakers, n_dev_speakers))
+    dev = cuts.filter(lambda c: c.supervisions[0].speaker in dev_spk).to_eager()
+    train = cuts.filter(lambda c: c.supervisions[0].speaker not in dev_spk).to_eager()
+    return train, dev
+
+
+def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build and validate all splits; write `data/*.jsonl.gz` and `tokens.txt`. Returns paths + reports."""
+    d = recipe.data
+    exp_dir = Path(exp_dir)
+    work = exp_dir / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    normalize = get_normalizer(d.text_norm)
+    common = dict(text_normalizer=normalize, sampling_rate=d.sample_rate, on_error=d.on_error)
+    audio_root = Path(d.kaldi.audio_root) if d.kaldi.audio_root else None
+    reports: dict[str, str] = {}
+
+    if d.corpus == "switchboard":
+        from ekd_compress.data.switchboard import prepare_switchboard_corpus
+
+        sw = d.switchboard
+        prepared = prepare_switchboard_corpus(sw.swbd_root, sw.eval2000_root, work / "swbd", transcripts_dir=sw.transcripts_dir)
+        train, dev = prepared["train"], prepared["dev"]
+        tests = {k: v for k, v in prepared.items() if k not in ("train", "dev")}
+        train = train.resample(d.sample_rate)
+        tokens = build_tokens(recipe, train, exp_dir)
+    else:
+        splits, test_dirs = corpus_dirs(recipe, work)
+        train, rep = load_kaldi_dir(
+            splits["train"], min_duration=d.min_duration, max_duration=d.max_duration, audio_root=audio_root, **common
+        )
+        reports["train"] = rep.summary()
+        if "dev" not in splits:
+            train, dev = split_by_speaker(train, d.kaldi.dev_speakers, recipe.seed)
+        if d.max_train_utts:
+            train = train.subset(first=min(d.max_train_utts, len(train)))
+        tokens = build_tokens(recipe, train, exp_dir)
+        allowed = tokens.chars or None
+        if "dev" in splits:
+            dev, rep = load_kaldi_dir(
+                splits["dev"], allowed_chars=allowed, audio_root=audio_root, max_duration=d.max_duration, **common
+            )
+            reports["dev"] = rep.summary()
+        tests = {}
+        for name, path in test_dirs.items():
+            # test references are scored as they are: no character filter, nothing skipped for it
+            tests[name], rep = load_kaldi_dir(path, audio_root=audio_root, **common)
+            reports[name] = rep.summary()
+
+    paths = {"train": work / "train_cuts.jsonl.gz", "dev": work / "dev_cuts.jsonl.gz"}
+    train.to_file(paths["train"])
+    dev.to_file(paths["dev"])
+    test_paths = {}
+    for name, cuts in tests.items():
+        test_paths[name] = str(work / f"test_{name}_cuts.jsonl.gz")
+        cuts.to_file(test_paths[name])
+    for name, summary in reports.items():
+        log(f"data {name}: {summary}")
+    hours = {"train": sum(c.duration for c in train) / 3600, "dev": sum(c.duration for c in dev) / 3600}
+    return {
+        "train": str(paths["train"]), "dev": str(paths["dev"]), "tests": test_paths,
+        "tokens": str(exp_dir / "tokens.txt"), "vocab_size": len(tokens), "reports": reports,
+        "utterances": {"train": len(train), "dev": len(dev), **{k: len(v) for k, v in tests.items()}},
+        "hours": hours,
+    }
+
+
+def build_tokens(recipe: Recipe, train: CutSet, exp_dir: Path) -> TokenTable:
+    texts = [" ".join(s.text for s in c.supervisions) for c in train]
+    if recipe.tokens.kind == "bpe":
+        table = TokenTable.build_bpe(texts, recipe.tokens.vocab_size, exp_dir)
+    else:
+        table = TokenTable.build_chars(texts)
+    table.save(exp_dir / "tokens.txt")
+    return table

@@ -1,0 +1,131 @@
+"""`ekd-compress distill RECIPE`: every stage from data to the results table.
+
+Stages (each resumable, keyed by what it depends on; see stages.py):
+  data       corpus -> validated CutSets + tokens.txt
+  features   fbank stored once per split (or on the fly)
+  baseline   the student architecture on hard labels (CTC), one run per seed;
+             seed 0 is also the guide whose spike timings the members follow
+  align      the guide's CTC forced alignment of the training set
+  members    each ensemble member: CTC + beta * frame CE to the guide alignment
+  coincide   token-matched spike coincidence of each member with the guide (dev set);
+             refuses frame-level fusion below distill.coincidence_threshold
+  ensemble   probability-domain fusion of the members (a model like any other)
+  essence    fused teacher targets: T applied, top-k selected, cached on disk
+  students   essence KD at each k in distill.ks (k=all is plain KD), the control
+             student taught by the baseline alone, extra seeds of the chosen student
+  evaluate   every model on dev and every test set -> results.json / results.md / plots
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ekd_compress.recipe import Recipe, config_hash, save_recipe
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    exp_dir: Path
+    log: Callable[[str], None] = print
+    tracker: Any = None
+    keys: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    # lazily loaded shared objects -------------------------------------------------
+    @property
+    def spec(self):
+        from ekd_compress.features.fbank import feature_spec
+
+        return feature_spec(self.recipe.features, self.recipe.data.sample_rate)
+
+    @property
+    def tokens(self):
+        from ekd_compress.spec.tokens import TokenTable
+
+        if "tokens" not in self._cache:
+            self._cache["tokens"] = TokenTable.load(self.exp_dir / "tokens.txt")
+        return self._cache["tokens"]
+
+    def cuts(self, split: str):
+        from lhotse import CutSet
+
+        if split not in self._cache:
+            self._cache[split] = CutSet.from_file(self.data["features"][split]).to_eager()
+        return self._cache[split]
+
+
+def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[str], None] = print,
+                tracking: bool = True, stop_after: Optional[str] = None) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the results.json object."""
+    from ekd_compress.pipeline import stage_impl as S
+    from ekd_compress.pipeline import students as ST
+    from ekd_compress.pipeline.stages import StageRunner
+
+    exp_dir = Path(exp_dir or recipe.out_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, exp_dir / "recipe.yaml")
+    ctx = Context(recipe, exp_dir, log)
+    ctx.tracker = S.open_tracker(ctx, enabled=tracking and recipe.tracking.enabled)
+    runner = StageRunner(exp_dir, log)
+    r = recipe
+    try:
+        ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
+        ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
+        ctx.keys["features"] = config_hash(ctx.keys["data"], r.features.num_mel_bins, r.features.frame_length_ms,
+                                           r.features.frame_shift_ms, r.features.dither, r.features.precompute)
+        ctx.data["features"] = runner.run("features", ctx.keys["features"], lambda: S.stage_features(ctx))
+        if stop_after == "features":
+            return {}
+
+        train_cfg = r.train
+        seeds = list(r.distill.seeds)
+        base_key = config_hash(ctx.keys["features"], r.baseline, train_cfg, r.features.specaugment)
+        for i, seed in enumerate(seeds):
+            name = "baseline" if i == 0 else f"baseline_s{seed}"
+            key = config_hash(base_key, seed)
+            runner.run(name, key, lambda n=name, s=seed: S.stage_train(
+                ctx, n, "baseline", r.baseline.arch, r.baseline.params, "ctc", s, train_cfg), work_dir=exp_dir / "models" / name)
+            ctx.keys[name] = key
+        if stop_after == "baseline":
+            return {}
+
+        member_cfg = r.member_train or r.train
+        if r.members:
+            ctx.keys["align"] = config_hash(ctx.keys["baseline"])
+            ctx.data["align"] = runner.run("align", ctx.keys["align"], lambda: S.stage_align(ctx))
+            for m in r.members:
+                key = config_hash(ctx.keys["align"], m, member_cfg, r.features.specaugment)
+                runner.run(f"member_{m.name}", key, lambda m=m: S.stage_train(
+                    ctx, m.name, "member", m.arch, m.params, "guided", m.seed, member_cfg, beta=m.beta),
+                    work_dir=exp_dir / "models" / m.name)
+                ctx.keys[m.name] = key
+            member_keys = [ctx.keys[m.name] for m in r.members]
+            ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold)
+            ctx.data["coincide"] = runner.run("coincide", ctx.keys["coincide"], lambda: S.stage_coincidence(ctx))
+            ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights)
+            runner.run("ensemble", ctx.keys["ensemble"], lambda: S.stage_ensemble(ctx))
+            teacher_key = ctx.keys["ensemble"]
+        else:
+            log("no members in the recipe: the teacher is the baseline alone")
+            teacher_key = ctx.keys["baseline"]
+        if stop_after == "ensemble":
+            return {}
+
+        ST.run_students(ctx, runner, teacher_key)
+        ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()))
+        results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
+        ST.log_report(ctx, results)
+        return results
+    finally:
+        if ctx.tracker is not None:
+            ctx.tracker.end()
+
+
+def clean_experiment(exp_dir: Path) -> None:
+    """Remove an experiment directory (for `distill --fresh`)."""
+    if Path(exp_dir).exists():
+        shutil.rmtree(exp_dir)

@@ -1,0 +1,147 @@
+"""Score the models of an experiment directory on any set of cuts.
+
+`EXP/models.json` lists every trained model as {name, kind, path}; kind is one of
+member, ensemble, baseline, kd, student. A member/baseline/kd/student path is a
+`model.pt`; an ensemble path is an `ensemble.json` naming its members' files and weights.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lhotse import CutSet
+
+from ekd_compress.spec.features import FeatureSpec
+from ekd_compress.spec.tokens import TokenTable
+
+KINDS = ("member", "ensemble", "baseline", "kd", "student")
+
+
+def read_registry(exp_dir: Path) -> list[dict[str, Any]]:
+    path = Path(exp_dir) / "models.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {exp_dir} is not an experiment directory written by `ekd-compress distill`")
+    return json.loads(path.read_text())
+
+
+def register_model(exp_dir: Path, name: str, kind: str, path: Path, **extra: Any) -> None:
+    """Add or replace one entry of EXP/models.json (paths stored relative to EXP)."""
+    from ekd_compress.pipeline.stages import write_json_atomic
+
+    if kind not in KINDS:
+        raise ValueError(f"model kind {kind!r} is unknown; use one of {KINDS}")
+    exp_dir = Path(exp_dir)
+    reg_path = exp_dir / "models.json"
+    entries = json.loads(reg_path.read_text()) if reg_path.exists() else []
+    entries = [e for e in entries if e["name"] != name]
+    entries.append({"name": name, "kind": kind, "path": str(Path(path).resolve().relative_to(exp_dir.resolve())), **extra})
+    write_json_atomic(reg_path, entries)
+
+
+def save_ensemble(path: Path, member_paths: list[Path], weights: Optional[list[float]]) -> Path:
+    from ekd_compress.pipeline.stages import write_json_atomic
+
+    path = Path(path)
+    write_json_atomic(path, {"members": [str(Path(p).resolve().relative_to(path.parent.resolve())) for p in member_paths],
+                             "weights": weights})
+    return path
+
+
+def load_any(path: Path) -> torch.nn.Module:
+    """A model.pt or an ensemble.json -> a module with forward(feats, lengths)."""
+    from ekd_compress.ensemble.fusion import FusedEnsemble
+    from ekd_compress.train.fit import load_model
+
+    path = Path(path)
+    if path.suffix == ".json":
+        spec = json.loads(path.read_text())
+        members = [load_model(path.parent / p)[0] for p in spec["members"]]
+        return FusedEnsemble(members, spec.get("weights")).eval()
+    return load_model(path)[0]
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def decode_cuts(
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0
+) -> tuple[list[str], list[str], list[str], float, float]:
+    """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds)."""
+    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False)
+    ids, refs, hyps = [], [], []
+    audio = compute = 0.0
+    for batch in make_loader(cuts, _LenientDataset(dataset), max_duration, shuffle=False):
+        start = time.perf_counter()
+        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+        decoded = ctc_greedy_decode(log_probs, out_lengths)
+        compute += time.perf_counter() - start
+        audio += sum(batch["durations"])
+        ids += batch["ids"]
+        refs += batch["texts"]
+        hyps += [tokens.decode(d) for d in decoded]
+    return ids, refs, hyps, audio, compute
+
+
+class _LenientDataset(torch.utils.data.Dataset):
+    """Evaluation batches: references may hold characters the tokens lack (scored as they are)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        from ekd_compress.train.data import cut_text
+
+        cuts = list(cuts)
+        feats = [self.inner.features(c) for c in cuts]
+        B, T = len(cuts), max(f.shape[0] for f in feats)
+        x = torch.zeros(B, T, self.inner.spec.num_mel_bins)
+        for b, f in enumerate(feats):
+            x[b, : f.shape[0]] = torch.from_numpy(f)
+        return {
+            "ids": [c.id for c in cuts], "texts": [cut_text(c) for c in cuts],
+            "durations": [float(c.duration) for c in cuts], "feats": x,
+            "lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
+        }
+
+
+def score_model(
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain"
+) -> dict[str, Any]:
+    """{wer, sub, del, ins, words, rtf} (+ {"subsets": ...} for Switchboard scoring)."""
+    from ekd_compress.evaluate.wer import compute_wer
+
+    ids, refs, hyps, audio, compute = decode_cuts(model, cuts, tokens, spec)
+    result = compute_wer(refs, hyps).to_dict()
+    if scoring == "swbd":
+        from ekd_compress.evaluate.swbd import score_eval2000
+
+        subsets = score_eval2000(ids, refs, hyps)
+        result = {**subsets["all"], "subsets": {k: subsets[k] for k in ("swbd", "callhome")}}
+    result["rtf"] = compute / max(audio, 1e-9)
+    return result
+
+
+def evaluate_experiment(
+    exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
+    names: Optional[list[str]] = None, log=print,
+) -> dict[str, Any]:
+    """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
+    exp_dir = Path(exp_dir)
+    tokens = TokenTable.load(exp_dir / "tokens.txt")
+    rows = []
+    for entry in read_registry(exp_dir):
+        if names is not None and entry["name"] not in names:
+            continue
+        model = load_any(exp_dir / entry["path"])
+        res = score_model(model, cuts, tokens, spec, scoring)
+        log(f"  {data_name:>12} {entry['name']:<18} WER {res['wer']:6.2f}%  RTF {res['rtf']:.4f}")
+        rows.append({"name": entry["name"], "kind": entry["kind"], "params": count_params(model), **res})
+    return {"data": data_name, "models": rows}

@@ -1,0 +1,211 @@
+"""The work of each `distill` stage (the order and the keys live in distill.py)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ekd_compress.pipeline.scoring import load_any, register_model, save_ensemble
+from ekd_compress.recipe import TrainConfig, config_hash, recipe_to_dict
+
+
+# ---------------------------------------------------------------------- tracking
+def open_tracker(ctx, enabled: bool):
+    from ekd_compress.tracking.mlflow_tracking import NullTracker, Tracker, check_tracking_uri, resolve_tracking_uri
+
+    if not enabled:
+        return NullTracker()
+    uri = ctx.recipe.tracking.uri or resolve_tracking_uri()
+    check_tracking_uri(uri)  # fail now, not after an hour of training
+    tracker = Tracker(uri, ctx.recipe.tracking.experiment)
+    run_file = ctx.exp_dir / "mlflow_run.txt"
+    existing = run_file.read_text().strip() if run_file.exists() else None
+    run_id = tracker.start_parent(ctx.recipe.name, params=recipe_to_dict(ctx.recipe), run_id=existing)
+    run_file.write_text(run_id)
+    ctx.log(f"MLflow: {uri} run {run_id}")
+    return tracker
+
+
+# -------------------------------------------------------------------- data, features
+def stage_data(ctx) -> dict[str, Any]:
+    from ekd_compress.pipeline.data_prep import prepare_data
+
+    return prepare_data(ctx.recipe, ctx.exp_dir, ctx.log)
+
+
+def stage_features(ctx) -> dict[str, Any]:
+    from lhotse import CutSet
+
+    from ekd_compress.features.fbank import store_features
+
+    d = ctx.data["data"]
+    splits = {"train": d["train"], "dev": d["dev"], **{f"test_{k}": v for k, v in d["tests"].items()}}
+    out: dict[str, Any] = {}
+    for split, path in splits.items():
+        cuts = CutSet.from_file(path)
+        if ctx.recipe.features.precompute:
+            cuts = store_features(cuts, ctx.spec, ctx.exp_dir / "features" / split)
+        target = ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cuts.to_file(target)
+        out[split] = str(target)
+    out["feature_hash"] = ctx.spec.hash()
+    return out
+
+
+def test_sets(ctx) -> dict[str, str]:
+    """Scored sets: dev plus the corpus's and recipe's test sets (name -> cuts key)."""
+    return {"dev": "dev", **{k[len("test_"):]: k for k in ctx.data["features"] if k.startswith("test_")}}
+
+
+# ------------------------------------------------------------------------ training
+def stage_train(
+    ctx, name: str, kind: str, arch: str, params: dict, mode: str, seed: int, train_cfg: TrainConfig,
+    beta: float = 0.0, k: Optional[int] = None, essence_dir: Optional[Path] = None, teacher=None,
+) -> dict[str, Any]:
+    import torch
+
+    from ekd_compress.train.data import AsrDataset, make_loader
+    from ekd_compress.train.fit import build, fit_model
+    from ekd_compress.train.module import AsrModule
+
+    r = ctx.recipe
+    out_dir = ctx.exp_dir / "models" / name
+    torch.manual_seed(seed)
+    model = build(arch, ctx.spec.num_mel_bins, len(ctx.tokens), params)
+    alignments = _load_alignments(ctx) if mode == "guided" else None
+    essence = None
+    if essence_dir is not None:
+        from ekd_compress.ensemble.cache import EssenceCache
+        from ekd_compress.pipeline.students import cache_keys
+
+        cache = EssenceCache.open(essence_dir, **cache_keys(ctx, essence_dir))
+        essence = cache.read
+    subsampling = model.subsampling
+    train_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling, alignments=alignments, essence=essence)
+    dev_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling)
+    train_loader = make_loader(ctx.cuts("train"), train_ds, train_cfg.max_duration, shuffle=True, seed=seed,
+                               num_workers=train_cfg.num_workers)
+    dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False)
+    steps = max(1, int(sum(c.duration for c in ctx.cuts("train")) / train_cfg.max_duration) + 1)
+    module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
+                       distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps)
+    run_params = {"name": name, "kind": kind, "arch": arch, "mode": mode, "seed": seed, "beta": beta, "k": k,
+                  "params": params, "train": train_cfg}
+    with ctx.tracker.child(name, run_params) as run_id:
+        logger = ctx.tracker.lightning_logger(run_id)
+        res = fit_model(module, train_loader, dev_loader, out_dir, train_cfg, seed, logger=logger,
+                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run_id})
+        ctx.tracker.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0,
+                                run_id=run_id)
+    register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    ctx.log(f"{name}: best dev {train_cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
+            f"{n_params} params, {res.train_seconds:.0f} s")
+    return {"model": str(res.model_path), "best_dev": res.best_score, "best_epoch": res.best_epoch,
+            "train_seconds": res.train_seconds, "params": n_params}
+
+
+def _model_path(ctx, name: str) -> Path:
+    return ctx.exp_dir / "models" / name / "model.pt"
+
+
+# ---------------------------------------------------------------- guide alignment
+def stage_align(ctx) -> dict[str, Any]:
+    """Viterbi-align every training utterance with the guide (the seed-0 baseline)."""
+    import torch
+    from tqdm import tqdm
+
+    from ekd_compress.losses.guide import ctc_forced_align
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    guide = load_any(_model_path(ctx, "baseline"))
+    ds = AsrDataset(ctx.tokens, ctx.spec, guide.subsampling, keep_in_memory=False)
+    aligned: dict[str, np.ndarray] = {}
+    fallback = 0
+    with torch.no_grad():
+        for batch in tqdm(make_loader(ctx.cuts("train"), ds, 200.0, shuffle=False), desc="align", unit="batch"):
+            log_probs, out_lengths = guide(batch["feats"], batch["lengths"])
+            for b, uid in enumerate(batch["ids"]):
+                T = int(out_lengths[b])
+                tgt = batch["targets"][b, : int(batch["target_lengths"][b])].numpy()
+                try:
+                    aligned[uid] = ctc_forced_align(log_probs[b, :T].numpy(), tgt).astype(np.int16)
+                except ValueError:  # too few frames for the transcript: no frame targets (ignored)
+                    aligned[uid] = np.full(T, -1, dtype=np.int16)
+                    fallback += 1
+    path = ctx.exp_dir / "align" / "train.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **aligned)
+    if fallback:
+        ctx.log(f"align: {fallback} utterances too short for their transcripts carry no frame targets")
+    return {"path": str(path), "utterances": len(aligned), "unaligned": fallback}
+
+
+def _load_alignments(ctx) -> dict[str, np.ndarray]:
+    if "alignments" not in ctx._cache:
+        with np.load(ctx.data["align"]["path"]) as z:
+            ctx._cache["alignments"] = {k: z[k] for k in z.files}
+    return ctx._cache["alignments"]
+
+
+# ------------------------------------------------------------- coincidence, fusion
+def _argmax_paths(model, cuts, ctx) -> dict[str, np.ndarray]:
+    import torch
+
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    ds = AsrDataset(ctx.tokens, ctx.spec, model.subsampling, keep_in_memory=False)
+    paths = {}
+    with torch.no_grad():
+        for batch in make_loader(cuts, ds, 200.0, shuffle=False):
+            log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+            best = log_probs.argmax(-1).numpy()
+            for b, uid in enumerate(batch["ids"]):
+                paths[uid] = best[b, : int(out_lengths[b])]
+    return paths
+
+
+def stage_coincidence(ctx) -> dict[str, Any]:
+    from ekd_compress.ensemble.coincidence import check_coincidence, corpus_coincidence
+
+    d = ctx.recipe.distill
+    dev = ctx.cuts("dev")
+    guide_paths = _argmax_paths(load_any(_model_path(ctx, "baseline")), dev, ctx)
+    out = {}
+    for m in ctx.recipe.members:
+        member_paths = _argmax_paths(load_any(_model_path(ctx, m.name)), dev, ctx)
+        stats = corpus_coincidence([(member_paths[u], guide_paths[u]) for u in guide_paths])
+        out[m.name] = stats
+        ctx.log(f"coincidence {m.name}: {stats['both']:.3f} (member->guide {stats['member_to_guide']:.3f}, "
+                f"guide->member {stats['guide_to_member']:.3f})")
+        ctx.tracker.log_metrics({f"coincidence_{m.name}": stats["both"]}, step=0)
+    for name, stats in out.items():
+        check_coincidence(name, stats["both"], d.coincidence_threshold, refuse=d.refuse_below_threshold)
+    return out
+
+
+def stage_ensemble(ctx) -> dict[str, Any]:
+    members = [_model_path(ctx, m.name) for m in ctx.recipe.members]
+    path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, ctx.recipe.distill.fusion_weights)
+    register_model(ctx.exp_dir, "ensemble", "ensemble", path)
+    return {"path": str(path)}
+
+
+def teacher_path(ctx) -> Path:
+    return ctx.exp_dir / "models" / "ensemble.json" if ctx.recipe.members else _model_path(ctx, "baseline")
+
+
+def file_hash(path: Path) -> str:
+    """Hash of a model (an ensemble hashes its members' weights)."""
+    import json
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path.parent / p for p in json.loads(path.read_text())["members"]] if path.suffix == ".json" else [path]
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:12]
+

@@ -1,0 +1,177 @@
+"""Essence targets, the distilled students, and the final report (stages after the ensemble)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ekd_compress.pipeline.scoring import count_params, load_any, read_registry, register_model, score_model
+from ekd_compress.pipeline.stage_impl import file_hash, stage_train, teacher_path, test_sets
+from ekd_compress.pipeline.stages import write_json_atomic
+from ekd_compress.recipe import config_hash
+
+
+def k_value(k: Any, vocab: int) -> int:
+    return vocab if k == "all" else min(int(k), vocab)
+
+
+def k_label(k: Any) -> str:
+    return "all" if k == "all" else f"k{k}"
+
+
+def selection(ctx, k: Any) -> dict[str, Any]:
+    d = ctx.recipe.distill
+    return {"k": k_value(k, len(ctx.tokens)), "temperature": d.temperature, "mode": d.mode, "top_p": d.top_p}
+
+
+def cache_keys(ctx, essence_dir: Path) -> dict[str, Any]:
+    meta = json.loads((Path(essence_dir) / "keys.json").read_text())
+    return {"feature_hash": meta["feature_hash"], "teacher_hash": meta["teacher_hash"], "selection": meta["selection"]}
+
+
+# --------------------------------------------------------------------- essence caches
+def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dict[str, Any]:
+    """One pass of the (clean-feature) teacher over the training set, writing one cache per k."""
+    import torch
+    from tqdm import tqdm
+
+    from ekd_compress.ensemble.cache import EssenceCache
+    from ekd_compress.ensemble.essence import cumulative_topk_mass, select_essence
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    teacher = load_any(teacher_file)
+    feature_hash, teacher_hash = ctx.spec.hash(), file_hash(teacher_file)
+    caches, dirs = {}, {}
+    for k in ks:
+        sel = selection(ctx, k)
+        dirs[k] = out_root / k_label(k)
+        caches[k] = EssenceCache.create(dirs[k], feature_hash=feature_hash, teacher_hash=teacher_hash, selection=sel)
+        write_json_atomic(dirs[k] / "keys.json", {"feature_hash": feature_hash, "teacher_hash": teacher_hash, "selection": sel})
+    V = len(ctx.tokens)
+    mass_sum, frames = np.zeros(V), 0
+    blank_top = 0
+    d = ctx.recipe.distill
+    ds = AsrDataset(ctx.tokens, ctx.spec, teacher.subsampling, keep_in_memory=False)
+    with torch.no_grad():
+        for batch in tqdm(make_loader(ctx.cuts("train"), ds, 200.0, shuffle=False), desc="essence", unit="batch"):
+            log_probs, out_lengths = teacher(batch["feats"], batch["lengths"])
+            n = int(out_lengths.sum())
+            mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
+            frames += n
+            mask = torch.arange(log_probs.shape[1])[None] < out_lengths[:, None]
+            blank_top += int(((log_probs.argmax(-1) == 0) & mask).sum())
+            for k in ks:
+                sel = selection(ctx, k)
+                ids, probs = select_essence(log_probs, k=sel["k"], temperature=d.temperature, mode=d.mode, top_p=d.top_p)
+                for b, uid in enumerate(batch["ids"]):
+                    T = int(out_lengths[b])
+                    caches[k].write(uid, ids[b, :T].numpy(), probs[b, :T].numpy())
+    out = {"dirs": {str(k): str(v) for k, v in dirs.items()}, "bytes_per_frame": {},
+           "topk_mass": (mass_sum / max(frames, 1)).tolist(), "blank_top1_share": blank_top / max(frames, 1),
+           "frames": frames}
+    for k in ks:
+        caches[k].close()
+        out["bytes_per_frame"][str(k)] = caches[k].bytes_per_frame()
+    ctx.log(f"essence cache: {frames} frames; bytes/frame " +
+            ", ".join(f"{k_label(k)}={b:.1f}" for k, b in out["bytes_per_frame"].items()))
+    return out
+
+
+# ---------------------------------------------------------------------------- students
+def run_students(ctx, runner, teacher_key: str) -> None:
+    r = ctx.recipe
+    d = r.distill
+    cfg = r.student_train or r.train
+    arch, params = r.baseline.arch, r.baseline.params
+    seeds = list(d.seeds)
+    ks = list(d.ks)
+    sel_key = config_hash(d.temperature, d.mode, d.top_p, ctx.keys["features"])
+    ess_key = config_hash(teacher_key, sel_key, ks)
+    ess = runner.run("essence", ess_key, lambda: stage_essence(ctx, teacher_path(ctx), ks, ctx.exp_dir / "essence" / "teacher"),
+                     work_dir=ctx.exp_dir / "essence" / "teacher")
+    ctx.data["essence"] = ess
+    student_key = config_hash(ess_key, cfg, d.lam, d.blank_weight, arch, params, r.features.specaugment)
+
+    def train_student(name: str, kind: str, k: Any, seed: int, cache_dir: str, key: str) -> dict:
+        return runner.run(name, key, lambda: stage_train(
+            ctx, name, kind, arch, params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
+            essence_dir=Path(cache_dir)), work_dir=ctx.exp_dir / "models" / name)
+
+    rows = {}
+    for k in ks:
+        name = "kd_all" if k == "all" else f"essence_{k_label(k)}"
+        kind = "kd" if k == "all" else "student"
+        key = config_hash(student_key, k, seeds[0])
+        rows[k] = (name, train_student(name, kind, k, seeds[0], ess["dirs"][str(k)], key))
+        ctx.keys[name] = key
+    if d.control:
+        ctl_key = config_hash(ctx.keys["baseline"], sel_key, ["all"])
+        ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
+            ctx, ctx.exp_dir / "models" / "baseline" / "model.pt", ["all"], ctx.exp_dir / "essence" / "control"),
+            work_dir=ctx.exp_dir / "essence" / "control")
+        key = config_hash(student_key, ctl_key, seeds[0])
+        train_student("control_baseline_teacher", "kd", "all", seeds[0], ctl["dirs"]["all"], key)
+        ctx.keys["control_baseline_teacher"] = key
+
+    if d.student_k == "auto":
+        chosen = min(ks, key=lambda k: rows[k][1]["best_dev"])
+    else:
+        if d.student_k not in ks:
+            raise ValueError(f"distill.student_k={d.student_k!r} is not among distill.ks={ks}; add it or use 'auto'")
+        chosen = d.student_k
+    name, res = rows[chosen]
+    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f})")
+    register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=seeds[0], same_as=name, k=str(chosen))
+    ctx.data["chosen_k"] = str(chosen)
+    for seed in seeds[1:]:
+        key = config_hash(student_key, chosen, seed)
+        train_student(f"student_s{seed}", "student", chosen, seed, ess["dirs"][str(chosen)], key)
+        ctx.keys[f"student_s{seed}"] = key
+
+
+# --------------------------------------------------------------------------- evaluate
+def stage_evaluate(ctx) -> dict[str, Any]:
+    from ekd_compress.pipeline.report import write_report
+
+    tests: dict[str, Any] = {}
+    registry = read_registry(ctx.exp_dir)
+    models = {e["name"]: load_any(ctx.exp_dir / e["path"]) for e in registry}
+    for test_name, split in test_sets(ctx).items():
+        cuts = ctx.cuts(split)
+        rows = []
+        for e in registry:
+            res = score_model(models[e["name"]], cuts, ctx.tokens, ctx.spec)
+            rows.append({"name": e["name"], "kind": e["kind"], "params": count_params(models[e["name"]]), **res})
+            ctx.log(f"  {test_name:>10} {e['name']:<26} WER {res['wer']:6.2f}%")
+        tests[test_name] = {"data": test_name, "models": rows}
+    results = {
+        "tests": tests,
+        "chosen_k": ctx.data.get("chosen_k"),
+        "coincidence": ctx.data.get("coincide", {}),
+        "essence": {key: ctx.data["essence"][key] for key in ("bytes_per_frame", "topk_mass", "blank_top1_share", "frames")},
+        "train_seconds": _train_seconds(ctx, registry),
+        "seeds": list(ctx.recipe.distill.seeds),
+    }
+    write_report(ctx.exp_dir, results, ctx.recipe)
+    return results
+
+
+def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:
+    out = {}
+    for e in registry:
+        fit = ctx.exp_dir / Path(e["path"]).parent / "fit.json"
+        if fit.exists():
+            out[e["name"]] = json.loads(fit.read_text())["train_seconds"]
+    return out
+
+
+def log_report(ctx, results: dict[str, Any]) -> None:
+    """Print the table and attach results, plots and the recipe to the parent MLflow run."""
+    print((ctx.exp_dir / "results.md").read_text())
+    for test_name, t in results["tests"].items():
+        ctx.tracker.log_metrics({f"{test_name}_wer_{row['name']}": row["wer"] for row in t["models"]}, step=0)
+    for f in ("results.json", "results.md", "recipe.yaml", "models.json", "tokens.txt"):
+        ctx.tracker.log_artifact(ctx.exp_dir / f)
+    ctx.tracker.log_artifacts(ctx.exp_dir / "plots")

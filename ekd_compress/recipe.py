@@ -1,0 +1,266 @@
+"""Typed recipes: YAML -> dataclasses via OmegaConf structured configs.
+
+A recipe is plain YAML (loaded with `yaml.safe_load` semantics, no tags that run code)
+merged onto the `Recipe` dataclass below, so a misspelt key is an error that lists the
+valid keys. `--set a.b=c` overrides any value; `${oc.env:EKD_DATA,data}` reads the
+environment. `save_recipe` writes the fully resolved recipe next to a run's outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class SyntheticData:
+    """espeak-ng speech the project makes itself (sizes in hours of audio)."""
+    hours: float = 0.3
+    dev_hours: float = 0.03
+    test_hours: float = 0.03
+    snr_db_low: float = 15.0   # additive noise SNR range, dB
+    snr_db_high: float = 40.0
+    reverb: bool = True
+
+
+@dataclass
+class FsddData:
+    """Connected digit strings built from FSDD recordings `{digit}_{speaker}_{index}.wav`."""
+    root: str = "${data.root}/fsdd"
+    n_train: int = 1500            # strings built from recordings with train_indices
+    n_dev: int = 150
+    train_indices: list[int] = field(default_factory=lambda: list(range(10, 50)))
+    dev_indices: list[int] = field(default_factory=lambda: list(range(5, 10)))
+    noisy_dev_snr_db: Optional[float] = 10.0  # also score a noisy copy of dev at this SNR
+
+
+@dataclass
+class KaldiData:
+    """Any Kaldi data dir(s). dev is carved from train by speaker when `dev` is null."""
+    train: str = ""
+    dev: Optional[str] = None
+    dev_speakers: int = 8
+    audio_root: Optional[str] = None
+
+
+@dataclass
+class SwitchboardData:
+    """LDC97S62 + eval2000 (LDC2002S09/T43) laid out as released."""
+    swbd_root: str = "${data.root}/LDC97S62"
+    eval2000_root: str = "${data.root}/LDC2002S09"
+    transcripts_dir: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "synthetic"      # synthetic | fsdd | kaldi | switchboard
+    root: str = "${oc.env:EKD_DATA,data}"
+    sample_rate: int = 16000       # Hz; audio at other rates is resampled
+    text_norm: str = "lower"
+    on_error: str = "raise"        # raise | skip (skipped items are counted and reported)
+    min_duration: float = 0.3      # seconds
+    max_duration: float = 20.0
+    max_train_utts: Optional[int] = None
+    tests: dict[str, str] = field(default_factory=dict)  # extra test sets: name -> Kaldi dir
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+    fsdd: FsddData = field(default_factory=FsddData)
+    kaldi: KaldiData = field(default_factory=KaldiData)
+    switchboard: SwitchboardData = field(default_factory=SwitchboardData)
+
+
+@dataclass
+class SpecAugmentConfig:
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_width: int = 10   # bins
+    time_masks: int = 2
+    time_width: int = 20   # frames (10 ms)
+
+
+@dataclass
+class FeatureConfig:
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0
+    precompute: bool = True        # store fbank once (lhotse), or compute on the fly
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
+@dataclass
+class TokenConfig:
+    kind: str = "char"             # char | bpe
+    vocab_size: int = 500          # bpe only
+
+
+@dataclass
+class ModelConfig:
+    name: str = "baseline"
+    arch: str = "gru"
+    params: dict[str, Any] = field(default_factory=dict)
+    beta: float = 0.3              # weight of the frame CE to the guide's alignment (members)
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_duration: float = 120.0    # seconds of audio per batch
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    grad_clip: float = 5.0
+    patience: int = 5              # early stopping on dev WER, epochs
+    select_on: str = "wer"         # wer | loss (checkpoint selection and early stopping)
+    accelerator: str = "auto"      # auto | cpu | gpu
+    precision: str = "auto"        # auto = bf16-mixed on CUDA, 32 on CPU
+    num_workers: int = 0
+    threads: int = 0               # torch CPU threads; 0 = all cores
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = 1.0
+    lam: float = 0.5               # weight of hard-label CTC; 1 - lam goes to essence KD
+    ks: list[Any] = field(default_factory=lambda: [1, 2, 4, "all"])
+    mode: str = "renorm"           # renorm | residual | top_p
+    top_p: float = 0.95
+    blank_weight: float = 1.0      # KD weight of frames whose teacher top-1 is blank
+    cache: str = "disk"            # disk | fly
+    student_k: Any = "auto"        # auto = best dev WER among ks
+    seeds: list[int] = field(default_factory=lambda: [0])   # baseline and chosen student
+    control: bool = True           # student taught by the baseline alone
+    fusion_weights: Optional[list[float]] = None
+    coincidence_threshold: float = 0.5   # token-matched spike coincidence, both directions
+    refuse_below_threshold: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None      # null: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "ekd-compress"
+
+
+@dataclass
+class Recipe:
+    name: str = "demo"
+    seed: int = 0
+    out_dir: str = "exp/${name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    baseline: ModelConfig = field(default_factory=ModelConfig)
+    members: list[ModelConfig] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    member_train: Optional[TrainConfig] = None   # null: same as train
+    student_train: Optional[TrainConfig] = None  # null: same as train
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the key and the fix."""
+
+
+_CHOICES = {
+    "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),
+    "data.on_error": ("raise", "skip"),
+    "tokens.kind": ("char", "bpe"),
+    "train.select_on": ("wer", "loss"),
+    "distill.mode": ("renorm", "residual", "top_p"),
+    "distill.cache": ("disk", "fly"),
+}
+
+
+def _valid_keys(node: Any) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else []
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults when path is None), apply `a.b=c` overrides, validate."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    schema = OmegaConf.structured(Recipe)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise RecipeError(f"recipe {path} does not exist; see recipes/ for examples (demo.yaml, fsdd.yaml)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise RecipeError(f"recipe {path} must be a YAML mapping at the top level")
+        layers.append(OmegaConf.create(raw))
+    for ov in overrides:
+        if "=" not in ov:
+            raise RecipeError(f"--set {ov!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(*layers)
+        recipe: Recipe = OmegaConf.to_object(merged)  # resolves ${...}
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node: Any = Recipe()
+        for part in parent.split(".") if parent else []:
+            node = getattr(node, part, None)
+        raise RecipeError(f"unknown recipe key {key!r}; valid keys here: {_valid_keys(node) or _valid_keys(ModelConfig())}") from None
+    except OmegaConfBaseException as e:
+        raise RecipeError(f"invalid recipe value: {e}".split("\n    full_key")[0]) from None
+    except TypeError as e:  # e.g. `--set members.0.x=1` (a mapping merged onto a list)
+        raise RecipeError(
+            f"cannot apply {list(overrides)} ({e}): list entries cannot be set by index; "
+            "edit the recipe file or give the whole list, e.g. --set 'distill.ks=[1,2]'"
+        ) from None
+    validate_recipe(recipe)
+    return recipe
+
+
+def validate_recipe(r: Recipe) -> None:
+    for dotted, choices in _CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(r, section), key)
+        if value not in choices:
+            raise RecipeError(f"{dotted}={value!r} is not one of {list(choices)}")
+    d = r.distill
+    if not 0.0 <= d.lam <= 1.0:
+        raise RecipeError(f"distill.lam={d.lam}: must be within [0, 1] (1 = CTC only)")
+    if d.temperature <= 0:
+        raise RecipeError(f"distill.temperature={d.temperature}: must be > 0")
+    for k in d.ks:
+        if not (k == "all" or (isinstance(k, int) and k > 0)):
+            raise RecipeError(f"distill.ks contains {k!r}: use positive integers or 'all'")
+    if not d.seeds:
+        raise RecipeError("distill.seeds is empty: give at least one seed, e.g. [0, 1, 2]")
+    names = [m.name for m in r.members]
+    if len(set(names)) != len(names) or r.baseline.name in names:
+        raise RecipeError(f"model names must be unique and differ from the baseline's: {names}")
+    if r.data.min_duration >= r.data.max_duration:
+        raise RecipeError(f"data.min_duration={r.data.min_duration} must be below data.max_duration={r.data.max_duration}")
+
+
+def recipe_to_dict(r: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(r)
+
+
+def save_recipe(r: Recipe, path: Path) -> Path:
+    """Write the fully resolved recipe as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe_to_dict(r), sort_keys=False))
+    return path
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable 12-hex-digit hash of JSON-able parts (dataclasses allowed)."""
+    def plain(x: Any) -> Any:
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,118 @@
+"""Token tables: characters or sentencepiece BPE, written as `tokens.txt`.
+
+`tokens.txt` has one `token id` pair per line (the k2/sherpa convention); id 0 is the
+CTC blank `<blk>`. Character tables spell the word boundary as `|`; BPE tables use
+sentencepiece pieces (word starts marked `▁`) and keep the `.model` file beside
+`tokens.txt` for encoding. Decoding needs only `tokens.txt`, so serving stays light.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+BLANK = "<blk>"
+SPACE = "|"
+BPE_MARK = "\u2581"  # ▁
+
+
+class TokenTable:
+    """Maps text <-> token ids. kind is "char" or "bpe"."""
+
+    def __init__(self, tokens: Sequence[str], kind: str = "char", sp_model: Path | None = None) -> None:
+        if kind not in ("char", "bpe"):
+            raise ValueError(f"tokens kind {kind!r} is unknown; use 'char' or 'bpe'")
+        if not tokens or tokens[0] != BLANK:
+            raise ValueError(f"token 0 must be the blank {BLANK!r}, got {tokens[:1]}")
+        if len(set(tokens)) != len(tokens):
+            dup = [t for t, c in Counter(tokens).items() if c > 1]
+            raise ValueError(f"duplicate tokens {dup} in the token table")
+        self.tokens = list(tokens)
+        self.kind = kind
+        self.sp_model = Path(sp_model) if sp_model else None
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+        self._sp = None
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def build_chars(cls, texts: Iterable[str]) -> "TokenTable":
+        """Character table from training transcripts (spaces become `|`)."""
+        chars = sorted({c for t in texts for c in t.replace(" ", "")})
+        if SPACE in chars:
+            raise ValueError(f"transcripts contain the reserved boundary character {SPACE!r}; remove it in text normalisation")
+        return cls([BLANK, SPACE, *chars], "char")
+
+    @classmethod
+    def build_bpe(cls, texts: Iterable[str], vocab_size: int, out_dir: Path) -> "TokenTable":
+        """Train a sentencepiece unigram/BPE model on `texts`; writes `bpe.model` in out_dir."""
+        import sentencepiece as spm
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        corpus = out_dir / "bpe_train.txt"
+        corpus.write_text("\n".join(texts) + "\n")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(out_dir / "bpe"), vocab_size=vocab_size,
+            model_type="bpe", character_coverage=1.0, unk_id=1, bos_id=-1, eos_id=-1, pad_id=0,
+            pad_piece=BLANK, unk_piece="<unk>", hard_vocab_limit=False, minloglevel=2,
+        )
+        sp = spm.SentencePieceProcessor(model_file=str(out_dir / "bpe.model"))
+        tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        return cls(tokens, "bpe", out_dir / "bpe.model")
+
+    # --------------------------------------------------------------------- I/O
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{t} {i}\n" for i, t in enumerate(self.tokens)))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenTable":
+        path = Path(path)
+        tokens: list[str] = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.rsplit(" ", 1)
+            if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) != len(tokens):
+                raise ValueError(f"{path}:{n}: expected 'TOKEN {len(tokens)}', got {line!r}")
+            tokens.append(parts[0])
+        sp_model = path.parent / "bpe.model"
+        kind = "bpe" if sp_model.exists() or any(t.startswith(BPE_MARK) for t in tokens) else "char"
+        return cls(tokens, kind, sp_model if sp_model.exists() else None)
+
+    # ------------------------------------------------------------ text <-> ids
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def chars(self) -> set[str]:
+        """Characters a transcript may contain (char tables), for data validation."""
+        return {t for t in self.tokens[2:] if len(t) == 1} | {" "} if self.kind == "char" else set()
+
+    def encode(self, text: str) -> list[int]:
+        """Text (normalised words separated by single spaces) -> token ids (no blanks)."""
+        if self.kind == "bpe":
+            return list(self._processor().encode(text))
+        ids = []
+        for c in " ".join(text.split()):
+            key = SPACE if c == " " else c
+            if key not in self._index:
+                raise ValueError(f"character {c!r} in {text!r} is not in the token table; normalise the text or rebuild tokens")
+            ids.append(self._index[key])
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Token ids (blanks and repeats already removed) -> text."""
+        pieces = [self.tokens[i] for i in ids if i != 0]
+        if self.kind == "bpe":
+            return " ".join("".join(pieces).replace(BPE_MARK, " ").split())
+        return " ".join("".join(pieces).replace(SPACE, " ").split())
+
+    def _processor(self):
+        if self._sp is None:
+            if self.sp_model is None:
+                raise ValueError("this BPE token table has no bpe.model beside tokens.txt; copy it there to encode text")
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.sp_model))
+        return self._sp

@@ -1,0 +1,1 @@
+"""Training: datasets over lhotse CutSets, the Lightning module, and the fit loop."""

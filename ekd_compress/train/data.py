@@ -1,0 +1,121 @@
+"""Batches for CTC training from lhotse CutSets.
+
+A lhotse sampler yields CutSets of about `max_duration` seconds; `AsrDataset` turns one
+into padded tensors. Optional per-utterance frame targets ride along: the guide's
+forced alignment (guided members) and essence targets (students).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from lhotse import CutSet
+
+from ekd_compress.features.fbank import load_features
+from ekd_compress.spec.features import FeatureSpec
+from ekd_compress.spec.tokens import TokenTable
+
+# utt id -> (T',) int alignment of output frames
+AlignmentStore = dict[str, np.ndarray]
+# (utt id, expected output frames) -> (ids (T', K) int, probs (T', K) float)
+EssenceReader = Callable[[str, int], tuple[np.ndarray, np.ndarray]]
+
+
+def cut_text(cut) -> str:
+    return " ".join(s.text for s in cut.supervisions if s.text)
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """__getitem__(CutSet) -> batch dict:
+
+    ids: list[str]; texts: list[str]; durations: list[float] (seconds)
+    feats (B, T, F) float32, zero padded; lengths (B,) int64 input frames
+    targets (B, S) int64 token ids, zero padded; target_lengths (B,)
+    align (B, T') int64, -1 padded           (when an alignment store is given)
+    kd_ids (B, T', K) int64, kd_probs (B, T', K) float32, zero padded (when an essence reader is given)
+    """
+
+    def __init__(
+        self,
+        tokens: TokenTable,
+        spec: FeatureSpec,
+        subsampling: int = 4,
+        alignments: Optional[AlignmentStore] = None,
+        essence: Optional[EssenceReader] = None,
+        keep_in_memory: bool = True,
+    ) -> None:
+        self.tokens = tokens
+        self.spec = spec
+        self.subsampling = subsampling
+        self.alignments = alignments
+        self.essence = essence
+        self._memory: dict[str, np.ndarray] | None = {} if keep_in_memory else None
+
+    def features(self, cut) -> np.ndarray:
+        if self._memory is not None and cut.id in self._memory:
+            return self._memory[cut.id]
+        feats = load_features(cut, self.spec)
+        if self._memory is not None:
+            self._memory[cut.id] = feats
+        return feats
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        cuts = list(cuts)
+        feats = [self.features(c) for c in cuts]
+        texts = [cut_text(c) for c in cuts]
+        targets = [self.tokens.encode(t) for t in texts]
+        B = len(cuts)
+        T = max(f.shape[0] for f in feats)
+        S = max(1, max(len(t) for t in targets))
+        batch = {
+            "ids": [c.id for c in cuts],
+            "texts": texts,
+            "durations": [float(c.duration) for c in cuts],
+            "feats": torch.zeros(B, T, self.spec.num_mel_bins),
+            "lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
+            "targets": torch.zeros(B, S, dtype=torch.long),
+            "target_lengths": torch.tensor([len(t) for t in targets], dtype=torch.long),
+        }
+        for b, (f, t) in enumerate(zip(feats, targets)):
+            batch["feats"][b, : f.shape[0]] = torch.from_numpy(f)
+            batch["targets"][b, : len(t)] = torch.tensor(t, dtype=torch.long)
+        out_frames = [f.shape[0] // self.subsampling for f in feats]
+        Tp = T // self.subsampling
+        if self.alignments is not None:
+            align = torch.full((B, Tp), -1, dtype=torch.long)
+            for b, c in enumerate(cuts):
+                a = self.alignments[c.id]
+                if len(a) != out_frames[b]:
+                    raise ValueError(
+                        f"alignment of {c.id} has {len(a)} frames but the model emits {out_frames[b]}; "
+                        "the guide alignments are stale: re-run the 'align' stage"
+                    )
+                align[b, : len(a)] = torch.from_numpy(a.astype(np.int64))
+            batch["align"] = align
+        if self.essence is not None:
+            pairs = [self.essence(c.id, n) for c, n in zip(cuts, out_frames)]
+            K = pairs[0][0].shape[1]
+            ids = torch.zeros(B, Tp, K, dtype=torch.long)
+            probs = torch.zeros(B, Tp, K)
+            for b, (i, p) in enumerate(pairs):
+                ids[b, : len(i)] = torch.from_numpy(i.astype(np.int64))
+                probs[b, : len(p)] = torch.from_numpy(p.astype(np.float32))
+            batch["kd_ids"], batch["kd_probs"] = ids, probs
+        return batch
+
+
+def make_loader(
+    cuts: CutSet, dataset: AsrDataset, max_duration: float, shuffle: bool, seed: int = 0, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """Duration-bucketed batches of about `max_duration` seconds of audio."""
+    from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+
+    if shuffle:
+        sampler = DynamicBucketingSampler(
+            cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=min(10, max(1, len(cuts) // 20)),
+            drop_last=False,
+        )
+    else:
+        sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
