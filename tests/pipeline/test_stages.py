@@ -1,0 +1,39 @@
+"""Stage resume and invalidation."""
+from ekd_compress.pipeline.stages import StageRunner
+
+
+def test_skip_rerun_and_work_dir(tmp_path):
+    calls = []
+    runner = StageRunner(tmp_path, log=lambda m: None)
+    work = tmp_path / "work"
+
+    def stage():
+        calls.append(1)
+        (work / "out.txt").write_text("x")
+        return {"n": len(calls)}
+
+    assert runner.run("a", "k1", stage, work_dir=work) == {"n": 1}
+    assert runner.run("a", "k1", stage, work_dir=work) == {"n": 1}  # skipped
+    assert len(calls) == 1 and runner.skipped == ["a"]
+    assert runner.run("a", "k2", stage, work_dir=work) == {"n": 2}  # changed key re-runs
+    assert len(calls) == 2
+
+
+def test_interrupted_stage_keeps_work_dir_only_for_same_key(tmp_path):
+    runner = StageRunner(tmp_path, log=lambda m: None)
+    work = tmp_path / "w"
+
+    def crash():
+        (work / "last.ckpt").write_text("partial")
+        raise KeyboardInterrupt
+
+    try:
+        runner.run("train", "k1", crash, work_dir=work)
+    except KeyboardInterrupt:
+        pass
+    seen = {}
+    runner.run("train", "k1", lambda: seen.setdefault("resumed", (work / "last.ckpt").exists()) and {}, work_dir=work)
+    assert seen["resumed"] is True  # same key: partial work kept for resume
+    (work / "last.ckpt").write_text("partial")
+    runner.run("train", "k2", lambda: seen.update(changed=(work / "last.ckpt").exists()) or {}, work_dir=work)
+    assert seen["changed"] is False  # new key: stale work removed

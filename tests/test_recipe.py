@@ -1,0 +1,71 @@
+"""Recipe loading: typed values, overrides, environment, and errors that list valid keys."""
+import pytest
+import yaml
+
+from ekd_compress.recipe import Recipe, RecipeError, load_recipe, save_recipe
+
+
+def write(tmp_path, data):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_and_values(tmp_path):
+    p = write(tmp_path, {"name": "x", "train": {"epochs": 3}, "members": [{"name": "t", "arch": "tdnn", "params": {"hidden": 32}}]})
+    r = load_recipe(p)
+    assert isinstance(r, Recipe)
+    assert r.train.epochs == 3 and r.train.lr == Recipe().train.lr
+    assert r.members[0].arch == "tdnn" and r.members[0].params == {"hidden": 32}
+    assert r.out_dir == "exp/x"  # interpolation of ${name}
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    p = write(tmp_path, {"train": {"epoch": 3}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert "train.epoch" in str(e.value) and "epochs" in str(e.value)
+
+
+def test_overrides(tmp_path):
+    p = write(tmp_path, {"name": "x"})
+    r = load_recipe(p, ["distill.lam=0.3", "distill.ks=[1,3]", "data.fsdd.n_train=7"])
+    assert r.distill.lam == 0.3 and r.distill.ks == [1, 3] and r.data.fsdd.n_train == 7
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        load_recipe(p, ["distill.lam"])
+    with pytest.raises(RecipeError, match="Integer"):
+        load_recipe(p, ["train.epochs=abc"])
+
+
+def test_invalid_choices_and_ranges(tmp_path):
+    p = write(tmp_path, {"name": "x"})
+    with pytest.raises(RecipeError, match="distill.mode"):
+        load_recipe(p, ["distill.mode=topk"])
+    with pytest.raises(RecipeError, match="lam"):
+        load_recipe(p, ["distill.lam=1.5"])
+    with pytest.raises(RecipeError, match="ks"):
+        load_recipe(p, ["distill.ks=[0]"])
+
+
+def test_env_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("EKD_DATA", "/corpora")
+    r = load_recipe(write(tmp_path, {"name": "x"}))
+    assert r.data.root == "/corpora" and r.data.fsdd.root == "/corpora/fsdd"
+
+
+def test_safe_yaml_refuses_code_tags(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(yaml.YAMLError):
+        load_recipe(p)
+
+
+def test_saved_recipe_round_trips(tmp_path):
+    r = load_recipe(write(tmp_path, {"name": "x", "distill": {"ks": [1, "all"]}}), ["train.epochs=2"])
+    out = save_recipe(r, tmp_path / "exp" / "recipe.yaml")
+    assert load_recipe(out) == r
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
