@@ -77,6 +77,7 @@ def store_features(cuts: CutSet, spec: FeatureSpec, storage_dir: Path, num_jobs:
     from lhotse import LilcomChunkyWriter
 
     extractor = KnfFbank(KnfFbankConfig(**spec.to_dict()))
+    Path(storage_dir).parent.mkdir(parents=True, exist_ok=True)
     return cuts.compute_and_store_features(
         extractor, storage_path=str(storage_dir), num_jobs=num_jobs, storage_type=LilcomChunkyWriter,
         progress_bar=True,

@@ -33,17 +33,20 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
         tests["test"] = dirs["test"]
     elif d.corpus == "fsdd":
-        from ekd_compress.data.fsdd import prepare_fsdd
+        from ekd_compress.data.fsdd import make_digit_strings, prepare_fsdd, scan_fsdd, split_fsdd
 
         f = d.fsdd
         if not Path(f.root).exists():
             raise RecipeError(f"data.fsdd.root={f.root} does not exist; set EKD_DATA or --set data.fsdd.root=PATH")
-        dirs = prepare_fsdd(
-            f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,
-            train_indices=list(f.train_indices), dev_indices=list(f.dev_indices), snr_db=f.noisy_dev_snr_db,
-        )
+        indices = dict(train_indices=list(f.train_indices), dev_indices=list(f.dev_indices))
+        dirs = prepare_fsdd(f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,
+                            sampling_rate=d.sample_rate, **indices)
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
-        tests.update({k: v for k, v in dirs.items() if k not in ("train", "dev")})
+        if f.noisy_dev_snr_db is not None:  # the same kind of strings with white noise at this SNR
+            dev_recs = split_fsdd(scan_fsdd(f.root), by="index", test_indices=[], **indices)["dev"]
+            name = f"dev_noisy{f.noisy_dev_snr_db:g}db"
+            tests[name] = make_digit_strings(dev_recs, work / "fsdd" / name, n_strings=f.n_dev, seed=recipe.seed + 7,
+                                             snr_db=f.noisy_dev_snr_db, sampling_rate=d.sample_rate, prefix=name)
     elif d.corpus == "kaldi":
         if not d.kaldi.train:
             raise RecipeError("data.corpus=kaldi needs data.kaldi.train (a Kaldi data dir)")

@@ -1,6 +1,7 @@
 """The work of each `distill` stage (the order and the keys live in distill.py)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, Optional
@@ -13,7 +14,9 @@ from ekd_compress.recipe import TrainConfig, config_hash, recipe_to_dict
 
 # ---------------------------------------------------------------------- tracking
 def open_tracker(ctx, enabled: bool):
-    from ekd_compress.tracking.mlflow_tracking import NullTracker, Tracker, check_tracking_uri, resolve_tracking_uri
+    from ekd_compress.tracking import (
+        NullTracker, Tracker, TrackingError, check_tracking_uri, resolve_tracking_uri,
+    )
 
     if not enabled:
         return NullTracker()
@@ -22,7 +25,12 @@ def open_tracker(ctx, enabled: bool):
     tracker = Tracker(uri, ctx.recipe.tracking.experiment)
     run_file = ctx.exp_dir / "mlflow_run.txt"
     existing = run_file.read_text().strip() if run_file.exists() else None
-    run_id = tracker.start_parent(ctx.recipe.name, params=recipe_to_dict(ctx.recipe), run_id=existing)
+    params = recipe_to_dict(ctx.recipe)
+    try:
+        run_id = tracker.start_parent(ctx.recipe.name, params=params, run_id=existing)
+    except TrackingError as e:  # the recipe changed since that run: params are immutable, so start a new one
+        ctx.log(f"MLflow: starting a new parent run ({e})")
+        run_id = tracker.start_parent(ctx.recipe.name, params=params)
     run_file.write_text(run_id)
     ctx.log(f"MLflow: {uri} run {run_id}")
     return tracker
@@ -93,13 +101,12 @@ def stage_train(
     module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
                        distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps)
     run_params = {"name": name, "kind": kind, "arch": arch, "mode": mode, "seed": seed, "beta": beta, "k": k,
-                  "params": params, "train": train_cfg}
-    with ctx.tracker.child(name, run_params) as run_id:
-        logger = ctx.tracker.lightning_logger(run_id)
+                  "params": params, "train": dataclasses.asdict(train_cfg)}
+    with ctx.tracker.child(name, run_params) as run:
+        logger = ctx.tracker.lightning_logger(run.run_id)
         res = fit_model(module, train_loader, dev_loader, out_dir, train_cfg, seed, logger=logger,
-                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run_id})
-        ctx.tracker.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0,
-                                run_id=run_id)
+                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id})
+        run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
     register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     ctx.log(f"{name}: best dev {train_cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "

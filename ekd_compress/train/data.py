@@ -111,11 +111,13 @@ def make_loader(
     """Duration-bucketed batches of about `max_duration` seconds of audio."""
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
-    if shuffle:
+    num_buckets = min(10, len(cuts) // 20)
+    if shuffle and num_buckets >= 2:
         sampler = DynamicBucketingSampler(
-            cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=min(10, max(1, len(cuts) // 20)),
-            drop_last=False,
+            cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, drop_last=False,
         )
+    elif shuffle:  # too few cuts to bucket
+        sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed)
     else:
         sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
