@@ -78,7 +78,7 @@ def scan_fsdd(root: Pathlike, *, on_error: str = "raise") -> List[FsddRecording]
                        folder, len(bad), ", ".join(bad[:5]))
     if not out:
         raise DataError(folder, None, "no FSDD recordings found",
-                        "expected files named like 3_jackson_12.wav in this folder")
+                        "expected files named like 3_jackson_12.wav in this folder", reason="missing_file")
     return sorted(out, key=lambda r: (r.speaker, r.digit, r.index))
 
 
@@ -256,7 +256,7 @@ def prepare_fsdd(
             continue
         if not splits[name]:
             raise DataError(root, None, f"no recordings with the {name} indices",
-                            f"check {name}_indices against the file names in recordings/")
+                            f"check {name}_indices against the file names in recordings/", reason="missing_file")
         dirs[name] = make_digit_strings(
             splits[name], out / name, n_strings=n, min_digits=min_digits, max_digits=max_digits,
             seed=_subseed(seed, k), snr_db=snr_db, noise=noise, sampling_rate=sampling_rate, prefix=name)

@@ -8,15 +8,15 @@ example messages, so that nothing is ever dropped silently.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 ON_ERROR_CHOICES = ("raise", "skip")
 
 #: Reasons an utterance can be dropped, with a short human description.
 REASONS: Dict[str, str] = {
+    "missing_file": "required file or directory missing",
     "malformed_line": "malformed line",
     "duplicate_id": "duplicate id",
     "piped_command": "wav.scp entry is a shell command",
@@ -108,7 +108,7 @@ class DataReport:
         if len(ex) < self.max_examples:
             ex.append(message)
 
-    def count(self, reasons: "Counter[str] | Dict[str, int]") -> None:
+    def count(self, reasons: Mapping[str, int]) -> None:
         """Add dropped-utterance counts per reason."""
         for reason, n in reasons.items():
             if n:

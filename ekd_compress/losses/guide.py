@@ -31,12 +31,17 @@ class GuideAlignmentLoss(nn.Module):
     with a_{b,t} the guide's frame label (blank 0 included) and N the number of valid
     (non-ignored) frames in the batch: a mean over frames, not utterances. Frames labelled
     −1 (padding, or utterances the guide could not align) are ignored; a batch with no
-    valid frame gives 0.
+    valid frame gives 0. With reduction="utterance" the sum is divided by the batch size B
+    instead of N, which puts the term on the same per-utterance scale as `CTCLoss`, so
+    β weighs the two as comparable quantities.
     """
 
-    def __init__(self, ignore_index: int = IGNORE) -> None:
+    def __init__(self, ignore_index: int = IGNORE, reduction: str = "frame") -> None:
         super().__init__()
+        if reduction not in ("frame", "utterance"):
+            raise ValueError(f"reduction={reduction!r} is unknown; use 'frame' or 'utterance'")
         self.ignore_index = ignore_index
+        self.reduction = reduction
 
     def forward(self, log_probs: Tensor, align: Tensor) -> Tensor:
         """log_probs (B, T, V) log-softmax; align (B, T) int64 frame labels, −1 = ignore -> scalar (nats/frame)."""
@@ -58,6 +63,8 @@ class GuideAlignmentLoss(nn.Module):
             raise ValueError(f"guide alignment holds labels {bad} outside [0, {V}) (and not the ignore "
                              f"value {self.ignore_index}); the alignment was made with another token table")
         total = F.nll_loss(log_probs.reshape(-1, V).float(), a, ignore_index=self.ignore_index, reduction="sum")
+        if self.reduction == "utterance":
+            return total / log_probs.shape[0]
         return total / valid.sum().clamp(min=1)
 
 

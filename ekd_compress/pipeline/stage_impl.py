@@ -105,7 +105,8 @@ def stage_train(
     with ctx.tracker.child(name, run_params) as run:
         logger = ctx.tracker.lightning_logger(run.run_id)
         res = fit_model(module, train_loader, dev_loader, out_dir, train_cfg, seed, logger=logger,
-                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id})
+                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id},
+                        log=ctx.log)
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
     register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())

@@ -14,9 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import lightning as L
 import torch
 
 from ekd_compress.recipe import TrainConfig
+
+
+class EpochLine(L.Callback):
+    """One plain line per epoch (readable in log files, where progress bars are not)."""
+
+    def __init__(self, name: str, log=print) -> None:
+        self.name, self.log, self.start = name, log, time.time()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        parts = " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith(("train_", "dev_")))
+        self.log(f"  {self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
+                 f"({time.time() - self.start:.0f} s)")
 
 
 @dataclass
@@ -50,8 +66,8 @@ def fit_model(
     seed: int,
     logger: Any = None,
     extra_meta: Optional[dict[str, Any]] = None,
+    log=print,
 ) -> FitResult:
-    import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     out_dir = Path(out_dir)
@@ -61,7 +77,8 @@ def fit_model(
         torch.set_num_threads(cfg.threads)
     monitor = "dev_wer" if cfg.select_on == "wer" else "dev_loss"
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
-    callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience)]
+    name = (extra_meta or {}).get("name", out_dir.name)
+    callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience), EpochLine(name, log)]
     accel, precision = resolve_device(cfg)
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=accel, devices=1, precision=precision, callbacks=callbacks,

@@ -59,9 +59,13 @@ class AsrModule(L.LightningModule):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.specaug = SpecAugment(specaug)
         self.ctc = CTCLoss()
-        self.guide_loss = GuideAlignmentLoss()
+        # guide CE and KD are summed over frames and divided by B, like CTC, so beta and lam
+        # weigh quantities on one per-utterance scale (a frame mean would shrink them ~T' times)
+        self.guide_loss = GuideAlignmentLoss(reduction="utterance")
         if distill is not None:
-            self.kd_loss = EssenceKDLoss(temperature=distill.temperature, blank_weight=distill.blank_weight)
+            self.kd_loss = EssenceKDLoss(
+                temperature=distill.temperature, blank_weight=distill.blank_weight, reduction="utterance"
+            )
         self._refs: list[str] = []
         self._hyps: list[str] = []
         self._dev_loss: list[tuple[float, int]] = []

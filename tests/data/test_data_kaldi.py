@@ -101,6 +101,8 @@ CASES = [
      "bad_characters", "text:3", 2, 3),
     ("duplicate", dict(text=["u1 hello", "u2 fine", "u3 good", "u1 again"]), None, {}, "duplicate_id",
      "text:4", 2, 3),
+    ("duplicate_utt2spk", dict(utt2spk=["u1 s1", "u2 s1", "u3 s2", "u2 s3"]), None, {}, "duplicate_id",
+     "utt2spk:4", 2, 3),
     ("mixed_rate", dict(rates=(16000, 16000, 8000)), None, {}, "mixed_sample_rate", "wav.scp:3", 2, 3),
     ("malformed_utt2spk", dict(utt2spk=["u1 s1", "u2 s1 extra", "u3 s2"]), None, {}, "malformed_line",
      "utt2spk:2", 2, 3),
@@ -200,3 +202,26 @@ def test_report_summary_lists_reasons():
     r.kept, r.total = 3, 5
     s = r.summary()
     assert "dropped 2" in s and "missing_audio" in s and "wav.scp:2" in s
+
+
+def test_check_audio_catches_truncated_flac(tmp_path, write_wav):
+    d = build(tmp_path, write_wav)
+    flac = write_wav(d / "wav" / "u2.flac", 1.5, 16000, format="FLAC")
+    data = flac.read_bytes()
+    flac.write_bytes(data[: len(data) // 2])  # the header still promises 1.5 s
+    (d / "wav.scp").write_text((d / "wav.scp").read_text().replace("wav/u2.wav", "wav/u2.flac"))
+    cuts, _ = load_kaldi_dir(d)  # header-only check passes
+    assert len(cuts) == 3
+    with pytest.raises(DataError, match=r"wav\.scp:2: cannot read audio .*u2\.flac"):
+        load_kaldi_dir(d, check_audio=True)
+    _, report = load_kaldi_dir(d, check_audio=True, on_error="skip")
+    assert report.dropped == {"corrupt_audio": 1}
+
+
+def test_duplicate_recording_in_wav_scp(tmp_path, write_wav):
+    d = build(tmp_path, write_wav)
+    (d / "wav.scp").write_text((d / "wav.scp").read_text() + "u2 wav/u2.wav\n")
+    with pytest.raises(DataError, match=r"wav\.scp:4: duplicate id 'u2' \(first on line 2\)"):
+        load_kaldi_dir(d)
+    cuts, report = load_kaldi_dir(d, on_error="skip")
+    assert sorted(cuts.ids) == ["u1", "u3"] and report.dropped == {"duplicate_id": 1}

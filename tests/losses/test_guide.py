@@ -16,6 +16,8 @@ def test_guide_ce_hand_value_ignores_padding():
     loss = GuideAlignmentLoss()(probs.log(), align)
     expected = -(math.log(0.7) + math.log(0.3) + math.log(0.8)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+    per_utt = GuideAlignmentLoss(reduction="utterance")(probs.log(), align)  # sum over frames / B=2
+    assert per_utt.item() == pytest.approx(expected * 3 / 2, rel=1e-6)
 
 
 def test_guide_ce_all_ignored_is_zero_and_shape_checked():

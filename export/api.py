@@ -1,0 +1,321 @@
+"""`export_bundle`: one model of an experiment directory -> a verified, deployable bundle.
+
+    bundle_dir = export_bundle("exp/demo")                      # the student, EXP/bundles/student
+    export_bundle("exp/demo", model="ensemble", int8=True)      # members + fusion in one graph, + INT8
+    export_bundle("exp/demo", trt=True, trt_precision="fp16")   # + TensorRT engine (NVIDIA GPU only)
+
+Steps (see bundle.py for the layout):
+  1. with trt=True, check for a CUDA GPU and tensorrt first, before any work
+  2. streaming ONNX with explicit state and metadata (onnx_export.py); tokens.txt beside it
+  3. verification on dev utterances: onnxruntime chunk loop vs PyTorch full forward (verify.py)
+  4. INT8 (quantize.py): dev WER fp32 vs INT8 and speedup; too large a WER increase fails
+  5. TensorRT engine (tensorrt_build.py)
+  6. bundle.json; the bundle replaces OUT only when every step passed (work happens in
+     OUT's sibling `.NAME.partial`, left behind for inspection when a step fails)
+  7. the bundle is logged as MLflow artifacts `bundles/NAME` of the experiment's parent run
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
+
+Log = Callable[[str], None]
+
+
+def resolve_model_entry(exp_dir: Path, model: str) -> dict[str, Any]:
+    """The models.json entry called `model`, else the only entry of that kind."""
+    from ekd_compress.pipeline.scoring import read_registry
+
+    entries = read_registry(exp_dir)
+    for e in entries:
+        if e["name"] == model:
+            return e
+    of_kind = [e for e in entries if e["kind"] == model]
+    if len(of_kind) == 1:
+        return of_kind[0]
+    names = [e["name"] for e in entries]
+    raise ValueError(f"no model {model!r} in {exp_dir / 'models.json'}; choose one of {names}")
+
+
+def dev_wer(exp_dir: Path, name: str) -> Optional[float]:
+    """The model's dev WER from EXP/results.json (None when not evaluated yet)."""
+    path = exp_dir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        rows = json.loads(path.read_text())["tests"]["dev"]["models"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        return None
+    for row in rows:
+        if row.get("name") == name and isinstance(row.get("wer"), (int, float)):
+            return float(row["wer"])
+    return None
+
+
+def parent_run_id(exp_dir: Path) -> Optional[str]:
+    path = exp_dir / "mlflow_run.txt"
+    text = path.read_text().strip() if path.exists() else ""
+    return text or None
+
+
+def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int]) -> list:
+    """The first `limit` (None: all) dev cuts of the experiment as `Utterance`s (fbank computed if not stored)."""
+    from lhotse import CutSet
+
+    from ekd_compress.features.fbank import load_features
+    from ekd_compress.train.data import cut_text
+    from export.verify import Utterance
+
+    path = exp_dir / "features" / "dev_cuts.jsonl.gz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: export verifies the model on the experiment's dev set; run `ekd-compress distill` "
+            "through its features stage first"
+        )
+    out = []
+    for cut in CutSet.from_file(path):
+        if limit is not None and len(out) >= limit:
+            break
+        feats = load_features(cut, spec)
+        if feats.shape[0] >= 4:
+            out.append(Utterance(cut.id, feats, cut_text(cut)))
+    if not out:
+        raise ValueError(f"{path} holds no usable utterances; verification needs real dev audio")
+    return out
+
+
+def _model_info(model, entry: dict[str, Any]) -> dict[str, Any]:
+    from ekd_compress.pipeline.scoring import count_params
+
+    members = getattr(model, "members", None)
+    if members is not None:
+        archs = [m.build_info["arch"] if hasattr(m, "build_info") else type(m).__name__ for m in members]
+        return {"name": entry["name"], "kind": entry["kind"], "arch": "ensemble", "params": count_params(model),
+                "members": archs, "weights": list(model.weights)}
+    arch = model.build_info["arch"] if hasattr(model, "build_info") else type(model).__name__
+    return {"name": entry["name"], "kind": entry["kind"], "arch": arch, "params": count_params(model), "members": None}
+
+
+def export_bundle(
+    exp_dir: Path | str,
+    model: str = "student",
+    out_dir: Path | str | None = None,
+    int8: bool = False,
+    trt: bool = False,
+    trt_precision: str = "fp16",
+    max_int8_wer_increase: float = 1.0,
+    verify_utterances: int = 50,
+    int8_method: str = "dynamic",
+    int8_utterances: Optional[int] = None,
+    trt_max_batch: int = 16,
+    log: Log = print,
+) -> Path:
+    """Export one model of an experiment as a bundle directory; returns its path.
+
+    Args:
+        exp_dir: an experiment directory written by `ekd-compress distill`.
+        model: a name in EXP/models.json ("student", "ensemble", "baseline", ...) or a kind with one model.
+        out_dir: the bundle directory (default EXP/bundles/NAME); replaced if it exists.
+        int8: also write model.int8.onnx, with its dev WER change measured.
+        trt: also build model.plan with TensorRT (needs an NVIDIA GPU and `ekd-compress[trt]`).
+        trt_precision: "fp16", "int8" or "fp32".
+        max_int8_wer_increase: the largest allowed INT8 dev WER increase, absolute points.
+        verify_utterances: dev utterances for the ONNX-vs-PyTorch check.
+        int8_method: "dynamic" or "static" (calibrated on dev features).
+        int8_utterances: dev utterances for the INT8 WER (None: the whole dev set).
+        trt_max_batch: the TensorRT profile's largest batch (streams per call).
+        log: progress messages.
+    """
+    from export.quantize import METHODS
+    from export.tensorrt_build import PRECISIONS, check_trt_available
+
+    exp_dir = Path(exp_dir)
+    if int8_method not in METHODS:
+        raise ValueError(f"INT8 method {int8_method!r} is unknown; use one of {METHODS}")
+    if trt and trt_precision not in PRECISIONS:
+        raise ValueError(f"TensorRT precision {trt_precision!r} is unknown; use one of {PRECISIONS}")
+    if verify_utterances < 1:
+        raise ValueError(f"verify_utterances={verify_utterances}: verify on at least 1 dev utterance")
+    if trt:
+        check_trt_available()  # before any work: fail in a second, not after the export
+    if not (exp_dir / "models.json").exists():
+        raise FileNotFoundError(f"{exp_dir / 'models.json'} not found: {exp_dir} is not an experiment directory "
+                                "written by `ekd-compress distill`")
+    entry = resolve_model_entry(exp_dir, model)
+    out_dir = Path(out_dir) if out_dir is not None else exp_dir / "bundles" / entry["name"]
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+
+    bundle = _build(exp_dir, entry, staging, int8, trt, trt_precision, max_int8_wer_increase, verify_utterances,
+                    int8_method, int8_utterances, trt_max_batch, log)
+    write_bundle(staging, bundle)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    log(f"bundle: {out_dir}")
+    log_to_mlflow(exp_dir, out_dir, entry["name"], bundle, log)
+    return out_dir
+
+
+def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt: bool, trt_precision: str,
+           max_int8_wer_increase: float, verify_utterances: int, int8_method: str,
+           int8_utterances: Optional[int], trt_max_batch: int, log: Log) -> dict[str, Any]:
+    import ekd_compress
+    from ekd_compress.features.fbank import feature_spec
+    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.recipe import load_recipe
+    from ekd_compress.spec.tokens import TokenTable
+    from export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
+    from export.verify import verify_onnx
+
+    recipe_file = exp_dir / "recipe.yaml"
+    if not recipe_file.exists():
+        raise FileNotFoundError(f"{recipe_file} not found: {exp_dir} is not an experiment directory of `ekd-compress distill`")
+    recipe = load_recipe(recipe_file)
+    spec = feature_spec(recipe.features, recipe.data.sample_rate)
+    tokens = TokenTable.load(exp_dir / "tokens.txt")
+    net = load_any(exp_dir / entry["path"]).eval()
+    if net.input_dim != spec.num_mel_bins:
+        raise ValueError(f"model {entry['name']!r} takes {net.input_dim} fbank bins but the recipe's features have "
+                         f"{spec.num_mel_bins}; export it from the experiment it was trained in")
+    if net.vocab_size != len(tokens):
+        raise ValueError(f"model {entry['name']!r} has {net.vocab_size} outputs but tokens.txt has {len(tokens)} tokens")
+
+    meta_run = None
+    if entry["kind"] != "ensemble":
+        import torch
+
+        meta_run = torch.load(exp_dir / entry["path"], map_location="cpu", weights_only=False)["meta"].get("mlflow_run_id")
+    io = io_spec(net)
+    io["streaming"]["frame_shift_ms"] = float(spec.frame_shift_ms)
+    bundle: dict[str, Any] = {
+        "format": FORMAT,
+        "model": _model_info(net, entry),
+        "files": {"onnx": ONNX_FILE, "int8": None, "trt": None, "tokens": TOKENS_FILE},
+        "features": spec.to_dict(),
+        "streaming": io["streaming"],
+        "inputs": io["inputs"],
+        "states": io["states"],
+        "outputs": io["outputs"],
+        "vocab_size": int(net.vocab_size),
+        "blank_id": 0,
+        "token_kind": tokens.kind,
+        "provenance": {
+            "exp_dir": str(exp_dir.resolve()),
+            "recipe": recipe_file.read_text(),
+            "mlflow_run_id": parent_run_id(exp_dir) or meta_run,
+            "model_mlflow_run_id": meta_run,
+            "model_path": entry["path"],
+            "dev_wer": dev_wer(exp_dir, entry["name"]),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "ekd_compress_version": ekd_compress.__version__,
+        },
+        "verification": None,
+        "int8": None,
+        "trt": None,
+    }
+    metadata = {"ekd_bundle_format": FORMAT, "tokens": tokens.tokens}
+    metadata.update({k: bundle[k] for k in ("model", "features", "streaming", "inputs", "states", "outputs",
+                                             "vocab_size", "blank_id", "token_kind")})
+    metadata["provenance"] = {k: v for k, v in bundle["provenance"].items() if k != "recipe"}
+    log(f"exporting {entry['name']} ({bundle['model']['arch']}, {bundle['model']['params']} parameters) to ONNX")
+    export_streaming_onnx(net, staging / ONNX_FILE, metadata)
+    shutil.copyfile(exp_dir / "tokens.txt", staging / TOKENS_FILE)
+    if (exp_dir / "bpe.model").exists():
+        shutil.copyfile(exp_dir / "bpe.model", staging / "bpe.model")
+
+    need = None if (int8 and int8_utterances is None) else max(verify_utterances, int8_utterances or 0)
+    dev = load_dev_utterances(exp_dir, spec, need)
+    log(f"verifying ONNX against PyTorch on {min(verify_utterances, len(dev))} dev utterances")
+    report = verify_onnx(net, staging / ONNX_FILE, bundle, dev[:verify_utterances], tokens)
+    bundle["verification"] = {k: report[k] for k in ("max_abs_logprob_diff", "transcripts_identical", "utterances")}
+    log(f"  max |Δ log-prob| {report['max_abs_logprob_diff']:.2e}, transcripts identical")
+
+    if int8:
+        from export.quantize import check_int8, measure_int8, quantize_int8
+
+        log(f"quantizing to INT8 ({int8_method})")
+        quantize_int8(staging / ONNX_FILE, staging / INT8_FILE, bundle, int8_method, calibration=dev[:64])
+        copy_metadata(staging / ONNX_FILE, staging / INT8_FILE)
+        int8_dev = dev if int8_utterances is None else dev[:int8_utterances]
+        rep = measure_int8(staging / ONNX_FILE, staging / INT8_FILE, bundle, int8_dev, tokens, int8_method)
+        bundle["int8"], bundle["files"]["int8"] = rep, INT8_FILE
+        log(f"  dev WER fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
+            f"speedup x{rep['speedup']:.2f} per chunk (1 thread)")
+        try:
+            check_int8(rep, max_int8_wer_increase)
+        except Exception:
+            (staging / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, default=str))  # the report, for inspection
+            raise
+
+    if trt:
+        from export.quantize import quantize_static_int8
+        from export.tensorrt_build import build_engine
+
+        qdq = None
+        if trt_precision == "int8":
+            if int8 and int8_method == "static":
+                qdq = staging / INT8_FILE
+            else:
+                qdq = quantize_static_int8(staging / ONNX_FILE, staging / "model.qdq.onnx", bundle, dev[:64])
+        bundle["trt"] = build_engine(staging / ONNX_FILE, staging / TRT_FILE, bundle, trt_precision, int8_onnx=qdq,
+                                     max_batch=trt_max_batch, log=log)
+        bundle["files"]["trt"] = TRT_FILE
+        if qdq is not None and qdq.name == "model.qdq.onnx":
+            qdq.unlink(missing_ok=True)
+    return bundle
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.2f}%"
+
+
+def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, Any], log: Log) -> bool:
+    """Attach the bundle to the experiment's parent MLflow run as artifacts `bundles/NAME`.
+
+    Skipped, with a note, when tracking is disabled in the recipe, the experiment has no run
+    id, or its store cannot be reached; a failed upload never fails the export."""
+    run_id = bundle["provenance"].get("mlflow_run_id")
+    try:
+        from ekd_compress.recipe import load_recipe
+
+        tracking = load_recipe(exp_dir / "recipe.yaml").tracking
+    except Exception as e:  # noqa: BLE001
+        log(f"MLflow: not logged ({e})")
+        return False
+    if not tracking.enabled:
+        log("MLflow: tracking is disabled in the recipe; bundle not logged")
+        return False
+    if not run_id:
+        log("MLflow: the experiment has no run id (mlflow_run.txt); bundle not logged")
+        return False
+    from ekd_compress.tracking import resolve_tracking_uri
+
+    uri = tracking.uri or resolve_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        log(f"MLflow: no tracking store at {uri} (run export where distill ran, or set MLFLOW_TRACKING_URI); "
+            "bundle not logged")
+        return False
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        client.log_artifacts(run_id, str(bundle_dir), f"bundles/{name}")
+        metrics = {"max_abs_logprob_diff": bundle["verification"]["max_abs_logprob_diff"]}
+        if bundle["int8"]:
+            metrics.update({k: bundle["int8"][k] for k in ("wer_fp32", "wer_int8", "speedup") if bundle["int8"][k] is not None})
+        for key, value in metrics.items():
+            client.log_metric(run_id, f"export_{name}_{key}", float(value))
+    except Exception as e:  # noqa: BLE001 - tracking must not fail an export that succeeded
+        log(f"MLflow: bundle not logged to run {run_id} at {uri} ({type(e).__name__}: {e})")
+        return False
+    log(f"MLflow: bundle logged to run {run_id} as artifacts bundles/{name}")
+    return True

@@ -1,0 +1,178 @@
+"""INT8 models with onnxruntime quantization, with their dev-set WER cost measured.
+
+    dynamic   weights INT8 ahead of time, activations quantized on the fly per call
+              (`quantize_dynamic`; no calibration data; the usual choice for CPU RNN/linear models)
+    static    weights and activations INT8 with scales calibrated on dev features
+              (`quantize_static`, QDQ format, symmetric INT8 activations: also what TensorRT's
+              explicit quantization reads). Calibration streams dev utterances through the fp32
+              model so the state inputs see realistic values.
+
+`measure_int8` decodes the dev set through the onnxruntime chunk loop with the fp32 and the
+INT8 model (greedy CTC), and times one chunk on one thread for both. `check_int8` fails
+loudly when WER rises by more than the allowed absolute amount (default +1.0): peers shipped
+INT8 models with doubled WER unnoticed.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from export.ort_stream import OrtStreamer, pad_to_chunks
+from export.verify import Utterance
+
+METHODS = ("dynamic", "static")
+DEFAULT_MAX_WER_INCREASE = 1.0  # absolute WER points
+
+
+class Int8AccuracyError(RuntimeError):
+    """The INT8 model loses more accuracy than allowed."""
+
+
+def quantize_dynamic_int8(src: Path | str, dst: Path | str) -> Path:
+    """fp32 ONNX -> dynamically quantized INT8 ONNX (weights int8, activations at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False)
+    return Path(dst)
+
+
+class ChunkCalibrationReader:
+    """onnxruntime CalibrationDataReader: the (chunk, states) feeds of streaming `utterances`
+    through the fp32 model, at most `max_chunks` of them."""
+
+    def __init__(self, fp32_path: Path | str, bundle: dict[str, Any], utterances: Sequence[Utterance],
+                 max_chunks: int = 512) -> None:
+        runner = OrtStreamer(fp32_path, bundle, threads=None)
+        self.feeds: list[dict[str, np.ndarray]] = []
+        for utt in utterances:
+            feats = pad_to_chunks(np.asarray(utt.feats, dtype=np.float32), runner.chunk_frames)[None]
+            states = runner.zero_states(1)
+            for start in range(0, feats.shape[1], runner.chunk_frames):
+                chunk = np.ascontiguousarray(feats[:, start:start + runner.chunk_frames])
+                self.feeds.append(runner.feeds(chunk, states))
+                _, states = runner.step(chunk, states)
+                if len(self.feeds) >= max_chunks:
+                    break
+            if len(self.feeds) >= max_chunks:
+                break
+        self._iter = iter(self.feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.feeds)
+
+
+def quantize_static_int8(src: Path | str, dst: Path | str, bundle: dict[str, Any],
+                         calibration: Sequence[Utterance], max_chunks: int = 512) -> Path:
+    """fp32 ONNX -> statically quantized INT8 ONNX (QDQ), calibrated on `calibration` utterances."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError("static INT8 quantization needs calibration utterances; the dev set is empty")
+    inner = ChunkCalibrationReader(src, bundle, calibration, max_chunks)
+
+    class _Reader(CalibrationDataReader):  # the base class is an ABC; delegate to ours
+        def get_next(self):
+            return inner.get_next()
+
+    quantize_static(
+        str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    return Path(dst)
+
+
+def quantize_int8(src: Path | str, dst: Path | str, bundle: dict[str, Any], method: str = "dynamic",
+                  calibration: Sequence[Utterance] = ()) -> Path:
+    """Dispatch to `quantize_dynamic_int8` or `quantize_static_int8`."""
+    if method == "dynamic":
+        return quantize_dynamic_int8(src, dst)
+    if method == "static":
+        return quantize_static_int8(src, dst, bundle, calibration)
+    raise ValueError(f"INT8 method {method!r} is unknown; use one of {METHODS}")
+
+
+# ------------------------------------------------------------------------------- measuring
+def onnx_wer(runner: OrtStreamer, utterances: Sequence[Utterance], tokens, batch_size: int = 16) -> float | None:
+    """Dev WER (percent) of greedy CTC over the ONNX chunk loop; None when the refs hold no words."""
+    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.evaluate.wer import compute_wer
+
+    outs = runner.run_utterances([u.feats for u in utterances], batch_size=batch_size)
+    hyps = [tokens.decode(ctc_greedy_decode(lp[: u.feats.shape[0] // runner.subsampling])[0])
+            for lp, u in zip(outs, utterances)]
+    wer = compute_wer([u.text for u in utterances], hyps).wer
+    return None if math.isnan(wer) else float(wer)
+
+
+def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int = 200,
+                       warmup: int = 10) -> dict[str, np.ndarray]:
+    """Per-chunk compute time (ms) of several streaming steppers on the same chunks, interleaved.
+
+    Args:
+        runners: name -> object with `zero_states(batch)` and `step(chunk, states)` (batch 1).
+        feats: (T, F) features cycled through chunk by chunk (states carried across).
+        n_chunks: timed chunks per runner, after `warmup` untimed ones.
+    """
+    first = next(iter(runners.values()))
+    chunk_frames = first.chunk_frames
+    padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames)
+    chunks = [np.ascontiguousarray(padded[None, s:s + chunk_frames]) for s in range(0, padded.shape[0], chunk_frames)]
+    states = {name: r.zero_states(1) for name, r in runners.items()}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(warmup + n_chunks):
+        chunk = chunks[i % len(chunks)]
+        if i % len(chunks) == 0:
+            states = {name: r.zero_states(1) for name, r in runners.items()}
+        for name, r in runners.items():
+            start = time.perf_counter()
+            _, states[name] = r.step(chunk, states[name])
+            if i >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str, Any],
+                 utterances: Sequence[Utterance], tokens, method: str, latency_chunks: int = 100) -> dict[str, Any]:
+    """WER of fp32 vs INT8 through the ONNX chunk loop, and the INT8 speedup per chunk (one thread).
+
+    Returns the bundle's `int8` report: {wer_fp32, wer_int8, wer_increase, speedup, method,
+    latency_ms_fp32, latency_ms_int8 (medians, batch 1, one thread), utterances}.
+    """
+    fp32 = OrtStreamer(fp32_path, bundle, threads=1)
+    int8 = OrtStreamer(int8_path, bundle, threads=1)
+    wer_fp32 = onnx_wer(fp32, utterances, tokens)
+    wer_int8 = onnx_wer(int8, utterances, tokens)
+    longest = max(utterances, key=lambda u: u.feats.shape[0]).feats
+    lat = chunk_latencies_ms({"fp32": fp32, "int8": int8}, longest, n_chunks=latency_chunks)
+    p50_fp32, p50_int8 = float(np.median(lat["fp32"])), float(np.median(lat["int8"]))
+    increase = None if wer_fp32 is None or wer_int8 is None else wer_int8 - wer_fp32
+    return {
+        "wer_fp32": wer_fp32, "wer_int8": wer_int8, "wer_increase": increase,
+        "speedup": p50_fp32 / p50_int8 if p50_int8 > 0 else None, "method": method,
+        "latency_ms_fp32": p50_fp32, "latency_ms_int8": p50_int8, "utterances": len(utterances),
+    }
+
+
+def check_int8(report: dict[str, Any], max_wer_increase: float = DEFAULT_MAX_WER_INCREASE) -> None:
+    """Raise `Int8AccuracyError` when the INT8 WER exceeds the fp32 WER by more than `max_wer_increase` points."""
+    increase = report.get("wer_increase")
+    if increase is None:
+        raise Int8AccuracyError(
+            "the INT8 WER change could not be measured (the dev references hold no words); "
+            "give the experiment a dev set with transcripts, or export without --int8"
+        )
+    if increase > max_wer_increase:
+        raise Int8AccuracyError(
+            f"INT8 ({report['method']}) changes dev WER from {report['wer_fp32']:.2f}% to {report['wer_int8']:.2f}% "
+            f"({increase:+.2f} points), above the allowed {max_wer_increase:+g}. The INT8 model is refused: "
+            "try --int8-method static (calibrated), deploy the fp32 model.onnx, or raise "
+            "--max-int8-wer-increase if this loss is acceptable."
+        )

@@ -1,0 +1,503 @@
+"""Torch-free streaming recognizer for an exported bundle (onnxruntime, numpy, kaldi-native-fbank).
+
+    bundle = Bundle.load("exp/bundle")                 # validates bundle.json and the files
+    rec = Recognizer(bundle, provider="cpu", threads=1)  # or "cuda" / "tensorrt"; use_int8=True
+    s = rec.create_stream()
+    s.accept_waveform(samples, sample_rate=8000)       # float32 in [-1, 1]; resampled to the model rate
+    while s.ready_chunks:                              # or rec.decode_batch([s1, s2, ...]): one chunk
+        rec.decode_batch([s])                          #   of each stream in one batched model call
+    print(s.result())                                  # partial text of the current segment
+    for seg in s.pop_segments(): ...                   # segments closed by endpoint rules
+    last = s.finalize()                                # flush the padded last chunk, close the segment
+
+    rec.recognize(samples, sample_rate)                # whole file, one pass -> list of segments
+
+Pipeline per stream: resampler -> kaldi-native-fbank online fbank (the bundle's FeatureSpec, the
+same code as training) -> frames buffered into chunks of `chunk_frames` -> ONNX model with the
+stream's state tensors -> log-probs (chunk_frames / subsampling frames per chunk) -> incremental
+CTC decoder -> endpoint rules -> segments with word timings.
+
+The last chunk of an utterance is zero-padded to `chunk_frames`, and only the output frames
+of real input (n_real // subsampling) are kept, so a stream yields exactly the frames of an
+offline pass over the same audio, and the same transcript.
+
+Batching: state tensors have one batch axis "B" (not always the first: RNN states are
+(layers, B, hidden)); `decode_batch` concatenates the streams' states along it, runs one model
+call, and splits the new states back. Models exported with a fixed batch of 1 are run one stream
+at a time.
+
+Endpointing (Kaldi / sherpa style, on the argmax path, output frames of
+subsampling x frame_shift seconds), checked after every chunk:
+  rule 1: trailing blank >= no_speech_silence_s and nothing decoded in the segment (drops silence)
+  rule 2: trailing blank >= trailing_silence_s after some speech (end of an utterance)
+  rule 3: segment length >= max_utterance_s
+A segment closed by a rule is queued (`pop_segments`); the model state carries on, the decoder
+starts a new segment.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ekd_compress.spec.features import FeatureSpec, OnlineFeatures
+from ekd_compress.spec.tokens import TokenTable
+from serve.decode import CTCDecoder, TokenHit, Word, make_decoder, words_from_hits
+from serve.resample import Resampler
+
+BUNDLE_FORMAT = "ekd-bundle/1"
+_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing a file or bundle.json lacks / mistypes a key."""
+
+
+# ============================================================================ bundle
+@dataclass(frozen=True)
+class StateInfo:
+    name: str
+    shape: tuple  # ints and the symbol "B"
+    dtype: str
+
+    @property
+    def batch_axis(self) -> int:
+        return self.shape.index("B")
+
+    def zeros(self, batch: int = 1) -> np.ndarray:
+        return np.zeros(tuple(batch if d == "B" else int(d) for d in self.shape), dtype=_DTYPES[self.dtype])
+
+
+@dataclass
+class Bundle:
+    """A validated bundle directory (see export/bundle.py for the full schema)."""
+
+    path: Path
+    meta: dict[str, Any]
+    features: FeatureSpec
+    tokens: TokenTable
+    states: list[StateInfo]
+    chunk_frames: int  # input frames consumed (hop) per model call
+    window_frames: int  # input frames fed per model call (inputs.chunk.shape[1])
+    subsampling: int
+    output_frames_per_chunk: int
+    blank_id: int
+    vocab_size: int
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("model", {}).get("name") or self.path.name)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration of one output frame (subsampling x feature frame shift), seconds."""
+        return self.subsampling * self.features.frame_shift_ms / 1000.0
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.chunk_frames * self.features.frame_shift_ms / 1000.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    def file(self, key: str) -> Path | None:
+        name = self.meta["files"].get(key)
+        return self.path / name if name else None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"bundle directory {path} does not exist; make one with `ekd-compress export EXPDIR`")
+        meta_path = path / "bundle.json"
+        if not meta_path.is_file():
+            raise BundleError(f"{path} is not a bundle: bundle.json is missing; make one with `ekd-compress export EXPDIR`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{meta_path} is not valid JSON ({e}); re-export the bundle") from None
+        if not isinstance(meta, dict):
+            raise BundleError(f"{meta_path} must hold a JSON object")
+
+        def need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
+            if not isinstance(d, dict) or key not in d:
+                raise BundleError(f"{meta_path}: missing key {where + key!r}; re-export the bundle")
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, typ):
+                raise BundleError(f"{meta_path}: {where + key!r} must be {typ}, got {v!r:.60}")
+            return v
+
+        fmt = need(meta, "format", str, "")
+        if fmt != BUNDLE_FORMAT:
+            raise BundleError(f"{meta_path}: format {fmt!r} is not {BUNDLE_FORMAT!r}; re-export with this version")
+        files = need(meta, "files", dict, "")
+        for key in ("onnx", "tokens"):
+            name = need(files, key, str, "files.")
+            if not (path / name).is_file():
+                raise BundleError(f"{path}: files.{key} names {name!r}, which is missing; re-export the bundle")
+        for key in ("int8", "trt"):
+            name = files.get(key)
+            if name is not None and not (path / str(name)).is_file():
+                raise BundleError(f"{path}: files.{key} names {name!r}, which is missing; re-export or set it to null")
+        try:
+            features = FeatureSpec.from_dict(need(meta, "features", dict, ""))
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{meta_path}: features: {e}") from None
+        st = need(meta, "streaming", dict, "")
+        chunk_frames = need(st, "chunk_frames", int, "streaming.")
+        subsampling = need(st, "subsampling", int, "streaming.")
+        out_per_chunk = need(st, "output_frames_per_chunk", int, "streaming.")
+        if subsampling < 1 or chunk_frames < subsampling or chunk_frames % subsampling:
+            raise BundleError(f"{meta_path}: streaming.chunk_frames={chunk_frames} must be a multiple of subsampling={subsampling}")
+        if out_per_chunk != chunk_frames // subsampling:
+            raise BundleError(f"{meta_path}: streaming.output_frames_per_chunk={out_per_chunk} != chunk_frames // subsampling")
+        chunk_in = need(need(need(meta, "inputs", dict, ""), "chunk", dict, "inputs."), "shape", list, "inputs.chunk.")
+        if len(chunk_in) != 3 or chunk_in[0] != "B" or chunk_in[2] != features.num_mel_bins or not isinstance(chunk_in[1], int) \
+                or chunk_in[1] < chunk_frames:
+            raise BundleError(f"{meta_path}: inputs.chunk.shape {chunk_in} must be ['B', >= chunk_frames, num_mel_bins]")
+        states = []
+        for i, s in enumerate(need(meta, "states", list, "")):
+            name = need(s, "name", str, f"states[{i}].")
+            shape = need(s, "shape", list, f"states[{i}].")
+            dtype = need(s, "dtype", str, f"states[{i}].")
+            if shape.count("B") != 1 or not all(d == "B" or (isinstance(d, int) and d >= 0) for d in shape):
+                raise BundleError(f"{meta_path}: states[{i}].shape {shape} must hold ints and 'B' exactly once")
+            if dtype not in _DTYPES:
+                raise BundleError(f"{meta_path}: states[{i}].dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+            states.append(StateInfo(name, tuple(shape), dtype))
+        vocab = need(meta, "vocab_size", int, "")
+        blank = need(meta, "blank_id", int, "")
+        try:
+            tokens = TokenTable.load(path / files["tokens"])
+        except ValueError as e:
+            raise BundleError(f"{path / files['tokens']}: {e}") from None
+        if len(tokens) != vocab:
+            raise BundleError(f"{path}: tokens.txt has {len(tokens)} tokens but vocab_size is {vocab}; re-export the bundle")
+        if blank != 0:
+            raise BundleError(f"{meta_path}: blank_id={blank}; this runtime expects the blank at id 0 (the token table convention)")
+        return cls(path, meta, features, tokens, states, chunk_frames, int(chunk_in[1]), subsampling, out_per_chunk,
+                   blank, vocab)
+
+
+# ============================================================================ endpointing
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Endpoint rules, seconds (see the module docstring). enabled=False: one segment until finalize."""
+
+    enabled: bool = True
+    trailing_silence_s: float = 0.8
+    no_speech_silence_s: float = 5.0
+    max_utterance_s: float = 20.0
+
+
+@dataclass
+class Segment:
+    """A final result: text, words with times (seconds from the stream start), and why it closed."""
+
+    text: str
+    words: list[Word]
+    start: float
+    end: float
+    reason: str  # "trailing_silence" | "no_speech" | "max_length" | "end"
+    token_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "words": [w.to_dict() for w in self.words], "start": round(self.start, 3),
+                "end": round(self.end, 3), "reason": self.reason}
+
+
+# ============================================================================ recognizer
+class Recognizer:
+    """One onnxruntime session for a bundle, shared by any number of `Stream`s (thread-safe runs).
+
+    Args:
+        bundle: a `Bundle` or its directory.
+        provider: "cpu", "cuda" (CUDAExecutionProvider) or "tensorrt" (TensorrtExecutionProvider,
+            building engines from model.onnx; falls back to CUDA then CPU per node).
+        threads: onnxruntime intra-op threads (1 suits many concurrent streams).
+        use_int8: run model.int8.onnx (the bundle must have one).
+        decoder: "greedy" or "beam"; beam / lm_path / lm_weight for beam search (lm_path: KenLM).
+        endpoint: default endpoint rules of new streams.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, provider: str = "cpu", threads: int = 1, use_int8: bool = False,
+                 decoder: str = "greedy", beam: int = 8, lm_path: str | Path | None = None, lm_weight: float = 0.5,
+                 endpoint: EndpointConfig | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider {provider!r} is unknown; use one of {sorted(PROVIDERS)}")
+        if decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder {decoder!r} is unknown; use 'greedy' or 'beam'")
+        model_path = self.bundle.file("int8") if use_int8 else self.bundle.file("onnx")
+        if model_path is None:
+            raise BundleError(f"{self.bundle.path} has no INT8 model (files.int8 is null); "
+                              "export with --int8 or serve without --int8")
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = PROVIDERS[provider]
+        if wanted[0] not in available:
+            hint = {"cuda": "pip install onnxruntime-gpu (and a CUDA runtime)",
+                    "tensorrt": "pip install onnxruntime-gpu and tensorrt"}.get(provider, "")
+            raise RuntimeError(f"provider {provider!r} needs {wanted[0]}, which this onnxruntime lacks "
+                               f"(available: {available}); {hint}, or use --provider cpu")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        self.provider = provider
+        self.threads = threads
+        self.use_int8 = use_int8
+        self.model_path = model_path
+        self.session = ort.InferenceSession(str(model_path), opts, providers=[p for p in wanted if p in available])
+        self._check_io()
+        self.decoder_kind, self.beam, self.lm_path, self.lm_weight = decoder, beam, lm_path, lm_weight
+        self.endpoint = endpoint or EndpointConfig()
+        if lm_path is not None:  # fail now, not on the first stream
+            self.new_decoder()
+        self.chunks_decoded = 0
+        self._lock = threading.Lock()
+
+    def _check_io(self) -> None:
+        b = self.bundle
+        names = [i.name for i in self.session.get_inputs()]
+        want = ["chunk", *[s.name for s in b.states]]
+        if sorted(names) != sorted(want):
+            raise BundleError(f"{self.model_path} has inputs {names} but bundle.json describes {want}; re-export the bundle")
+        outs = [o.name for o in self.session.get_outputs()]
+        self.output_names = ["log_probs", *[f"{s.name}_out" for s in b.states]]
+        missing = [n for n in self.output_names if n not in outs]
+        if missing:
+            raise BundleError(f"{self.model_path} lacks outputs {missing} (has {outs}); re-export the bundle")
+        batch_dim = self.session.get_inputs()[names.index("chunk")].shape[0]
+        self.max_batch = 1 if batch_dim == 1 else None  # None: dynamic batch axis
+
+    def new_decoder(self) -> CTCDecoder:
+        return make_decoder(self.decoder_kind, self.bundle.tokens.tokens, blank=self.bundle.blank_id, beam=self.beam,
+                            lm_path=self.lm_path, lm_weight=self.lm_weight)
+
+    def create_stream(self, sample_rate: int | None = None, endpoint: EndpointConfig | None = None) -> "Stream":
+        return Stream(self, sample_rate=sample_rate, endpoint=endpoint or self.endpoint)
+
+    # ------------------------------------------------------------------ model calls
+    def run(self, chunk: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """chunk (B, window_frames, F) float32 + states -> log_probs (B, out_per_chunk, V), new states."""
+        feeds = {"chunk": chunk, **{s.name: v for s, v in zip(self.bundle.states, states)}}
+        log_probs, *new_states = self.session.run(self.output_names, feeds)
+        return log_probs, new_states
+
+    def decode_batch(self, streams: Sequence["Stream"]) -> int:
+        """Decode one ready chunk of each stream that has one, in one model call (or one per
+        stream for fixed-batch models). Returns the number of chunks decoded."""
+        ready = [s for s in streams if s.ready_chunks > 0]
+        if not ready:
+            return 0
+        if self.max_batch == 1 and len(ready) > 1:
+            return sum(self.decode_batch([s]) for s in ready)
+        taken = [s._take_chunk() for s in ready]  # (window, n_real) per stream
+        chunk = np.stack([c for c, _ in taken])  # (B, window_frames, F)
+        states = [
+            np.concatenate([s._states[i] for s in ready], axis=info.batch_axis)
+            for i, info in enumerate(self.bundle.states)
+        ]
+        log_probs, new_states = self.run(chunk, states)
+        for b, (stream, (_, n_real)) in enumerate(zip(ready, taken)):
+            stream._states = [np.take(ns, [b], axis=info.batch_axis) for ns, info in zip(new_states, self.bundle.states)]
+            stream._after_chunk(log_probs[b], n_real)
+        with self._lock:
+            self.chunks_decoded += len(ready)
+        return len(ready)
+
+    def recognize(self, samples: np.ndarray, sample_rate: int | None = None,
+                  endpoint: EndpointConfig | None = None) -> list[Segment]:
+        """Offline: the whole signal in one pass (features at once, then every chunk) -> segments."""
+        s = self.create_stream(sample_rate, endpoint=endpoint or EndpointConfig(enabled=False))
+        s.accept_waveform(samples, sample_rate)
+        last = s.finalize()
+        return [*s.pop_segments(), *([last] if last is not None else [])]
+
+
+class Stream:
+    """One audio stream: resampler, online fbank, chunk buffer, model state, decoder, endpoints.
+
+    Not thread-safe by itself: one owner at a time (the server hands a stream to the decoding
+    thread and waits for it).
+    """
+
+    def __init__(self, recognizer: Recognizer, sample_rate: int | None = None,
+                 endpoint: EndpointConfig | None = None) -> None:
+        self.rec = recognizer
+        b = recognizer.bundle
+        self.bundle = b
+        self.sample_rate = int(sample_rate or b.sample_rate)
+        self.endpoint = endpoint or recognizer.endpoint
+        self._resampler = Resampler(self.sample_rate, b.sample_rate)
+        self._feats = OnlineFeatures(b.features)
+        self._buf = np.zeros((0, b.features.num_mel_bins), dtype=np.float32)  # frames not yet consumed
+        self._states = [s.zeros(1) for s in b.states]
+        self._decoder = recognizer.new_decoder()
+        self._finished = False
+        self._frames_out = 0  # output frames decoded so far (absolute index of the next one)
+        self._seg_start = 0  # output frame where the current segment began
+        self._trailing_blank = 0  # output frames of blank argmax since the last non-blank
+        self._last_argmax = b.blank_id
+        self._segments: list[Segment] = []
+        self.samples_in = 0  # at the client's rate
+        self.created = time.monotonic()
+
+    # ------------------------------------------------------------------ input
+    def accept_waveform(self, samples: np.ndarray, sample_rate: int | None = None) -> None:
+        """samples: (N,) float in [-1, 1] at `sample_rate` (default: the stream's rate)."""
+        if self._finished:
+            raise RuntimeError("this stream is finalized; create a new stream for more audio")
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            if self.samples_in:
+                raise ValueError(f"sample rate changed from {self.sample_rate} to {sample_rate} mid-stream")
+            self.sample_rate = int(sample_rate)
+            self._resampler = Resampler(self.sample_rate, self.bundle.sample_rate)
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.samples_in += x.shape[0]
+        y = self._resampler.accept(x)
+        if y.size:
+            self._feats.accept(y)
+            self._pull_frames()
+
+    def input_finished(self) -> None:
+        """No more audio: flush the resampler and fbank; the remainder becomes a padded last chunk."""
+        if self._finished:
+            return
+        tail = self._resampler.flush()
+        if tail.size:
+            self._feats.accept(tail)
+        self._feats.finish()
+        self._pull_frames()
+        self._finished = True
+
+    def _pull_frames(self) -> None:
+        frames = self._feats.pop()
+        if frames.shape[0]:
+            self._buf = np.concatenate([self._buf, frames])
+
+    @property
+    def ready_chunks(self) -> int:
+        b = self.bundle
+        n = self._buf.shape[0]
+        full = 0 if n < b.window_frames else (n - b.window_frames) // b.chunk_frames + 1
+        if self._finished and n > full * b.chunk_frames:
+            full += 1  # the zero-padded remainder
+        return full
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def seconds(self) -> float:
+        """Audio decoded so far, seconds."""
+        return self._frames_out * self.bundle.frame_seconds
+
+    def _take_chunk(self) -> tuple[np.ndarray, int]:
+        """Pop the next window (window_frames, F), zero-padded at the end; returns it and its real frame count."""
+        b = self.bundle
+        window = self._buf[: b.window_frames]
+        n_real = min(window.shape[0], b.chunk_frames)
+        if window.shape[0] < b.window_frames:
+            window = np.concatenate([window, np.zeros((b.window_frames - window.shape[0], window.shape[1]), np.float32)])
+        self._buf = self._buf[b.chunk_frames:]
+        return window, n_real
+
+    # ------------------------------------------------------------------ decoding
+    def _after_chunk(self, log_probs: np.ndarray, n_real: int) -> None:
+        """log_probs (out_per_chunk, V) of one chunk holding n_real real input frames."""
+        b = self.bundle
+        keep = n_real // b.subsampling if n_real < b.chunk_frames else b.output_frames_per_chunk
+        lp = log_probs[:keep]
+        if not keep:
+            return
+        self._decoder.accept(lp, self._frames_out)
+        for t, a in enumerate(lp.argmax(axis=-1)):
+            a = int(a)
+            if a == b.blank_id:
+                self._trailing_blank += 1
+            elif a != self._last_argmax or self._trailing_blank:
+                self._trailing_blank = 0
+            self._last_argmax = a
+        self._frames_out += keep
+        self._check_endpoint()
+
+    def _check_endpoint(self) -> None:
+        ep = self.endpoint
+        if not ep.enabled:
+            return
+        fs = self.bundle.frame_seconds
+        silence = self._trailing_blank * fs
+        length = (self._frames_out - self._seg_start) * fs
+        has_speech = bool(self._decoder.hypothesis())
+        if has_speech and silence >= ep.trailing_silence_s:
+            self._close_segment("trailing_silence")
+        elif not has_speech and silence >= ep.no_speech_silence_s:
+            self._close_segment("no_speech")
+        elif length >= ep.max_utterance_s:
+            self._close_segment("max_length")
+
+    def _segment(self, reason: str) -> Segment:
+        b = self.bundle
+        hits: list[TokenHit] = self._decoder.hypothesis()
+        ids = [h.id for h in hits]
+        words = words_from_hits(hits, b.tokens.tokens, b.frame_seconds, b.tokens.kind)
+        return Segment(b.tokens.decode(ids), words, self._seg_start * b.frame_seconds,
+                       self._frames_out * b.frame_seconds, reason, ids)
+
+    def _close_segment(self, reason: str) -> Segment:
+        seg = self._segment(reason)
+        self._segments.append(seg)
+        self._decoder.reset()
+        self._seg_start = self._frames_out
+        self._trailing_blank = 0
+        return seg
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> str:
+        """Partial text of the current (open) segment."""
+        return self.bundle.tokens.decode(h.id for h in self._decoder.hypothesis())
+
+    def partial(self) -> Segment:
+        """The open segment as a Segment (reason "partial"), words included."""
+        return self._segment("partial")
+
+    def pop_segments(self) -> list[Segment]:
+        """Segments closed by endpoint rules since the last call."""
+        out, self._segments = self._segments, []
+        return out
+
+    def is_endpoint(self) -> bool:
+        return bool(self._segments)
+
+    def finalize(self) -> Segment | None:
+        """End of input: decode every remaining chunk (the last one padded) and close the open
+        segment. Returns it, or None when nothing was decoded since the last endpoint."""
+        self.input_finished()
+        while self.ready_chunks:
+            self.rec.decode_batch([self])
+        return self.close()
+
+    def close(self) -> Segment | None:
+        """Close the open segment (reason "end") after `input_finished` and decoding."""
+        if self._frames_out == self._seg_start and not self._decoder.hypothesis():
+            return None
+        seg = self._segment("end")
+        self._decoder.reset()
+        self._seg_start = self._frames_out
+        return seg
