@@ -352,7 +352,6 @@ class Stream:
         self._frames_out = 0  # output frames decoded so far (absolute index of the next one)
         self._seg_start = 0  # output frame where the current segment began
         self._trailing_blank = 0  # output frames of blank argmax since the last non-blank
-        self._last_argmax = b.blank_id
         self._segments: list[Segment] = []
         self.samples_in = 0  # at the client's rate
         self.created = time.monotonic()
@@ -427,13 +426,8 @@ class Stream:
         if not keep:
             return
         self._decoder.accept(lp, self._frames_out)
-        for t, a in enumerate(lp.argmax(axis=-1)):
-            a = int(a)
-            if a == b.blank_id:
-                self._trailing_blank += 1
-            elif a != self._last_argmax or self._trailing_blank:
-                self._trailing_blank = 0
-            self._last_argmax = a
+        for a in lp.argmax(axis=-1):
+            self._trailing_blank = self._trailing_blank + 1 if int(a) == b.blank_id else 0
         self._frames_out += keep
         self._check_endpoint()
 

@@ -1,0 +1,54 @@
+"""`ekd-compress export EXPDIR`: a thin wrapper over `export.api.export_bundle`.
+
+Registered in the CLI group with `cli.add_command(export)`. Heavy imports (torch, onnx,
+onnxruntime, tensorrt) happen inside the command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+
+@click.command("export")
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model", default="student", show_default=True,
+              help="Which model of the experiment: student, ensemble, baseline or any name in models.json.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle directory (default: EXPDIR/bundles/MODEL); replaced if it exists.")
+@click.option("--int8", "int8", is_flag=True, help="Also write model.int8.onnx, with its dev WER change measured.")
+@click.option("--int8-method", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
+              help="onnxruntime INT8: dynamic, or static with scales calibrated on dev features.")
+@click.option("--max-int8-wer-increase", type=float, default=1.0, show_default=True,
+              help="Fail when INT8 raises dev WER by more than this many absolute points.")
+@click.option("--trt", "trt", is_flag=True, help="Also build a TensorRT engine (model.plan); needs an NVIDIA GPU.")
+@click.option("--fp16", "trt_precision", flag_value="fp16", default=True, help="TensorRT engine in FP16 (default).")
+@click.option("--int8-trt", "trt_precision", flag_value="int8",
+              help="TensorRT engine in INT8 (explicit Q/DQ, calibrated on dev features).")
+@click.option("--verify-utterances", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Dev utterances on which ONNX must match PyTorch (|Δ log-prob| <= 1e-4, same transcripts).")
+def export(exp_dir: Path, model: str, out_dir: Optional[Path], int8: bool, int8_method: str,
+           max_int8_wer_increase: float, trt: bool, trt_precision: str, verify_utterances: int) -> None:
+    """Export a model of EXP_DIR as a deployable, verified bundle: streaming ONNX with explicit
+    state, tokens.txt and bundle.json; optionally INT8 (--int8) and a TensorRT engine (--trt)."""
+    if trt:  # before anything else: a missing GPU is a one-line answer, not a failure after the export
+        from export.tensorrt_build import TrtUnavailable, check_trt_available
+
+        try:
+            check_trt_available()
+        except TrtUnavailable as e:
+            raise click.ClickException(str(e)) from None
+    from export.api import export_bundle
+
+    try:
+        path = export_bundle(exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt, trt_precision=trt_precision,
+                             max_int8_wer_increase=max_int8_wer_increase, verify_utterances=verify_utterances,
+                             int8_method=int8_method, log=click.echo)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:  # our own errors name the fix (verification, INT8 accuracy, TensorRT)
+        if type(e).__module__.startswith(("export", "ekd_compress")):
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        raise
+    click.echo(f"bundle written: {path}")
