@@ -14,10 +14,13 @@ INT8 models with doubled WER unnoticed.
 """
 from __future__ import annotations
 
+import logging
 import math
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,11 +35,34 @@ class Int8AccuracyError(RuntimeError):
     """The INT8 model loses more accuracy than allowed."""
 
 
+@contextmanager
+def _prepared(src: Path | str) -> Iterator[str]:
+    """onnxruntime's recommended pre-processing (shape inference, graph optimisation) into a
+    temporary file; the original model when pre-processing fails. Quiets the quantizer's
+    root-logger advice while inside."""
+    from onnxruntime.quantization import quant_pre_process
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = str(Path(tmp) / "prepared.onnx")
+            try:
+                quant_pre_process(str(src), prepared)
+            except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not a requirement
+                prepared = str(src)
+            yield prepared
+    finally:
+        root.setLevel(level)
+
+
 def quantize_dynamic_int8(src: Path | str, dst: Path | str) -> Path:
     """fp32 ONNX -> dynamically quantized INT8 ONNX (weights int8, activations at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False)
+    with _prepared(src) as prepared:
+        quantize_dynamic(prepared, str(dst), weight_type=QuantType.QInt8, per_channel=False)
     return Path(dst)
 
 
@@ -81,11 +107,13 @@ def quantize_static_int8(src: Path | str, dst: Path | str, bundle: dict[str, Any
         def get_next(self):
             return inner.get_next()
 
-    quantize_static(
-        str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )
+    with _prepared(src) as prepared:
+        quantize_static(
+            prepared, str(dst), _Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],  # the weight-heavy ops; norms and RNN cells stay fp32
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
     return Path(dst)
 
 

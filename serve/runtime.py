@@ -306,7 +306,7 @@ class Recognizer:
             return 0
         if self.max_batch == 1 and len(ready) > 1:
             return sum(self.decode_batch([s]) for s in ready)
-        taken = [s._take_chunk() for s in ready]  # (window, n_real) per stream
+        taken = [s._peek_chunk() for s in ready]  # (window, n_real) per stream
         chunk = np.stack([c for c, _ in taken])  # (B, window_frames, F)
         states = [
             np.concatenate([s._states[i] for s in ready], axis=info.batch_axis)
@@ -407,20 +407,21 @@ class Stream:
         """Audio decoded so far, seconds."""
         return self._frames_out * self.bundle.frame_seconds
 
-    def _take_chunk(self) -> tuple[np.ndarray, int]:
-        """Pop the next window (window_frames, F), zero-padded at the end; returns it and its real frame count."""
+    def _peek_chunk(self) -> tuple[np.ndarray, int]:
+        """The next window (window_frames, F), zero-padded at the end, and its real frame count.
+        The frames are consumed by `_after_chunk`, once the model call succeeded."""
         b = self.bundle
         window = self._buf[: b.window_frames]
         n_real = min(window.shape[0], b.chunk_frames)
         if window.shape[0] < b.window_frames:
             window = np.concatenate([window, np.zeros((b.window_frames - window.shape[0], window.shape[1]), np.float32)])
-        self._buf = self._buf[b.chunk_frames:]
         return window, n_real
 
     # ------------------------------------------------------------------ decoding
     def _after_chunk(self, log_probs: np.ndarray, n_real: int) -> None:
         """log_probs (out_per_chunk, V) of one chunk holding n_real real input frames."""
         b = self.bundle
+        self._buf = self._buf[b.chunk_frames:]
         keep = n_real // b.subsampling if n_real < b.chunk_frames else b.output_frames_per_chunk
         lp = log_probs[:keep]
         if not keep:

@@ -63,6 +63,17 @@ class StreamingCTCModel(nn.Module):
                 f"use e.g. {max(1, round(chunk_frames / self.subsampling)) * self.subsampling}"
             )
         self.chunk_frames = chunk_frames
+        # global CMVN, part of the model so exported graphs and servers apply it too:
+        # x_norm = (x - feat_mean) * feat_scale; identity until `set_normalization`
+        self.register_buffer("feat_mean", torch.zeros(self.input_dim))
+        self.register_buffer("feat_scale", torch.ones(self.input_dim))
+
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Per-bin feature mean and standard deviation (F,) of the training set."""
+        if mean.shape != (self.input_dim,) or std.shape != (self.input_dim,):
+            raise ValueError(f"normalisation stats of shapes {tuple(mean.shape)}, {tuple(std.shape)}; expected ({self.input_dim},)")
+        self.feat_mean.copy_(mean)
+        self.feat_scale.copy_(1.0 / std.clamp(min=1e-3))
 
     # ------------------------------------------------------------------ interface for subclasses
     def logits(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,14 +102,14 @@ class StreamingCTCModel(nn.Module):
         """feats (B, T, F) float, lengths (B,) int64 input frames ->
         log_probs (B, T // subsampling, V) float32 (log_softmax over V), out_lengths (B,) int64."""
         self._check_feats(feats, lengths)
-        logits, out_lengths = self.logits(feats, lengths)
+        logits, out_lengths = self.logits((feats - self.feat_mean) * self.feat_scale, lengths)
         return logits.float().log_softmax(dim=-1), out_lengths
 
     def forward_chunk(self, chunk: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """chunk (B, chunk_frames, F), state from `initial_state` or the previous call ->
         log_probs (B, chunk_frames // subsampling, V) float32, new state (same shapes)."""
         self._check_chunk(chunk, state)
-        logits, new_state = self.logits_chunk(chunk, state)
+        logits, new_state = self.logits_chunk((chunk - self.feat_mean) * self.feat_scale, state)
         return logits.float().log_softmax(dim=-1), new_state
 
     def initial_state(self, batch_size: int) -> list[Tensor]:

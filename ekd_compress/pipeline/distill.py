@@ -76,7 +76,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
         ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
         ctx.keys["features"] = config_hash(ctx.keys["data"], r.features.num_mel_bins, r.features.frame_length_ms,
-                                           r.features.frame_shift_ms, r.features.dither, r.features.precompute)
+                                           r.features.frame_shift_ms, r.features.dither, r.features.precompute, "cmvn")
         ctx.data["features"] = runner.run("features", ctx.keys["features"], lambda: S.stage_features(ctx))
         if stop_after == "features":
             return {}

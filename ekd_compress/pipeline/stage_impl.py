@@ -60,7 +60,26 @@ def stage_features(ctx) -> dict[str, Any]:
         cuts.to_file(target)
         out[split] = str(target)
     out["feature_hash"] = ctx.spec.hash()
+    out["cmvn"] = str(feature_stats(CutSet.from_file(out["train"]), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz"))
     return out
+
+
+def feature_stats(cuts, spec, path: Path) -> Path:
+    """Per-bin mean and std of the training features -> npz (the models' global CMVN)."""
+    from ekd_compress.features.fbank import load_features
+
+    total = np.zeros(spec.num_mel_bins)
+    total_sq = np.zeros(spec.num_mel_bins)
+    frames = 0
+    for cut in cuts:
+        f = load_features(cut, spec).astype(np.float64)
+        total += f.sum(0)
+        total_sq += (f ** 2).sum(0)
+        frames += f.shape[0]
+    mean = total / max(frames, 1)
+    std = np.sqrt(np.maximum(total_sq / max(frames, 1) - mean ** 2, 1e-8))
+    np.savez(path, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=frames)
+    return path
 
 
 def test_sets(ctx) -> dict[str, str]:
@@ -83,6 +102,8 @@ def stage_train(
     out_dir = ctx.exp_dir / "models" / name
     torch.manual_seed(seed)
     model = build(arch, ctx.spec.num_mel_bins, len(ctx.tokens), params)
+    with np.load(ctx.data["features"]["cmvn"]) as stats:
+        model.set_normalization(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
     alignments = _load_alignments(ctx) if mode == "guided" else None
     essence = None
     if essence_dir is not None:

@@ -6,6 +6,7 @@ forced alignment (guided members) and essence targets (students).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -113,9 +114,11 @@ def make_loader(
 
     num_buckets = min(10, len(cuts) // 20)
     if shuffle and num_buckets >= 2:
-        sampler = DynamicBucketingSampler(
-            cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, drop_last=False,
-        )
+        with warnings.catch_warnings():  # eager CutSets are fine at the sizes kept in memory
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+            sampler = DynamicBucketingSampler(
+                cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, drop_last=False,
+            )
     elif shuffle:  # too few cuts to bucket
         sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,14 +25,12 @@ class EpochLine(L.Callback):
     """One plain line per epoch (readable in log files, where progress bars are not)."""
 
     def __init__(self, name: str, log=print) -> None:
-        self.name, self.log, self.start = name, log, time.time()
+        self.name, self._emit, self.start = name, log, time.time()
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after validation in Lightning 2
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         parts = " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith(("train_", "dev_")))
-        self.log(f"  {self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
+        self._emit(f"  {self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
                  f"({time.time() - self.start:.0f} s)")
 
 
@@ -72,6 +71,7 @@ def fit_model(
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning vs torch 2.13 noise
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -1,0 +1,421 @@
+"""Latency / throughput benchmark of bundles through the real server (websocket clients, native protocol).
+
+    ekd-compress bench STUDENT_BUNDLE --vs ENSEMBLE_BUNDLE --streams 4 --audio wavs/ --json
+
+For each bundle a server is started in a subprocess (`python -m serve.server`, so its memory and
+CPU are its own; `url=` uses a running server instead), then:
+
+1. latency run: `streams` clients stream the audio concurrently, at real-time pace (`realtime`,
+   100 ms messages) or as fast as possible, for about `seconds` each;
+   - chunk_ms: model compute per chunk, from the server's /stats (exact quantiles of the model
+     call time each chunk took part in; batched chunks share a call);
+   - first_partial_ms: from sending the audio that completes the first chunk to receiving the first
+     partial (so the chunk's own duration, inherent to the model, is not counted);
+   - final_ms: from sending "end" to receiving the last final result;
+2. rtf: one stream sent as fast as possible: wall time / audio duration;
+3. max_realtime_streams: N = 1, 2, 4, ... real-time streams for `ramp_seconds` each, until the
+   p95 chunk latency or the p95 final latency exceeds the chunk duration (or `max_streams`,
+   reported with max_realtime_streams_capped=True);
+4. rss_mb: the server's peak resident memory (VmHWM) at the end.
+
+Without audio files, synthetic speech-like clips are used (harmonic tones with a moving pitch,
+noise bursts, pauses): compute latency does not depend on what is said.
+Client and server share the machine's cores; the numbers are for that setting.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SEND_MS = 100
+
+
+@dataclass
+class BenchConfig:
+    streams: int = 4
+    seconds: float = 4.0  # audio per stream in the latency run
+    realtime: bool = True
+    ramp: bool = True
+    ramp_seconds: float = 3.0
+    max_streams: int = 64
+    rtf_seconds: float = 10.0  # audio sent for the RTF measurement
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    threads: int = 1
+    int8: bool = False
+    provider: str = "cpu"
+    token: str | None = None
+
+
+@dataclass
+class ModelResult:
+    bundle: str
+    chunk_ms_p50: float | None = None
+    chunk_ms_p95: float | None = None
+    chunk_ms_p99: float | None = None
+    first_partial_ms_p50: float | None = None
+    first_partial_ms_p95: float | None = None
+    first_partial_ms_p99: float | None = None
+    final_ms_p50: float | None = None
+    final_ms_p95: float | None = None
+    final_ms_p99: float | None = None
+    rtf: float | None = None
+    max_realtime_streams: int = 0
+    max_realtime_streams_capped: bool = False
+    rss_mb: float | None = None
+    chunk_ms: float | None = None  # chunk duration
+    ramp: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "realtime"
+    streams: int = 0
+
+
+# ============================================================================ audio
+def load_audio_dir(directory: str | Path, limit: int = 20) -> list[tuple[np.ndarray, int]]:
+    """*.wav (16-bit PCM, any rate; first channel) and, with soundfile installed, *.flac/*.ogg."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg"))[:limit]
+    if not files:
+        raise FileNotFoundError(f"no .wav/.flac files under {directory}; pass --audio DIR with some recordings")
+    out = []
+    for p in files:
+        if p.suffix.lower() == ".wav":
+            try:
+                with wave.open(str(p), "rb") as w:
+                    if w.getsampwidth() != 2:
+                        raise ValueError(f"{p}: {8 * w.getsampwidth()}-bit WAV; convert to 16-bit PCM")
+                    x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())[:, 0]
+                    out.append((x.astype(np.float32) / 32768.0, w.getframerate()))
+                    continue
+            except wave.Error:
+                pass
+        import soundfile as sf  # non-PCM wav, flac, ogg
+
+        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        out.append((x[:, 0], sr))
+    return out
+
+
+def synthetic_audio(n: int = 4, seconds: float = 4.0, sr: int = 16000, seed: int = 0) -> list[tuple[np.ndarray, int]]:
+    """Speech-like clips: voiced bursts (harmonics of a gliding f0), noise bursts, pauses."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(n):
+        parts, total = [], 0
+        while total < seconds * sr:
+            d = int(rng.uniform(0.15, 0.6) * sr)
+            t = np.arange(d) / sr
+            kind = rng.random()
+            if kind < 0.55:
+                f0 = rng.uniform(90, 220) * (1 + 0.2 * t / t[-1] * rng.uniform(-1, 1))
+                phase = 2 * np.pi * np.cumsum(f0) / sr
+                x = sum(np.sin(k * phase) / k for k in range(1, 12)) * rng.uniform(0.05, 0.3)
+                x *= np.hanning(d)
+            elif kind < 0.8:
+                x = rng.standard_normal(d) * rng.uniform(0.01, 0.08) * np.hanning(d)
+            else:
+                x = rng.standard_normal(d) * 0.001
+            parts.append(x.astype(np.float32))
+            total += d
+        clips.append((np.concatenate(parts)[: int(seconds * sr)], sr))
+    return clips
+
+
+def _fit(clip: tuple[np.ndarray, int], seconds: float) -> tuple[np.ndarray, int]:
+    """Loop or cut a clip to `seconds`."""
+    x, sr = clip
+    n = int(seconds * sr)
+    reps = -(-n // max(len(x), 1))
+    return np.tile(x, reps)[:n], sr
+
+
+# ============================================================================ server handling
+class ServerProcess:
+    """`python -m serve.server BUNDLE --port 0` in a subprocess; .url, .stop()."""
+
+    def __init__(self, bundle: str | Path, cfg: BenchConfig, max_connections: int) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="ekd-bench-")
+        port_file = Path(self._dir.name) / "port"
+        root = Path(__file__).resolve().parents[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        cmd = [sys.executable, "-m", "serve.server", str(bundle), "--port", "0", "--port-file", str(port_file),
+               "--max-connections", str(max_connections), "--max-batch", str(cfg.max_batch),
+               "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads), "--provider", cfg.provider]
+        if cfg.int8:
+            cmd.append("--int8")
+        if cfg.token:
+            env["EKD_SERVE_TOKEN"] = cfg.token
+        self._log = open(Path(self._dir.name) / "server.log", "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self._log.seek(0)
+                tail = self._log.read()[-2000:]
+                self.stop()
+                raise RuntimeError(f"the server for {bundle} did not start:\n{tail}")
+            time.sleep(0.05)
+        self.url = f"ws://127.0.0.1:{int(port_file.read_text())}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+        self._dir.cleanup()
+
+
+def _http_json(ws_url: str, path: str, token: str | None = None) -> dict[str, Any]:
+    http = ws_url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
+    req = urllib.request.Request(http + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+# ============================================================================ clients
+@dataclass
+class StreamStats:
+    first_partial_ms: float | None
+    final_ms: float | None
+    audio_s: float
+    wall_s: float
+    error: str | None = None
+
+
+async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, chunk_s: float,
+                        token: str | None = None, delay: float = 0.0) -> StreamStats:
+    """Stream one clip over the native protocol; returns its latencies."""
+    from websockets.asyncio.client import connect
+
+    await asyncio.sleep(delay)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(rate * SEND_MS / 1000) * 2
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    first_chunk_bytes = int((chunk_s + 0.015) * rate) * 2  # fbank needs half a window more
+    t_first_chunk_sent = t_first_partial = t_end = t_final = None
+    try:
+        async with connect(url + "/ws", additional_headers=headers, max_size=None, compression=None,
+                           open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": rate}))
+            json.loads(await ws.recv())
+
+            async def receiver():
+                nonlocal t_first_partial, t_final
+                async for raw in ws:
+                    m = json.loads(raw)
+                    if m.get("type") == "partial" and t_first_partial is None:
+                        t_first_partial = time.perf_counter()
+                    elif m.get("type") == "final" and m.get("reason") == "end":
+                        t_final = time.perf_counter()
+                    elif m.get("type") == "error":
+                        raise RuntimeError(m.get("message"))
+
+            rx = asyncio.create_task(receiver())
+            t0 = time.perf_counter()
+            for i, start in enumerate(range(0, len(pcm), step)):
+                if realtime:
+                    wait = t0 + i * SEND_MS / 1000 - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                await ws.send(pcm[start:start + step])
+                if t_first_chunk_sent is None and start + step >= first_chunk_bytes:
+                    t_first_chunk_sent = time.perf_counter()
+            if realtime:  # the last message's audio must have "happened" before end
+                wait = t0 + len(pcm) / 2 / rate - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            t_end = time.perf_counter()
+            await ws.send(json.dumps({"type": "end"}))
+            await asyncio.wait_for(rx, 120)
+    except Exception as e:  # noqa: BLE001 - reported per stream
+        return StreamStats(None, None, len(audio) / rate, 0.0, f"{type(e).__name__}: {e}")
+    fp = (t_first_partial - t_first_chunk_sent) * 1000 if t_first_partial and t_first_chunk_sent else None
+    fin = (t_final - t_end) * 1000 if t_final and t_end else None
+    return StreamStats(fp, fin, len(audio) / rate, (t_final or time.perf_counter()) - t0)
+
+
+async def run_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], n: int, seconds: float, realtime: bool,
+                      chunk_s: float, token: str | None = None) -> list[StreamStats]:
+    rng = np.random.default_rng(n)
+    tasks = []
+    for i in range(n):
+        x, sr = _fit(clips[i % len(clips)], seconds)
+        delay = float(rng.uniform(0, chunk_s)) if realtime and n > 1 else 0.0  # no lockstep
+        tasks.append(stream_client(url, x, sr, realtime, chunk_s, token, delay))
+    return await asyncio.gather(*tasks)
+
+
+def _q(vals: Sequence[float | None], p: float) -> float | None:
+    v = [x for x in vals if x is not None]
+    return round(float(np.percentile(v, p)), 3) if v else None
+
+
+def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig,
+              log=lambda m: None) -> ModelResult:
+    """Run the whole benchmark against a running server at ws://HOST:PORT."""
+    url = url.rstrip("/")
+    health = _http_json(url, "/health")
+    chunk_s = health["chunk_ms"] / 1000.0
+    res = ModelResult(bundle=label, chunk_ms=health["chunk_ms"], mode="realtime" if cfg.realtime else "fast",
+                      streams=cfg.streams)
+
+    # 1. latency run
+    since = _http_json(url, "/stats", cfg.token)["next"]
+    stats = asyncio.run(run_streams(url, clips, cfg.streams, cfg.seconds, cfg.realtime, chunk_s, cfg.token))
+    errors = [s.error for s in stats if s.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(stats)} streams failed, e.g. {errors[0]}")
+    server = _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"]
+    res.chunk_ms_p50, res.chunk_ms_p95, res.chunk_ms_p99 = (
+        round(server[k], 3) if server[k] is not None else None for k in ("p50", "p95", "p99"))
+    fps, fins = [s.first_partial_ms for s in stats], [s.final_ms for s in stats]
+    res.first_partial_ms_p50, res.first_partial_ms_p95, res.first_partial_ms_p99 = (_q(fps, p) for p in (50, 95, 99))
+    res.final_ms_p50, res.final_ms_p95, res.final_ms_p99 = (_q(fins, p) for p in (50, 95, 99))
+    log(f"{label}: latency run, {cfg.streams} streams x {cfg.seconds:g} s ({res.mode}): chunk p95 "
+        f"{res.chunk_ms_p95} ms, first partial p50 {res.first_partial_ms_p50} ms, final p50 {res.final_ms_p50} ms")
+
+    # 2. RTF, one stream, as fast as possible
+    x, sr = _fit(clips[0], cfg.rtf_seconds)
+    one = asyncio.run(run_streams(url, [(x, sr)], 1, cfg.rtf_seconds, False, chunk_s, cfg.token))[0]
+    if one.error:
+        raise RuntimeError(f"RTF stream failed: {one.error}")
+    res.rtf = round(one.wall_s / one.audio_s, 5)
+    log(f"{label}: RTF {res.rtf} (one stream, {cfg.rtf_seconds:g} s of audio as fast as possible)")
+
+    # 3. ramp real-time streams
+    if cfg.ramp:
+        levels, n = [], 1
+        while n < cfg.max_streams:
+            levels.append(n)
+            n *= 2
+        levels.append(cfg.max_streams)
+        for n in levels:
+            since = _http_json(url, "/stats", cfg.token)["next"]
+            st = asyncio.run(run_streams(url, clips, n, cfg.ramp_seconds, True, chunk_s, cfg.token))
+            chunk = _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"]
+            failed = sum(1 for s in st if s.error)
+            final_p95 = _q([s.final_ms for s in st], 95)
+            held = (not failed and chunk["p95"] is not None and chunk["p95"] <= health["chunk_ms"]
+                    and final_p95 is not None and final_p95 <= health["chunk_ms"])
+            res.ramp.append({"streams": n, "chunk_ms_p95": round(chunk["p95"] or 0, 3), "final_ms_p95": final_p95,
+                             "failed": failed, "held": held})
+            log(f"{label}: {n} real-time streams: chunk p95 {chunk['p95'] and round(chunk['p95'], 2)} ms, "
+                f"final p95 {final_p95} ms -> {'held' if held else 'NOT held'}")
+            if not held:
+                break
+            res.max_realtime_streams = n
+        res.max_realtime_streams_capped = res.max_realtime_streams == cfg.max_streams
+
+    # 4. memory
+    h = _http_json(url, "/health")
+    res.rss_mb = h.get("peak_rss_mb") or h.get("rss_mb")
+    return res
+
+
+def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: str | Path | None = None,
+                  url: str | None = None, log=lambda m: None) -> dict[str, Any]:
+    """Benchmark each bundle with its own server subprocess (or the server at `url`, one bundle)."""
+    clips = load_audio_dir(audio_dir) if audio_dir else synthetic_audio()
+    models = []
+    if url:
+        models.append(bench_url(url, str(bundles[0]) if bundles else url, clips, cfg, log))
+    else:
+        for b in bundles:
+            srv = ServerProcess(b, cfg, max_connections=max(cfg.streams, cfg.max_streams) + 8)
+            try:
+                models.append(bench_url(srv.url, str(b), clips, cfg, log))
+            finally:
+                srv.stop()
+    return {"models": [asdict(m) for m in models], "config": asdict(cfg),
+            "audio": str(audio_dir) if audio_dir else "synthetic", "clips": len(clips),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+
+
+# ============================================================================ reporting
+JSON_KEYS = ("bundle", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
+             "max_realtime_streams", "rss_mb")
+
+
+def table(report: dict[str, Any]) -> str:
+    rows = [("", *[Path(m["bundle"]).name for m in report["models"]])]
+    keys = [("chunk compute p50/p95/p99 ms", ("chunk_ms_p50", "chunk_ms_p95", "chunk_ms_p99")),
+            ("first partial p50/p95/p99 ms", ("first_partial_ms_p50", "first_partial_ms_p95", "first_partial_ms_p99")),
+            ("final p50/p95/p99 ms", ("final_ms_p50", "final_ms_p95", "final_ms_p99")),
+            ("RTF (1 stream, fast)", ("rtf",)),
+            ("real-time streams held", ("max_realtime_streams",)),
+            ("server peak RSS MiB", ("rss_mb",))]
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    for name, ks in keys:
+        cells = []
+        for m in report["models"]:
+            cell = "/".join(fmt(m[k]) for k in ks)
+            if ks == ("max_realtime_streams",) and m.get("max_realtime_streams_capped"):
+                cell += "+"
+            cells.append(cell)
+        rows.append((name, *cells))
+    if len(report["models"]) == 2:
+        a, b = report["models"]
+        ratio = []
+        for name, ks in keys:
+            x, y = a[ks[-1] if len(ks) == 1 else ks[1]], b[ks[-1] if len(ks) == 1 else ks[1]]
+            ratio.append(f"{y / x:.2f}x" if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else "-")
+        rows[0] = (*rows[0], "2nd / 1st")
+        for i, r in enumerate(ratio):
+            rows[i + 1] = (*rows[i + 1], r)
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["chunk p50", "chunk p95", "first partial p50", "final p50", "final p95"]
+    keys = ["chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95"]
+    w = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        ax1.bar(np.arange(len(keys)) + i * w, [m[k] or 0 for k in keys], w, label=Path(m["bundle"]).name)
+    ax1.set_xticks(np.arange(len(keys)) + w * (len(models) - 1) / 2, labels, rotation=20)
+    ax1.set_ylabel("ms")
+    ax1.set_title("latency")
+    ax1.legend()
+    for m in models:
+        if m["ramp"]:
+            ax2.plot([r["streams"] for r in m["ramp"]], [r["chunk_ms_p95"] for r in m["ramp"]], "o-",
+                     label=Path(m["bundle"]).name)
+    if models and models[0]["chunk_ms"]:
+        ax2.axhline(models[0]["chunk_ms"], color="gray", ls="--", label="chunk duration")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("concurrent real-time streams")
+    ax2.set_ylabel("chunk compute p95, ms")
+    ax2.set_title("real-time capacity")
+    ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,181 @@
+"""Tiny bundles for the serving tests, made here (the serving code itself never imports torch).
+
+- `gru_bundle`: an untrained 1-layer GRU student (hidden 32) exported with torch.onnx, dynamic
+  batch axis; its transcripts are arbitrary but deterministic (streaming vs offline, protocols).
+- `energy_bundle`: a hand-written ONNX graph (onnx.helper, no torch) whose output depends only on
+  loudness: per output frame, the mean log-mel energy e of its 4 input frames gives blank when
+  e < 0 (silence), "a" when 0 <= e < 10 (a 440 Hz tone at 0.03-0.8), "b" when e >= 10
+  (white noise above 0.001). Lets tests predict transcripts, endpoints and word times.
+"""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sys
+import warnings
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FEATURES = {"sample_rate": 16000, "num_mel_bins": 80, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+            "dither": 0.0, "low_freq": 20.0, "high_freq": 0.0, "snip_edges": False}
+CHARS = ["<blk>", "|", "a", "b", "c", "d", "e", "f", "g", "h"]
+
+
+def bundle_json(name: str, states: list[dict], vocab: int, chunk_frames: int = 32, params: int = 0,
+                arch: str = "gru") -> dict:
+    outputs = {"log_probs": {"shape": ["B", chunk_frames // 4, "V"], "dtype": "float32"}}
+    outputs.update({f"{s['name']}_out": {"shape": s["shape"], "dtype": s["dtype"]} for s in states})
+    return {
+        "format": "ekd-bundle/1",
+        "model": {"name": name, "kind": "student", "arch": arch, "params": params, "members": None},
+        "files": {"onnx": "model.onnx", "int8": None, "trt": None, "tokens": "tokens.txt"},
+        "features": FEATURES,
+        "streaming": {"chunk_frames": chunk_frames, "subsampling": 4, "output_frames_per_chunk": chunk_frames // 4,
+                      "lookahead_frames": 0, "frame_shift_ms": 10.0},
+        "inputs": {"chunk": {"shape": ["B", chunk_frames, 80], "dtype": "float32"}},
+        "states": states,
+        "outputs": outputs,
+        "vocab_size": vocab, "blank_id": 0, "token_kind": "char",
+        "provenance": {"exp_dir": None, "recipe": None, "mlflow_run_id": None, "dev_wer": None,
+                       "created": "2024-01-01T00:00:00", "ekd_compress_version": "0.1.0"},
+        "verification": {"max_abs_logprob_diff": 0.0, "transcripts_identical": True, "utterances": 0},
+        "int8": None, "trt": None,
+    }
+
+
+def write_tokens(path: Path, tokens: list[str]) -> None:
+    path.write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
+
+
+def make_gru_bundle(out: Path, hidden: int = 32, seed: int = 0) -> Path:
+    import torch
+
+    from ekd_compress.models import build_model
+
+    torch.manual_seed(seed)
+    V = len(CHARS)
+    model = build_model("gru", 80, V, hidden=hidden, layers=1).eval()
+    spec = model.state_spec()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, chunk, *states):
+            lp, new = self.m.forward_chunk(chunk, list(states))
+            return (lp, *new)
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n, _ in spec]
+    chunk = torch.zeros(2, model.chunk_frames, 80)
+    states = model.initial_state(2)
+    dyn = {"chunk": {0: "B"}, "log_probs": {0: "B"}}
+    for (n, shape) in spec:
+        dyn[n] = {shape.index("B"): "B"}
+        dyn[f"{n}_out"] = {shape.index("B"): "B"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model), (chunk, *states), str(out / "model.onnx"), dynamo=False, opset_version=17,
+                          input_names=["chunk", *names], output_names=["log_probs", *[f"{n}_out" for n in names]],
+                          dynamic_axes=dyn)
+    write_tokens(out / "tokens.txt", CHARS)
+    st = [{"name": n, "shape": list(shape), "dtype": "float32"} for n, shape in spec]
+    meta = bundle_json("tiny-gru", st, V, model.chunk_frames, sum(p.numel() for p in model.parameters()))
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2))
+    torch.save(model.state_dict(), out / "torch_state.pt")  # tests compare against the torch forward
+    return out
+
+
+def make_energy_bundle(out: Path, chunk_frames: int = 32) -> Path:
+    """ONNX graph: log_probs from loudness (see module docstring); states frontend_cache, count."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    V = len(CHARS)
+    W = np.zeros(V, np.float32)
+    b = np.full(V, -100.0, np.float32)
+    W[0], b[0] = 0.0, 0.0  # blank
+    W[2], b[2] = 1.0, 0.0  # "a": e
+    W[3], b[3] = 2.0, -10.0  # "b": 2e - 10 (beats "a" above 10)
+    W, b = W * 5, b * 5  # peakier posteriors
+    n_out = chunk_frames // 4
+    nodes = [
+        helper.make_node("ReduceMean", ["chunk"], ["e"], axes=[2], keepdims=0),  # (B, T)
+        helper.make_node("Reshape", ["e", "shape"], ["e4"]),  # (B, T/4, 4)
+        helper.make_node("ReduceMean", ["e4"], ["e_out"], axes=[2], keepdims=1),  # (B, T/4, 1)
+        helper.make_node("Mul", ["e_out", "W"], ["wx"]),  # (B, T/4, V)
+        helper.make_node("Add", ["wx", "b"], ["logits"]),
+        helper.make_node("LogSoftmax", ["logits"], ["log_probs"], axis=-1),
+        helper.make_node("Slice", ["chunk", "starts", "ends", "axes"], ["frontend_cache_out"]),
+        helper.make_node("Add", ["count", "one"], ["count_out"]),
+    ]
+    inits = [
+        helper.make_tensor("shape", TensorProto.INT64, [3], [0, n_out, 4]),
+        helper.make_tensor("W", TensorProto.FLOAT, [V], W.tolist()),
+        helper.make_tensor("b", TensorProto.FLOAT, [V], b.tolist()),
+        helper.make_tensor("starts", TensorProto.INT64, [1], [chunk_frames - 4]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [chunk_frames]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("one", TensorProto.INT64, [], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "energy", [
+            helper.make_tensor_value_info("chunk", TensorProto.FLOAT, ["B", chunk_frames, 80]),
+            helper.make_tensor_value_info("frontend_cache", TensorProto.FLOAT, ["B", 4, 80]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, ["B"]),
+        ], [
+            helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["B", n_out, V]),
+            helper.make_tensor_value_info("frontend_cache_out", TensorProto.FLOAT, ["B", 4, 80]),
+            helper.make_tensor_value_info("count_out", TensorProto.INT64, ["B"]),
+        ], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / "model.onnx"))
+    write_tokens(out / "tokens.txt", CHARS)
+    st = [{"name": "frontend_cache", "shape": ["B", 4, 80], "dtype": "float32"},
+          {"name": "count", "shape": ["B"], "dtype": "int64"}]
+    (out / "bundle.json").write_text(json.dumps(bundle_json("energy", st, V, chunk_frames, 0, "energy"), indent=2))
+    return out
+
+
+# ----------------------------------------------------------------------------- audio helpers
+def tone(seconds: float, amp: float = 0.3, sr: int = 16000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+
+
+def silence(seconds: float, sr: int = 16000) -> np.ndarray:
+    return np.zeros(int(round(seconds * sr)), np.float32)
+
+
+def noise(seconds: float, amp: float = 0.1, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    return (amp * np.random.default_rng(seed).standard_normal(int(round(seconds * sr)))).astype(np.float32)
+
+
+def to_pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def write_wav(path: Path, x: np.ndarray, sr: int = 16000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(to_pcm16(x))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,323 @@
+"""The websocket server with real `websockets` clients on 127.0.0.1: native and Vosk protocols,
+HTTP endpoints, limits, and bad input that must never disturb another stream."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from serve_helpers import noise, silence, to_pcm16, tone
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from serve.runtime import EndpointConfig, Recognizer
+from serve.server import BatchScheduler, Metrics, ServerConfig, ServerThread
+
+AUDIO = np.concatenate([silence(0.3), tone(0.5), silence(1.2), tone(0.4), silence(0.3)])  # "a" . "a"
+
+
+@pytest.fixture(scope="module")
+def recognizer(energy_bundle):
+    return Recognizer(energy_bundle)
+
+
+@pytest.fixture(scope="module")
+def server(recognizer):
+    cfg = ServerConfig(port=0, max_connections=6, max_message_bytes=64_000, idle_timeout_s=1.5)
+    with ServerThread(recognizer, cfg) as srv:
+        yield srv
+
+
+def url(srv, path="/ws"):
+    return f"ws://127.0.0.1:{srv.port}{path}"
+
+
+def http(srv, path, headers=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{srv.port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def recv_all(ws, timeout=10):
+    out = []
+    try:
+        while True:
+            out.append(json.loads(ws.recv(timeout=timeout)))
+    except ConnectionClosed:
+        return out
+
+
+def native_session(srv, pcm: bytes, rate=16000, piece=3200, **start):
+    with connect(url(srv), open_timeout=5) as ws:
+        ws.send(json.dumps({"type": "start", "sample_rate": rate, **start}))
+        ready = json.loads(ws.recv(timeout=5))
+        assert ready["type"] == "ready"
+        for i in range(0, len(pcm), piece):
+            ws.send(pcm[i:i + piece])
+        ws.send(json.dumps({"type": "end"}))
+        msgs = recv_all(ws)
+        assert ws.protocol.close_code == 1000
+        return msgs
+
+
+class GoodStream:
+    """A well-behaved native client streaming AUDIO in a background thread, half now, half later."""
+
+    def __init__(self, srv):
+        self.srv, self.msgs, self.error = srv, None, None
+        self.go_on = threading.Event()
+        self.half_sent = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            pcm = to_pcm16(AUDIO)
+            half = len(pcm) // 2 // 3200 * 3200
+            with connect(url(self.srv), open_timeout=5) as ws:
+                ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+                ws.recv(timeout=5)
+                for i in range(0, half, 3200):
+                    ws.send(pcm[i:i + 3200])
+                self.half_sent.set()
+                self.go_on.wait(20)
+                for i in range(half, len(pcm), 3200):
+                    ws.send(pcm[i:i + 3200])
+                ws.send(json.dumps({"type": "end"}))
+                self.msgs = recv_all(ws)
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+            self.half_sent.set()
+
+    def finish(self):
+        self.go_on.set()
+        self.t.join(20)
+        assert self.error is None, self.error
+        finals = [m for m in self.msgs if m["type"] == "final"]
+        assert [f["text"] for f in finals] == ["a", "a"], self.msgs
+
+
+# ----------------------------------------------------------------------------- native protocol
+def test_native_protocol(server):
+    msgs = native_session(server, to_pcm16(AUDIO))
+    kinds = [m["type"] for m in msgs]
+    assert "partial" in kinds and kinds[-1] == "final"
+    finals = [m for m in msgs if m["type"] == "final"]
+    assert [(f["text"], f["reason"]) for f in finals] == [("a", "trailing_silence"), ("a", "end")]
+    w = finals[0]["words"][0]
+    assert w["word"] == "a" and 0.28 <= w["start"] < w["end"] <= 0.9 and 0 < w["conf"] <= 1
+    assert 2.0 <= finals[1]["words"][0]["start"] <= 2.2
+    assert any(m["type"] == "partial" and m["text"] == "a" for m in msgs)
+
+
+def test_native_resamples_8k_and_odd_byte_pieces(server):
+    x8 = np.concatenate([silence(0.3, 8000), tone(0.5, 0.3, 8000), silence(0.3, 8000)])
+    msgs = native_session(server, to_pcm16(x8), rate=8000, piece=1001)  # odd sizes split samples
+    assert [m["text"] for m in msgs if m["type"] == "final"] == ["a"]
+
+
+def test_native_without_endpointing(server):
+    msgs = native_session(server, to_pcm16(AUDIO), endpointing=False)
+    assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("aa", "end")]
+
+
+# ----------------------------------------------------------------------------- Vosk protocol
+def test_vosk_protocol_one_reply_per_frame(server):
+    x8 = np.concatenate([silence(0.3, 8000), tone(0.5, 0.3, 8000), silence(1.2, 8000), noise(0.4, 0.05, 8000)])
+    pcm = to_pcm16(x8)
+    replies = []
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(json.dumps({"config": {"sample_rate": 8000, "words": True}}))
+        frames = [pcm[i:i + 1600] for i in range(0, len(pcm), 1600)]  # 100 ms frames
+        for f in frames:
+            ws.send(f)
+            replies.append(json.loads(ws.recv(timeout=5)))
+        ws.send('{"eof" : 1}')
+        final = json.loads(ws.recv(timeout=5))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert len(replies) == len(frames)
+    results = [r for r in replies if "text" in r]
+    assert all(set(r) == {"partial"} for r in replies if "text" not in r)
+    assert len(results) == 1 and results[0]["text"] == "a"
+    word = results[0]["result"][0]
+    assert set(word) == {"conf", "start", "end", "word"} and word["word"] == "a"
+    assert final["text"] in ("b", "ab") and final["result"]
+
+
+def test_vosk_without_config_defaults_to_model_rate(server):
+    pcm = to_pcm16(np.concatenate([tone(0.5), silence(0.2)]))
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        n = 0
+        for i in range(0, len(pcm), 8000):
+            ws.send(pcm[i:i + 8000])
+            ws.recv(timeout=5)
+            n += 1
+        ws.send('{"eof" : 1}')
+        assert json.loads(ws.recv(timeout=5))["text"] == "a"
+
+
+# ----------------------------------------------------------------------------- HTTP side
+def test_http_endpoints(server):
+    status, headers, body = http(server, "/")
+    assert status == 200 and "text/html" in headers["Content-Type"] and "<html" in body.lower()
+    status, _, body = http(server, "/app.js")
+    assert status == 200 and "WebSocket" in body
+    status, _, body = http(server, "/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and health["model"] == "energy" and health["rss_mb"] > 0
+    status, headers, body = http(server, "/metrics")
+    assert status == 200 and "ekd_serve_chunks_total" in body and "ekd_serve_chunk_compute_seconds_bucket" in body
+    status, _, body = http(server, "/stats")
+    assert status == 200 and "p95" in json.loads(body)["chunk_ms"]
+    assert http(server, "/nope")[0] == 404
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_native(srv, first, then=None):
+    with connect(url(srv), open_timeout=5) as ws:
+        ws.send(first)
+        if then is not None:
+            ws.recv(timeout=5)  # ready
+            ws.send(then)
+        msgs = recv_all(ws)
+        return msgs, ws.protocol.close_code
+
+
+START = json.dumps({"type": "start", "sample_rate": 16000})
+
+
+@pytest.mark.parametrize("case, first, then, code, close", [
+    ("malformed_json", "{not json", None, "bad_json", 1007),
+    ("not_an_object", "[1, 2]", None, "bad_message", 1007),
+    ("audio_before_start", b"\x00\x01" * 800, None, "not_started", 1008),
+    ("sample_rate_zero", json.dumps({"type": "start", "sample_rate": 0}), None, "bad_sample_rate", 1007),
+    ("sample_rate_text", json.dumps({"type": "start", "sample_rate": "fast"}), None, "bad_sample_rate", 1007),
+    ("sample_rate_huge", json.dumps({"type": "start", "sample_rate": 10**7}), None, "bad_sample_rate", 1007),
+    ("oversized_frame", START, b"\x00" * 100_000, "too_big", 1009),
+    ("unknown_type", START, json.dumps({"type": "dance"}), "bad_message", 1007),
+    ("double_start", START, START, "already_started", 1008),
+])
+def test_bad_native_input_other_stream_unharmed(server, case, first, then, code, close):
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    msgs, close_code = _bad_native(server, first, then)
+    assert msgs[-1]["type"] == "error" and msgs[-1]["error"] == code and msgs[-1]["message"]
+    assert close_code == close
+    good.finish()
+
+
+@pytest.mark.parametrize("bad", ["{oops", json.dumps({"config": {"sample_rate": -5}}), json.dumps({"hello": 1})])
+def test_bad_vosk_input(server, bad):
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(bad)
+        msgs = recv_all(ws)
+    assert "error" in msgs[-1]
+    good.finish()
+
+
+def test_abrupt_disconnects_and_idle_timeout(server):
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    for path in ("/ws", "/"):  # drop the TCP connection mid-stream, without a closing handshake
+        with connect(url(server, path), open_timeout=5) as ws:
+            if path == "/ws":
+                ws.send(START)
+                ws.recv(timeout=5)
+            ws.send(to_pcm16(tone(0.7)))
+            ws.socket.shutdown(2)
+            ws.socket.close()
+    with connect(url(server), open_timeout=5) as ws:  # says nothing: idle timeout (1.5 s here)
+        msgs = recv_all(ws)
+    assert msgs[-1]["error"] == "idle_timeout" and ws.protocol.close_code == 1008
+    good.finish()
+    deadline = time.time() + 5
+    while json.loads(http(server, "/health")[2])["streams"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert json.loads(http(server, "/health")[2])["streams"] == 0
+    assert native_session(server, to_pcm16(AUDIO))[-1]["type"] == "final"
+
+
+def test_too_many_connections_503(recognizer):
+    with ServerThread(recognizer, ServerConfig(port=0, max_connections=2)) as srv:
+        with connect(url(srv, "/"), open_timeout=5):
+            with connect(url(srv), open_timeout=5):
+                with pytest.raises(InvalidStatus) as e:
+                    connect(url(srv), open_timeout=5)
+                resp = e.value.response
+                assert resp.status_code == 503 and b"max-connections" in resp.body and resp.headers["Retry-After"]
+            deadline = time.time() + 5
+            while srv.server.active >= 2 and time.time() < deadline:
+                time.sleep(0.02)
+            with connect(url(srv), open_timeout=5) as c:  # a slot is free again
+                c.send(START)
+                assert json.loads(c.recv(timeout=5))["type"] == "ready"
+        assert "ekd_serve_rejected_total{reason=\"busy\"} 1.0" in http(srv, "/metrics")[2]
+
+
+def test_bearer_token(recognizer):
+    with ServerThread(recognizer, ServerConfig(port=0, token="s3cret")) as srv:
+        with pytest.raises(InvalidStatus) as e:
+            connect(url(srv), open_timeout=5)
+        assert e.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            connect(url(srv) + "?token=wrong", open_timeout=5)
+        for kwargs in ({"uri": url(srv), "additional_headers": {"Authorization": "Bearer s3cret"}},
+                       {"uri": url(srv) + "?token=s3cret"}):
+            with connect(open_timeout=5, **kwargs) as ws:
+                ws.send(START)
+                assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+        assert http(srv, "/metrics")[0] == 401
+        assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
+        assert http(srv, "/health")[0] == 200 and http(srv, "/")[0] == 200
+
+
+# ----------------------------------------------------------------------------- batching
+def test_scheduler_batches_streams(recognizer):
+    async def go():
+        metrics = Metrics("energy", "cpu")
+        sched = BatchScheduler(recognizer, max_batch=8, max_wait_ms=50, metrics=metrics)
+        sched.start()
+        streams = []
+        for i in range(3):
+            s = recognizer.create_stream(16000, endpoint=EndpointConfig(enabled=False))
+            s.accept_waveform(np.concatenate([silence(0.1 * i), tone(0.6)]))
+            streams.append(s)
+        counts = await asyncio.gather(*(sched.decode(s) for s in streams))
+        await sched.stop()
+        return metrics, counts, streams
+
+    metrics, counts, streams = asyncio.run(go())
+    assert counts == [1, 2, 2] and all(s.ready_chunks == 0 for s in streams)  # 60, 70 and 80 frames
+    sizes = {s.labels.get("le"): s.value for s in metrics.batch.collect()[0].samples if s.name.endswith("_bucket")}
+    assert (sizes["1.0"], sizes["2.0"], sizes["4.0"]) == (0, 1, 2)  # a batch of 3 streams, then one of 2
+
+
+def test_concurrent_streams(server):
+    results, errors = [], []
+
+    def client(i):
+        try:
+            rate = (8000, 16000, 22050)[i % 3]
+            x = np.concatenate([silence(0.2 + 0.1 * i, rate), tone(0.5, 0.3, rate), silence(1.2, rate), tone(0.4, 0.3, rate)])
+            msgs = native_session(server, to_pcm16(x), rate=rate, piece=rate // 5 * 2)
+            results.append([m["text"] for m in msgs if m["type"] == "final"])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and results == [["a", "a"]] * 5
