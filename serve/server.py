@@ -179,8 +179,10 @@ class Metrics:
 class BatchScheduler:
     """Gathers streams with ready chunks and decodes them in batches in one worker thread."""
 
-    def __init__(self, recognizer: Recognizer, max_batch: int, max_wait_ms: float, metrics: Metrics) -> None:
+    def __init__(self, recognizer: Recognizer, max_batch: int, max_wait_ms: float, metrics: Metrics,
+                 active_streams=None) -> None:
         self.rec = recognizer
+        self.active_streams = active_streams  # () -> int: no point waiting for streams that do not exist
         self.max_batch = max_batch if recognizer.max_batch is None else 1
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
@@ -239,7 +241,8 @@ class BatchScheduler:
             if not self._pending:
                 continue
             deadline = self._pending[0][2] + self.max_wait
-            while len(self._pending) < self.max_batch:
+            while len(self._pending) < self.max_batch and (
+                    self.active_streams is None or len(self._pending) < self.active_streams()):
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
@@ -310,7 +313,7 @@ class RecognitionServer:
         from websockets.asyncio.server import serve
 
         c = self.config
-        self._scheduler = BatchScheduler(self.rec, c.max_batch, c.max_wait_ms, self.metrics)
+        self._scheduler = BatchScheduler(self.rec, c.max_batch, c.max_wait_ms, self.metrics, lambda: self.active)
         self._scheduler.start()
         self._server = await serve(
             self._handle, c.host, c.port, process_request=self._process_request,

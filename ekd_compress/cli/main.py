@@ -78,6 +78,11 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
         click.echo(json.dumps(result))
 
 
+from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)
+
+cli.add_command(export)
+
+
 def main() -> None:  # pragma: no cover
     cli(prog_name="ekd-compress")
 

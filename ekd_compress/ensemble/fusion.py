@@ -45,7 +45,7 @@ def fuse_posteriors(log_probs: Sequence[Tensor], weights: Optional[Sequence[floa
     """
     log_probs = list(log_probs)
     w = normalise_weights(weights, len(log_probs))
-    shapes = [tuple(lp.shape) for lp in log_probs]
+    shapes = [tuple(int(d) for d in lp.shape) for lp in log_probs]  # ints, also while tracing
     if any(len(s) != 3 for s in shapes) or len(set(shapes)) != 1:
         raise ValueError(
             f"members' log_probs have shapes {shapes}; fusion needs equal (batch, frames, vocab): "

@@ -121,6 +121,9 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ST.log_report(ctx, results)
         return results
     finally:
+        from ekd_compress.pipeline.stages import write_json_atomic
+
+        write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
             ctx.tracker.end()
 

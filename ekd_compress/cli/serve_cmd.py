@@ -1,0 +1,148 @@
+"""`ekd-compress serve` and `ekd-compress bench`: thin click wrappers over serve/ (torch-free).
+
+Register with `cli.add_command(serve)` and `cli.add_command(bench)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+class _UserError(click.ClickException):
+    """Shown as 'Error: ...' with exit code 1 and no traceback."""
+
+
+def _friendly(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise _UserError(str(e)) from e
+
+
+_bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
+@click.command()
+@_bundle_arg
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", default=2700, show_default=True, type=int, help="TCP port (0: any free port).")
+@click.option("--max-connections", default=64, show_default=True, type=int,
+              help="Concurrent streams; more get HTTP 503 with a hint.")
+@click.option("--max-batch", default=16, show_default=True, type=int, help="Streams decoded per model call.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=float,
+              help="Wait after the first ready chunk for more streams to batch.")
+@click.option("--max-message-kb", default=1024, show_default=True, type=int, help="Largest accepted message.")
+@click.option("--idle-timeout", default=30.0, show_default=True, type=float, help="Close clients silent this long (s).")
+@click.option("--token", envvar="EKD_SERVE_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN (env EKD_SERVE_TOKEN).")
+@click.option("--int8", is_flag=True, help="Serve the bundle's INT8 model (model.int8.onnx).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider.")
+@click.option("--threads", default=1, show_default=True, type=int, help="onnxruntime intra-op threads.")
+@click.option("--decoder", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True)
+@click.option("--beam", default=8, show_default=True, type=int, help="Beam size for --decoder beam.")
+@click.option("--lm", "lm_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Token-level KenLM model (ARPA/binary) for --decoder beam (needs flashlight-text).")
+@click.option("--lm-weight", default=0.5, show_default=True, type=float)
+@click.option("--trailing-silence", default=0.8, show_default=True, type=float,
+              help="Endpoint after this much trailing blank following speech (s).")
+@click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
+def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
+          max_message_kb: int, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
+          decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
+          max_utterance: float) -> None:
+    """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
+    at http://HOST:PORT/, /health and /metrics."""
+    import logging
+
+    from serve.runtime import EndpointConfig
+    from serve.server import ServerConfig, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, idle_timeout_s=idle_timeout,
+                    token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
+                                                         max_utterance_s=max_utterance))
+
+    def ready(server) -> None:
+        click.echo(f"serving {server.rec.bundle.name}: page http://{host}:{server.port}/  "
+                   f"native ws://{host}:{server.port}/ws  Vosk ws://{host}:{server.port}/  (Ctrl-C stops)", err=True)
+
+    _friendly(run_server, bundle, cfg, provider=provider, threads=threads, use_int8=int8, decoder=decoder, beam=beam,
+              lm_path=lm_path, lm_weight=lm_weight, on_ready=ready)
+
+
+@click.command()
+@_bundle_arg
+@click.option("--vs", "other", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A second bundle (e.g. the ensemble) measured the same way, side by side.")
+@click.option("--streams", default=4, show_default=True, type=int, help="Concurrent streams in the latency run.")
+@click.option("--audio", "audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Directory of .wav/.flac files (default: synthetic speech-like clips).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table and a plot.")
+@click.option("--realtime/--fast", default=True, show_default=True,
+              help="Latency run at real-time pace, or as fast as possible.")
+@click.option("--seconds", default=4.0, show_default=True, type=float, help="Audio per stream in the latency run.")
+@click.option("--ramp/--no-ramp", default=True, show_default=True, help="Find the most real-time streams held.")
+@click.option("--ramp-seconds", default=3.0, show_default=True, type=float, help="Audio per stream per ramp step.")
+@click.option("--max-streams", default=64, show_default=True, type=int, help="Ramp ceiling.")
+@click.option("--rtf-seconds", default=10.0, show_default=True, type=float, help="Audio sent for the RTF.")
+@click.option("--max-batch", default=16, show_default=True, type=int)
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=float)
+@click.option("--threads", default=1, show_default=True, type=int, help="onnxruntime intra-op threads.")
+@click.option("--int8", is_flag=True, help="Benchmark the INT8 models.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--url", default=None, help="Use a running server (ws://HOST:PORT) instead of starting one.")
+@click.option("--token", envvar="EKD_SERVE_TOKEN", default=None, help="Bearer token of the server at --url.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.png"),
+              show_default=True, help="Where the plot goes (not with --json).")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full report (ramp included) as JSON here.")
+@click.option("--mlflow/--no-mlflow", default=True, show_default=True,
+              help="Log the numbers to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
+          seconds: float, ramp: bool, ramp_seconds: float, max_streams: int, rtf_seconds: float, max_batch: int,
+          max_wait_ms: float, threads: int, int8: bool, provider: str, url: str | None, token: str | None,
+          plot_path: Path, out_json: Path | None, mlflow: bool) -> None:
+    """Stream audio through the server for BUNDLE (and --vs OTHER_BUNDLE): chunk compute,
+    first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory."""
+    from serve.bench import JSON_KEYS, BenchConfig, bench_bundles, plot, table
+
+    if url and other:
+        raise _UserError("--url measures one running server; drop --vs or --url")
+    cfg = BenchConfig(streams=streams, seconds=seconds, realtime=realtime, ramp=ramp, ramp_seconds=ramp_seconds,
+                      max_streams=max_streams, rtf_seconds=rtf_seconds, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      threads=threads, int8=int8, provider=provider, token=token)
+    log = (lambda m: click.echo(m, err=True))
+    report = _friendly(bench_bundles, [bundle, *([other] if other else [])], cfg, audio_dir=audio_dir, url=url, log=log)
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report, indent=2))
+    plot_file = None if as_json else plot(report, plot_path)
+    if mlflow:
+        _log_mlflow(report, plot_file, log)
+    if as_json:
+        click.echo(json.dumps({"models": [{k: m[k] for k in JSON_KEYS} for m in report["models"]]}))
+        return
+    click.echo(table(report))
+    click.echo(f"plot: {plot_file}")
+
+
+def _log_mlflow(report: dict, plot_path: Path | None, log) -> None:
+    """One MLflow run 'bench' with a child run per bundle."""
+    from ekd_compress.tracking import Tracker, TrackingError, resolve_tracking_uri
+
+    try:
+        tracker = Tracker(resolve_tracking_uri(), "ekd-bench")
+        tracker.start_parent("bench", params={"config": report["config"], "audio": report["audio"]})
+        for m in report["models"]:
+            with tracker.child(Path(m["bundle"]).name, params={"bundle": m["bundle"]}) as run:
+                run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if plot_path is not None:
+            tracker.log_artifact(plot_path)
+        tracker.end()
+        log(f"logged to MLflow at {tracker.uri} (experiment ekd-bench)")
+    except (TrackingError, ImportError) as e:
+        log(f"MLflow logging skipped: {e}")
