@@ -237,10 +237,10 @@ def test_abrupt_disconnects_and_idle_timeout(server):
             ws.send(to_pcm16(tone(0.7)))
             ws.socket.shutdown(2)
             ws.socket.close()
+    good.finish()  # (before the idle test: a paused good stream would time out too)
     with connect(url(server), open_timeout=5) as ws:  # says nothing: idle timeout (1.5 s here)
         msgs = recv_all(ws)
     assert msgs[-1]["error"] == "idle_timeout" and ws.protocol.close_code == 1008
-    good.finish()
     deadline = time.time() + 5
     while json.loads(http(server, "/health")[2])["streams"] and time.time() < deadline:
         time.sleep(0.05)
