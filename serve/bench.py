@@ -12,7 +12,8 @@ CPU are its own; `url=` uses a running server instead), then:
    - first_partial_ms: from sending the audio that completes the first chunk to receiving the first
      partial (so the chunk's own duration, inherent to the model, is not counted);
    - final_ms: from sending "end" to receiving the last final result;
-2. rtf: one stream sent as fast as possible: wall time / audio duration;
+2. rtf: one stream sent as fast as possible: wall time / audio duration (rtf_runtime: the same
+   without server or websocket, `Recognizer.recognize` in the bench process);
 3. max_realtime_streams: N = 1, 2, 4, ... real-time streams for `ramp_seconds` each, until the
    p95 chunk latency or the p95 final latency exceeds the chunk duration (or `max_streams`,
    reported with max_realtime_streams_capped=True);
@@ -72,9 +73,10 @@ class ModelResult:
     final_ms_p95: float | None = None
     final_ms_p99: float | None = None
     rtf: float | None = None
-    max_realtime_streams: int = 0
+    max_realtime_streams: int | None = None  # None: not measured (--no-ramp)
     max_realtime_streams_capped: bool = False
     rss_mb: float | None = None
+    rtf_runtime: float | None = None  # Recognizer.recognize in this process, no server: model + features only
     chunk_ms: float | None = None  # chunk duration
     ramp: list[dict[str, Any]] = field(default_factory=list)
     mode: str = "realtime"
@@ -298,6 +300,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 
     # 3. ramp real-time streams
     if cfg.ramp:
+        res.max_realtime_streams = 0
         levels, n = [], 1
         while n < cfg.max_streams:
             levels.append(n)
@@ -323,7 +326,27 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
     # 4. memory
     h = _http_json(url, "/health")
     res.rss_mb = h.get("peak_rss_mb") or h.get("rss_mb")
+
+    # 5. the runtime alone (no server, no websocket), when the bundle is on this machine
+    if Path(label).is_dir():
+        res.rtf_runtime = runtime_rtf(label, clips, cfg)
+        log(f"{label}: runtime RTF {res.rtf_runtime} ({cfg.threads} thread(s), no server)")
     return res
+
+
+def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig) -> float:
+    """Wall time / audio time of `Recognizer.recognize` (features + model + greedy decoding) over the clips."""
+    from serve.runtime import Recognizer
+
+    rec = Recognizer(bundle, provider=cfg.provider, threads=cfg.threads, use_int8=cfg.int8)
+    rec.recognize(*clips[0])  # warm-up
+    audio = wall = 0.0
+    for x, sr in clips:
+        t0 = time.perf_counter()
+        rec.recognize(x, sr)
+        wall += time.perf_counter() - t0
+        audio += len(x) / sr
+    return round(wall / audio, 5)
 
 
 def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: str | Path | None = None,
@@ -356,6 +379,7 @@ def table(report: dict[str, Any]) -> str:
             ("first partial p50/p95/p99 ms", ("first_partial_ms_p50", "first_partial_ms_p95", "first_partial_ms_p99")),
             ("final p50/p95/p99 ms", ("final_ms_p50", "final_ms_p95", "final_ms_p99")),
             ("RTF (1 stream, fast)", ("rtf",)),
+            ("RTF runtime only", ("rtf_runtime",)),
             ("real-time streams held", ("max_realtime_streams",)),
             ("server peak RSS MiB", ("rss_mb",))]
 
@@ -409,6 +433,7 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     if models and models[0]["chunk_ms"]:
         ax2.axhline(models[0]["chunk_ms"], color="gray", ls="--", label="chunk duration")
     ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
     ax2.set_xlabel("concurrent real-time streams")
     ax2.set_ylabel("chunk compute p95, ms")
     ax2.set_title("real-time capacity")

@@ -189,23 +189,19 @@ class KenLMDecoder:
     `|` (or the blank for BPE tables) is the decoder's silence token.
     """
 
-    def __init__(self, tokens: Sequence[str], lm_path: str | Path, lm_weight: float = 0.5, word_score: float = 0.0,
-                 beam: int = 16, token_beam: int | None = None, beam_threshold: float = 25.0, blank: int = 0) -> None:
-        try:
-            from flashlight.lib.text.decoder import CriterionType, LexiconFreeDecoder, LexiconFreeDecoderOptions
-            from flashlight.lib.text.decoder.kenlm import KenLM
-            from flashlight.lib.text.dictionary import Dictionary
-        except ImportError as e:
-            raise DecoderUnavailable(
-                f"KenLM decoding needs flashlight-text with KenLM ({e}); `pip install flashlight-text`, "
-                "or decode without --lm"
-            ) from None
-        lm_path = Path(lm_path)
-        if not lm_path.is_file():
-            raise FileNotFoundError(f"KenLM model {lm_path} does not exist; pass an ARPA or KenLM binary file")
+    def __init__(self, tokens: Sequence[str], lm_path: str | Path | None = None, lm_weight: float = 0.5,
+                 word_score: float = 0.0, beam: int = 16, token_beam: int | None = None, beam_threshold: float = 25.0,
+                 blank: int = 0, lm=None) -> None:
+        """lm: a model from `load_kenlm` shared by many decoders (else lm_path is loaded here)."""
+        from flashlight.lib.text.decoder import CriterionType, LexiconFreeDecoder, LexiconFreeDecoderOptions
+
         self.blank = blank
         self.vocab = len(tokens)
-        self._lm = KenLM(str(lm_path), Dictionary(list(tokens)))
+        if lm is None:
+            if lm_path is None:
+                raise ValueError("pass lm_path (or a model from load_kenlm as lm=)")
+            lm = load_kenlm(tokens, lm_path)
+        self._lm = lm
         sil = list(tokens).index(SPACE) if SPACE in tokens else blank
         opts = LexiconFreeDecoderOptions(
             beam_size=beam, beam_size_token=token_beam or len(tokens), beam_threshold=beam_threshold,
@@ -246,16 +242,36 @@ class KenLMDecoder:
         self._lp, self._frames = [], 0
 
 
+def load_kenlm(tokens: Sequence[str], lm_path: str | Path):
+    """Load a token-level KenLM model (ARPA or binary) for `KenLMDecoder`; raises `DecoderUnavailable`
+    without flashlight-text."""
+    try:
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+    except ImportError as e:
+        raise DecoderUnavailable(
+            f"KenLM decoding needs flashlight-text with KenLM ({e}); `pip install flashlight-text`, or decode without --lm"
+        ) from None
+    lm_path = Path(lm_path)
+    if not lm_path.is_file():
+        raise FileNotFoundError(f"KenLM model {lm_path} does not exist; pass an ARPA or KenLM binary file")
+    return KenLM(str(lm_path), Dictionary(list(tokens)))
+
+
 def make_decoder(kind: str = "greedy", tokens: Sequence[str] | None = None, blank: int = 0, beam: int = 8,
-                 lm_path: str | Path | None = None, lm_weight: float = 0.5, word_score: float = 0.0) -> CTCDecoder:
-    """'greedy' | 'beam' (prefix beam search; with lm_path, KenLM through flashlight-text)."""
+                 lm_path: str | Path | None = None, lm_weight: float = 0.5, word_score: float = 0.0,
+                 lm=None) -> CTCDecoder:
+    """'greedy' | 'beam' (prefix beam search; with lm / lm_path, KenLM through flashlight-text)."""
     if kind == "greedy":
+        if lm is not None or lm_path is not None:
+            raise ValueError("a language model needs the beam decoder (decoder='beam')")
         return GreedyDecoder(blank)
     if kind == "beam":
-        if lm_path is not None:
+        if lm is not None or lm_path is not None:
             if tokens is None:
                 raise ValueError("KenLM decoding needs the token list")
-            return KenLMDecoder(tokens, lm_path, lm_weight=lm_weight, word_score=word_score, beam=beam, blank=blank)
+            return KenLMDecoder(tokens, lm_path, lm_weight=lm_weight, word_score=word_score, beam=beam, blank=blank,
+                                lm=lm)
         return PrefixBeamDecoder(beam=beam, blank=blank)
     raise ValueError(f"decoder {kind!r} is unknown; use 'greedy' or 'beam'")
 

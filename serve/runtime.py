@@ -5,7 +5,7 @@
     s = rec.create_stream()
     s.accept_waveform(samples, sample_rate=8000)       # float32 in [-1, 1]; resampled to the model rate
     while s.ready_chunks:                              # or rec.decode_batch([s1, s2, ...]): one chunk
-        rec.decode_batch([s])                          #   of each stream in one batched model call
+        s.decode_chunk()                               #   of each stream in one batched model call
     print(s.result())                                  # partial text of the current segment
     for seg in s.pop_segments(): ...                   # segments closed by endpoint rules
     last = s.finalize()                                # flush the padded last chunk, close the segment
@@ -47,7 +47,7 @@ import numpy as np
 
 from ekd_compress.spec.features import FeatureSpec, OnlineFeatures
 from ekd_compress.spec.tokens import TokenTable
-from serve.decode import CTCDecoder, TokenHit, Word, make_decoder, words_from_hits
+from serve.decode import CTCDecoder, TokenHit, Word, load_kenlm, make_decoder, words_from_hits
 from serve.resample import Resampler
 
 BUNDLE_FORMAT = "ekd-bundle/1"
@@ -224,7 +224,8 @@ class Recognizer:
     Args:
         bundle: a `Bundle` or its directory.
         provider: "cpu", "cuda" (CUDAExecutionProvider) or "tensorrt" (TensorrtExecutionProvider,
-            building engines from model.onnx; falls back to CUDA then CPU per node).
+            building engines from model.onnx, cached under $TMPDIR/ekd-trt-cache; falls back to CUDA
+            then CPU per node). The bundle's raw TensorRT engine (model.plan) is not run here.
         threads: onnxruntime intra-op threads (1 suits many concurrent streams).
         use_int8: run model.int8.onnx (the bundle must have one).
         decoder: "greedy" or "beam"; beam / lm_path / lm_weight for beam search (lm_path: KenLM).
@@ -261,12 +262,25 @@ class Recognizer:
         self.threads = threads
         self.use_int8 = use_int8
         self.model_path = model_path
-        self.session = ort.InferenceSession(str(model_path), opts, providers=[p for p in wanted if p in available])
+        providers: list = [p for p in wanted if p in available]
+        if provider == "tensorrt":  # cache built engines: building takes minutes
+            import hashlib
+            import tempfile
+
+            key = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
+            cache = Path(tempfile.gettempdir()) / "ekd-trt-cache" / key
+            cache.mkdir(parents=True, exist_ok=True)
+            providers[0] = ("TensorrtExecutionProvider",
+                            {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)})
+        self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
         self._check_io()
         self.decoder_kind, self.beam, self.lm_path, self.lm_weight = decoder, beam, lm_path, lm_weight
         self.endpoint = endpoint or EndpointConfig()
-        if lm_path is not None:  # fail now, not on the first stream
-            self.new_decoder()
+        self._lm = None
+        if lm_path is not None:  # load once (fails now, not on the first stream), shared by all streams
+            if decoder != "beam":
+                raise ValueError("a language model (lm_path) needs decoder='beam'")
+            self._lm = load_kenlm(self.bundle.tokens.tokens, lm_path)
         self.chunks_decoded = 0
         self._lock = threading.Lock()
 
@@ -286,7 +300,7 @@ class Recognizer:
 
     def new_decoder(self) -> CTCDecoder:
         return make_decoder(self.decoder_kind, self.bundle.tokens.tokens, blank=self.bundle.blank_id, beam=self.beam,
-                            lm_path=self.lm_path, lm_weight=self.lm_weight)
+                            lm_weight=self.lm_weight, lm=self._lm)
 
     def create_stream(self, sample_rate: int | None = None, endpoint: EndpointConfig | None = None) -> "Stream":
         return Stream(self, sample_rate=sample_rate, endpoint=endpoint or self.endpoint)
@@ -418,6 +432,11 @@ class Stream:
         return window, n_real
 
     # ------------------------------------------------------------------ decoding
+    def decode_chunk(self) -> bool:
+        """Decode this stream's next ready chunk alone; False when none is ready. (Servers batch
+        many streams with `Recognizer.decode_batch` instead.)"""
+        return self.rec.decode_batch([self]) > 0
+
     def _after_chunk(self, log_probs: np.ndarray, n_real: int) -> None:
         """log_probs (out_per_chunk, V) of one chunk holding n_real real input frames."""
         b = self.bundle
@@ -484,8 +503,8 @@ class Stream:
         """End of input: decode every remaining chunk (the last one padded) and close the open
         segment. Returns it, or None when nothing was decoded since the last endpoint."""
         self.input_finished()
-        while self.ready_chunks:
-            self.rec.decode_batch([self])
+        while self.decode_chunk():
+            pass
         return self.close()
 
     def close(self) -> Segment | None:

@@ -79,8 +79,11 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
 
 
 from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)
+from ekd_compress.cli.serve_cmd import bench, serve  # noqa: E402
 
 cli.add_command(export)
+cli.add_command(serve)
+cli.add_command(bench)
 
 
 def main() -> None:  # pragma: no cover

@@ -44,7 +44,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--decoder", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True)
 @click.option("--beam", default=8, show_default=True, type=int, help="Beam size for --decoder beam.")
 @click.option("--lm", "lm_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Token-level KenLM model (ARPA/binary) for --decoder beam (needs flashlight-text).")
+              help="Token-level KenLM model (ARPA/binary); implies --decoder beam (needs flashlight-text).")
 @click.option("--lm-weight", default=0.5, show_default=True, type=float)
 @click.option("--trailing-silence", default=0.8, show_default=True, type=float,
               help="Endpoint after this much trailing blank following speech (s).")
@@ -61,6 +61,8 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     from serve.server import ServerConfig, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if lm_path:
+        decoder = "beam"
     cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, idle_timeout_s=idle_timeout,
                     token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,

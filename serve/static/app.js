@@ -10,26 +10,35 @@
 
   function setStatus(text) { $("status").textContent = text; window.ekd.status = text; }
 
-  // Streaming downsampler: averages the input samples that fall into each output period
-  // (a box low-pass), then linear interpolation position tracking across calls.
+  // Streaming rate converter: Hann-windowed sinc low-pass interpolation (as serve/resample.py),
+  // cutoff at 0.99 x the lower Nyquist frequency, 8 zero crossings per side. Output n sits at
+  // input position n * inRate / outRate; it is computed once every input it needs has arrived.
   function makeResampler(inRate, outRate) {
+    if (inRate === outRate) return (x) => x;
     const step = inRate / outRate;
-    let pos = 0; // position of the next output sample in input samples, relative to buffer start
-    let carry = new Float32Array(0);
+    const fc = 0.99 * 0.5 * Math.min(1, outRate / inRate); // cycles per input sample
+    const w = 8 / (2 * fc); // half-width in input samples
+    let buf = new Float32Array(0), bufStart = 0, n = 0; // buf = inputs [bufStart, bufStart + buf.length)
     return function (input) {
-      const buf = new Float32Array(carry.length + input.length);
-      buf.set(carry); buf.set(input, carry.length);
+      const joined = new Float32Array(buf.length + input.length);
+      joined.set(buf); joined.set(input, buf.length); buf = joined;
+      const end = bufStart + buf.length;
       const out = [];
-      while (pos + step <= buf.length) {
-        const a = Math.floor(pos), b = Math.floor(pos + step);
-        let sum = 0;
-        for (let i = a; i < b; i++) sum += buf[i];
-        out.push(b > a ? sum / (b - a) : buf[a]);
-        pos += step;
+      for (;;) {
+        const t = n * step;
+        const lo = Math.ceil(t - w), hi = Math.floor(t + w);
+        if (hi >= end) break;
+        let acc = 0;
+        for (let k = Math.max(lo, bufStart); k <= hi; k++) { // before the stream start: zeros
+          const d = t - k, x = 2 * fc * d;
+          const sinc = x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
+          acc += buf[k - bufStart] * 2 * fc * sinc * 0.5 * (1 + Math.cos(Math.PI * d / w));
+        }
+        out.push(acc);
+        n++;
       }
-      const keep = Math.floor(pos);
-      carry = buf.slice(keep);
-      pos -= keep;
+      const keepFrom = Math.ceil(n * step - w);
+      if (keepFrom > bufStart) { buf = buf.slice(keepFrom - bufStart); bufStart = keepFrom; }
       return Float32Array.from(out);
     };
   }

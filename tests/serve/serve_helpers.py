@@ -54,44 +54,85 @@ def write_tokens(path: Path, tokens: list[str]) -> None:
     path.write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
 
 
-def make_gru_bundle(out: Path, hidden: int = 32, seed: int = 0) -> Path:
+def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> Path:
+    """Write model.onnx, tokens.txt, bundle.json (+ torch_state.pt) for a streaming torch model.
+
+    Uses the export package (export/onnx_export.py, export/bundle.py) when present, so the tests
+    run against the real exporter; otherwise an equivalent torch.onnx.export call."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        from export.bundle import write_bundle
+        from export.onnx_export import export_streaming_onnx
+    except ImportError:
+        write_bundle = export_streaming_onnx = None
+    if export_streaming_onnx is not None:
+        spec = export_streaming_onnx(model, out / "model.onnx")
+        st = spec["states"]
+    else:
+        names = [n for n, _ in model.state_spec()]
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, chunk, *states):
+                lp, new = self.m.forward_chunk(chunk, list(states))
+                return (lp, *new)
+
+        states = model.initial_state(2)
+        dyn = {"chunk": {0: "B"}, "log_probs": {0: "B"}}
+        for n, shape in model.state_spec():
+            dyn[n] = dyn[f"{n}_out"] = {list(shape).index("B"): "B"}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Wrapper(model), (torch.zeros(2, model.chunk_frames, 80), *states),
+                              str(out / "model.onnx"), dynamo=False, opset_version=17,
+                              input_names=["chunk", *names],
+                              output_names=["log_probs", *[f"{n}_out" for n in names]], dynamic_axes=dyn)
+        dtypes = {torch.float32: "float32", torch.int64: "int64"}
+        st = [{"name": n, "shape": list(shape), "dtype": dtypes[t.dtype]}
+              for (n, shape), t in zip(model.state_spec(), states)]
+    write_tokens(out / "tokens.txt", CHARS)
+    meta = bundle_json(name, st, len(CHARS), model.chunk_frames, sum(p.numel() for p in model.parameters()), arch)
+    meta["model"].update(kind=kind, members=members)
+    if write_bundle is not None:
+        write_bundle(out, meta)
+    else:
+        (out / "bundle.json").write_text(json.dumps(meta, indent=2))
+    torch.save(model.state_dict(), out / "torch_state.pt")  # tests compare against the torch forward
+    return out
+
+
+def build_tiny(arch: str, seed: int = 0):
     import torch
 
     from ekd_compress.models import build_model
 
     torch.manual_seed(seed)
-    V = len(CHARS)
-    model = build_model("gru", 80, V, hidden=hidden, layers=1).eval()
-    spec = model.state_spec()
+    params = {"gru": dict(hidden=32, layers=1), "lstm": dict(hidden=32, layers=1),
+              "transformer": dict(hidden=32, layers=1, heads=2, ff_mult=2)}[arch]
+    return build_model(arch, 80, len(CHARS), **params).eval()
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
 
-        def forward(self, chunk, *states):
-            lp, new = self.m.forward_chunk(chunk, list(states))
-            return (lp, *new)
+def build_tiny_ensemble():
+    from ekd_compress.ensemble.fusion import FusedEnsemble
 
-    out.mkdir(parents=True, exist_ok=True)
-    names = [n for n, _ in spec]
-    chunk = torch.zeros(2, model.chunk_frames, 80)
-    states = model.initial_state(2)
-    dyn = {"chunk": {0: "B"}, "log_probs": {0: "B"}}
-    for (n, shape) in spec:
-        dyn[n] = {shape.index("B"): "B"}
-        dyn[f"{n}_out"] = {shape.index("B"): "B"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Wrapper(model), (chunk, *states), str(out / "model.onnx"), dynamo=False, opset_version=17,
-                          input_names=["chunk", *names], output_names=["log_probs", *[f"{n}_out" for n in names]],
-                          dynamic_axes=dyn)
-    write_tokens(out / "tokens.txt", CHARS)
-    st = [{"name": n, "shape": list(shape), "dtype": "float32"} for n, shape in spec]
-    meta = bundle_json("tiny-gru", st, V, model.chunk_frames, sum(p.numel() for p in model.parameters()))
-    (out / "bundle.json").write_text(json.dumps(meta, indent=2))
-    torch.save(model.state_dict(), out / "torch_state.pt")  # tests compare against the torch forward
-    return out
+    return FusedEnsemble([build_tiny("gru", 1), build_tiny("lstm", 2), build_tiny("transformer", 3)]).eval()
+
+
+def make_gru_bundle(out: Path, seed: int = 0) -> Path:
+    """An untrained 1-layer GRU student, hidden 32."""
+    return _export(build_tiny("gru", seed), out, "tiny-gru", "student", "gru")
+
+
+def make_ensemble_bundle(out: Path) -> Path:
+    """An untrained GRU + LSTM + chunked-transformer ensemble in one graph (states m0.*, m1.*, m2.*;
+    the transformer's `count` state is int64)."""
+    return _export(build_tiny_ensemble(), out, "tiny-ensemble", "ensemble", "ensemble",
+                   members=["gru", "lstm", "transformer"])
 
 
 def make_energy_bundle(out: Path, chunk_frames: int = 32) -> Path:

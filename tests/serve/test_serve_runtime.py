@@ -5,7 +5,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,13 +95,27 @@ def test_provider_and_int8_errors(gru_bundle):
 
 
 # ----------------------------------------------------------------------------- streaming == offline
-def test_streaming_equals_offline_and_torch(gru_bundle):
-    torch = pytest.importorskip("torch")
+def _torch_greedy(bundle_dir, model, x):
+    """Greedy transcript of the torch model's full-utterance forward (the export's reference)."""
+    import torch
+
     from ekd_compress.evaluate.decode import ctc_greedy_decode
-    from ekd_compress.models import build_model
     from ekd_compress.spec.features import FeatureSpec, compute_fbank
 
-    rec = Recognizer(gru_bundle)
+    model.load_state_dict(torch.load(bundle_dir / "torch_state.pt"))
+    feats = compute_fbank(x, FeatureSpec.from_dict(json.loads((bundle_dir / "bundle.json").read_text())["features"]))
+    with torch.no_grad():
+        lp, n = model(torch.from_numpy(feats)[None], torch.tensor([feats.shape[0]]))
+    return ctc_greedy_decode(lp, n)[0], feats.shape[0]
+
+
+@pytest.mark.parametrize("which", ["gru", "ensemble"])
+def test_streaming_equals_offline_and_torch(which, request):
+    pytest.importorskip("torch")
+    from serve_helpers import build_tiny, build_tiny_ensemble
+
+    bundle = request.getfixturevalue(f"{which}_bundle")
+    rec = Recognizer(bundle)
     x = speechish(3.3, seed=1)
     offline = rec.recognize(x, 16000)
     assert len(offline) == 1
@@ -110,15 +123,18 @@ def test_streaming_equals_offline_and_torch(gru_bundle):
     assert [s.token_ids for s in streamed] == [offline[0].token_ids]
     assert [w.to_dict() for w in streamed[0].words] == [w.to_dict() for w in offline[0].words]
     assert offline[0].text  # the untrained model still says something on this input
-
     # ... and both equal the torch model's full-utterance forward (greedy)
-    model = build_model("gru", 80, 10, hidden=32, layers=1).eval()
-    model.load_state_dict(torch.load(gru_bundle / "torch_state.pt"))
-    feats = compute_fbank(x, FeatureSpec.from_dict(json.loads((gru_bundle / "bundle.json").read_text())["features"]))
-    with torch.no_grad():
-        lp, n = model(torch.from_numpy(feats)[None], torch.tensor([feats.shape[0]]))
-    assert ctc_greedy_decode(lp, n)[0] == offline[0].token_ids
-    assert streamed[0].end == pytest.approx(feats.shape[0] // 4 * 0.04)
+    ids, frames = _torch_greedy(bundle, build_tiny("gru") if which == "gru" else build_tiny_ensemble(), x)
+    assert ids == offline[0].token_ids
+    assert streamed[0].end == pytest.approx(frames // 4 * 0.04)
+
+
+def test_streaming_equals_offline_beam_search(gru_bundle):
+    rec = Recognizer(gru_bundle, decoder="beam", beam=4)
+    x = speechish(2.2, seed=5)
+    offline = rec.recognize(x, 16000)
+    streamed = stream_in_pieces(rec, x, 16000, seed=2, endpoint=EndpointConfig(enabled=False))
+    assert [s.token_ids for s in streamed] == [offline[0].token_ids] and offline[0].token_ids
 
 
 def test_streaming_with_endpoints_keeps_tokens(energy_bundle):
@@ -133,8 +149,9 @@ def test_streaming_with_endpoints_keeps_tokens(energy_bundle):
     assert w.word == "a" and 0.28 <= w.start <= 0.4 and w.end > w.start
 
 
-def test_batch_equals_single(gru_bundle):
-    rec = Recognizer(gru_bundle)
+@pytest.mark.parametrize("which", ["gru", "ensemble"])
+def test_batch_equals_single(which, request):
+    rec = Recognizer(request.getfixturevalue(f"{which}_bundle"))
     xs = [speechish(d, seed=i) for i, d in enumerate((1.0, 2.3, 1.7))]
     singles = [rec.recognize(x, 16000)[0].token_ids for x in xs]
     streams = [rec.create_stream(16000, endpoint=EndpointConfig(enabled=False)) for _ in xs]
@@ -218,7 +235,7 @@ def test_prefix_beam_search_matches_reference_and_is_incremental():
 
 
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text with KenLM is not installed")
-def test_kenlm_decoder(tmp_path):
+def test_kenlm_decoder(tmp_path, energy_bundle):
     arpa = tmp_path / "lm.arpa"
     arpa.write_text("\\data\\\nngram 1=6\nngram 2=2\n\n\\1-grams:\n-0.5\t<s>\t-0.1\n-0.5\t</s>\n-0.3\ta\t-0.1\n"
                     "-0.6\tb\t-0.1\n-0.8\t|\t-0.1\n-1.0\t<unk>\n\n\\2-grams:\n-0.1\ta a\n-0.2\ta b\n\n\\end\\\n")
@@ -233,6 +250,12 @@ def test_kenlm_decoder(tmp_path):
     assert hyp and hyp == one.hypothesis()  # chunked == one shot
     assert all(0 <= h.frame < 20 for h in hyp)
     assert [h.id for h in hyp] == ctc_greedy(lp)  # LM weight 0, max (Viterbi) scoring: the best path
+    # through the recognizer: one LM shared by every stream
+    rec = Recognizer(energy_bundle, decoder="beam", lm_path=arpa, lm_weight=0.3)
+    x = np.concatenate([silence(0.3), tone(0.5), silence(1.2), tone(0.4)])
+    assert [s.text for s in stream_in_pieces(rec, x, 16000)] == ["a", "a"]
+    with pytest.raises(ValueError, match="beam"):
+        Recognizer(energy_bundle, lm_path=arpa)
 
 
 def test_words_from_hits():

@@ -1,0 +1,55 @@
+"""The `serve` and `bench` click commands (tiny settings: a few seconds in all)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+from click.testing import CliRunner
+from serve_helpers import ROOT
+
+from ekd_compress.cli.serve_cmd import bench, serve
+
+
+def test_serve_command_starts_and_answers(energy_bundle):
+    code = "import sys; from ekd_compress.cli.serve_cmd import serve; serve(sys.argv[1:])"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(energy_bundle), "--port", "0", "--max-connections", "3"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        port, deadline = None, time.time() + 30
+        while port is None and time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            m = re.search(r"page http://127\.0\.0\.1:(\d+)/", line)
+            port = int(m.group(1)) if m else None
+        assert port, "the serve command did not report its port"
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+        assert health["model"] == "energy" and health["max_connections"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_serve_command_rejects_bad_bundle(tmp_path):
+    r = CliRunner().invoke(serve, [str(tmp_path)])
+    assert r.exit_code != 0 and "bundle.json is missing" in r.output
+
+
+def test_bench_json(energy_bundle, gru_bundle):
+    args = [str(energy_bundle), "--vs", str(gru_bundle), "--streams", "2", "--seconds", "1", "--ramp-seconds", "1",
+            "--max-streams", "2", "--rtf-seconds", "1", "--no-mlflow", "--json"]
+    r = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    keys = {"bundle", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
+            "max_realtime_streams", "rss_mb"}
+    assert [set(m) for m in report["models"]] == [keys, keys]
+    for m in report["models"]:
+        assert m["chunk_ms_p50"] > 0 and m["rtf"] > 0 and m["rss_mb"] > 10 and m["final_ms_p50"] is not None
+        assert 0 <= m["max_realtime_streams"] <= 2
