@@ -5,9 +5,7 @@ the streaming server) computes, so training and serving features cannot drift.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from lhotse import CutSet
@@ -17,41 +15,21 @@ from ekd_compress.recipe import FeatureConfig
 from ekd_compress.spec.features import FeatureSpec, compute_fbank
 
 
-@dataclass
-class KnfFbankConfig:
-    """Mirror of FeatureSpec that lhotse can serialise into manifests."""
-    sample_rate: int = 16000
-    num_mel_bins: int = 80
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    dither: float = 0.0
-    low_freq: float = 20.0
-    high_freq: float = 0.0
-    snip_edges: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "KnfFbankConfig":
-        return KnfFbankConfig(**data)
-
-
 @register_extractor
 class KnfFbank(FeatureExtractor):
     """lhotse extractor backed by kaldi-native-fbank (same code path as serving)."""
 
     name = "knf-fbank"
-    config_type = KnfFbankConfig
+    config_type = FeatureSpec  # the torch-free spec itself: one definition of the settings
 
     @property
     def spec(self) -> FeatureSpec:
-        return FeatureSpec(**asdict(self.config))
+        return self.config
 
     def extract(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
-        if sampling_rate != self.config.sample_rate:
+        if sampling_rate != self.spec.sample_rate:
             raise ValueError(
-                f"audio at {sampling_rate} Hz but the feature spec expects {self.config.sample_rate} Hz; "
+                f"audio at {sampling_rate} Hz but the feature spec expects {self.spec.sample_rate} Hz; "
                 "resample the cuts first (data.sample_rate)"
             )
         return compute_fbank(np.asarray(samples, dtype=np.float32).reshape(-1), self.spec)
@@ -76,7 +54,7 @@ def store_features(cuts: CutSet, spec: FeatureSpec, storage_dir: Path, num_jobs:
     """Compute fbank for every cut once and store it (lilcom-compressed chunks)."""
     from lhotse import LilcomChunkyWriter
 
-    extractor = KnfFbank(KnfFbankConfig(**spec.to_dict()))
+    extractor = KnfFbank(spec)
     Path(storage_dir).parent.mkdir(parents=True, exist_ok=True)
     return cuts.compute_and_store_features(
         extractor, storage_path=str(storage_dir), num_jobs=num_jobs, storage_type=LilcomChunkyWriter,
