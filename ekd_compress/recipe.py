@@ -164,6 +164,9 @@ class Recipe:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+RESERVED_NAMES = {"baseline", "ensemble", "student", "kd_all", "control_baseline_teacher"}
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the fix."""
 
@@ -193,16 +196,19 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.exists():
             raise RecipeError(f"recipe {path} does not exist; see recipes/ for examples (demo.yaml, fsdd.yaml)")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"recipe {path} must be a YAML mapping at the top level")
         layers.append(OmegaConf.create(raw))
     for ov in overrides:
         if "=" not in ov:
             raise RecipeError(f"--set {ov!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
-    if overrides:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         recipe: Recipe = OmegaConf.to_object(merged)  # resolves ${...}
     except ConfigKeyError as e:
@@ -240,8 +246,21 @@ def validate_recipe(r: Recipe) -> None:
     if not d.seeds:
         raise RecipeError("distill.seeds is empty: give at least one seed, e.g. [0, 1, 2]")
     names = [m.name for m in r.members]
-    if len(set(names)) != len(names) or r.baseline.name in names:
-        raise RecipeError(f"model names must be unique and differ from the baseline's: {names}")
+    if len(set(names)) != len(names):
+        raise RecipeError(f"member names must be unique: {names}")
+    for n in names:
+        if n in RESERVED_NAMES or n.startswith(("baseline_s", "student_s", "essence_k")):
+            raise RecipeError(f"member name {n!r} is reserved for a model the pipeline makes; rename it")
+    if d.student_k != "auto" and d.student_k not in d.ks:
+        raise RecipeError(f"distill.student_k={d.student_k!r} is not among distill.ks={d.ks}; add it or use 'auto'")
+    if d.fusion_weights is not None and (len(d.fusion_weights) != len(r.members) or min(d.fusion_weights) < 0
+                                         or sum(d.fusion_weights) <= 0):
+        raise RecipeError(f"distill.fusion_weights={d.fusion_weights}: give one non-negative weight per member "
+                          f"({len(r.members)}), not all zero, or null for equal weights")
+    if not 0.0 <= d.coincidence_threshold <= 1.0:
+        raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
+    if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):
+        raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
     if r.data.min_duration >= r.data.max_duration:
         raise RecipeError(f"data.min_duration={r.data.min_duration} must be below data.max_duration={r.data.max_duration}")
 

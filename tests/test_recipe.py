@@ -56,7 +56,7 @@ def test_env_data_root(tmp_path, monkeypatch):
 def test_safe_yaml_refuses_code_tags(tmp_path):
     p = tmp_path / "evil.yaml"
     p.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(yaml.YAMLError):
+    with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(p)
 
 
@@ -69,3 +69,15 @@ def test_saved_recipe_round_trips(tmp_path):
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_cross_field_checks(tmp_path):
+    p = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "b"}]})
+    with pytest.raises(RecipeError, match="student_k"):
+        load_recipe(p, ["distill.student_k=3"])
+    with pytest.raises(RecipeError, match="fusion_weights"):
+        load_recipe(p, ["distill.fusion_weights=[1.0]"])
+    with pytest.raises(RecipeError, match="coincidence_threshold"):
+        load_recipe(p, ["distill.coincidence_threshold=2"])
+    with pytest.raises(RecipeError, match="reserved"):
+        load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))

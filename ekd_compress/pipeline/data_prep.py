@@ -106,6 +106,8 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
             train = train.subset(first=min(d.max_train_utts, len(train)))
         tokens = build_tokens(recipe, train, exp_dir)
         allowed = tokens.chars or None
+        if "dev" not in splits:
+            dev = drop_untokenizable(dev, tokens, d.on_error, log)
         if "dev" in splits:
             dev, rep = load_kaldi_dir(
                 splits["dev"], allowed_chars=allowed, audio_root=audio_root, max_duration=d.max_duration, **common
@@ -133,6 +135,21 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
         "utterances": {"train": len(train), "dev": len(dev), **{k: len(v) for k, v in tests.items()}},
         "hours": hours,
     }
+
+
+def drop_untokenizable(cuts: CutSet, tokens: TokenTable, on_error: str, log: Callable[[str], None]) -> CutSet:
+    """A dev set carved from train may hold characters the (smaller) train part lacks."""
+    bad = []
+    for c in cuts:
+        try:
+            tokens.encode(" ".join(s.text for s in c.supervisions))
+        except ValueError as e:
+            if on_error == "raise":
+                raise ValueError(f"dev utterance {c.id}: {e} (or set data.on_error=skip)") from None
+            bad.append(c.id)
+    if bad:
+        log(f"dev: skipped {len(bad)} utterances with characters unseen in train, e.g. {bad[:3]}")
+    return cuts.filter(lambda c: c.id not in set(bad)).to_eager() if bad else cuts
 
 
 def build_tokens(recipe: Recipe, train: CutSet, exp_dir: Path) -> TokenTable:

@@ -17,12 +17,13 @@ Stages (each resumable, keyed by what it depends on; see stages.py):
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ekd_compress.recipe import Recipe, config_hash, save_recipe
+from ekd_compress.recipe import Recipe, TrainConfig, config_hash, save_recipe
 
 
 @dataclass
@@ -75,15 +76,19 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     try:
         ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
         ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
-        ctx.keys["features"] = config_hash(ctx.keys["data"], r.features.num_mel_bins, r.features.frame_length_ms,
-                                           r.features.frame_shift_ms, r.features.dither, r.features.precompute, "cmvn")
+        feature_cfg = (r.features.num_mel_bins, r.features.frame_length_ms, r.features.frame_shift_ms,
+                       r.features.dither, r.features.precompute, "cmvn")
+        ctx.keys["features"] = config_hash(ctx.keys["data"], feature_cfg)
         ctx.data["features"] = runner.run("features", ctx.keys["features"], lambda: S.stage_features(ctx))
         if stop_after == "features":
             return {}
+        # models depend on the training data and features only: test sets may change freely
+        ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg)
 
         train_cfg = r.train
         seeds = list(r.distill.seeds)
-        base_key = config_hash(ctx.keys["features"], r.baseline, train_cfg, r.features.specaugment)
+        base_key = config_hash(ctx.keys["trainset"], r.baseline.arch, r.baseline.params, train_key(train_cfg),
+                               r.features.specaugment)
         for i, seed in enumerate(seeds):
             name = "baseline" if i == 0 else f"baseline_s{seed}"
             key = config_hash(base_key, seed)
@@ -98,13 +103,14 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.keys["align"] = config_hash(ctx.keys["baseline"])
             ctx.data["align"] = runner.run("align", ctx.keys["align"], lambda: S.stage_align(ctx))
             for m in r.members:
-                key = config_hash(ctx.keys["align"], m, member_cfg, r.features.specaugment)
+                key = config_hash(ctx.keys["align"], m, train_key(member_cfg), r.features.specaugment)
                 runner.run(f"member_{m.name}", key, lambda m=m: S.stage_train(
                     ctx, m.name, "member", m.arch, m.params, "guided", m.seed, member_cfg, beta=m.beta),
                     work_dir=exp_dir / "models" / m.name)
                 ctx.keys[m.name] = key
             member_keys = [ctx.keys[m.name] for m in r.members]
-            ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold)
+            ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold,
+                                               r.distill.refuse_below_threshold)
             ctx.data["coincide"] = runner.run("coincide", ctx.keys["coincide"], lambda: S.stage_coincidence(ctx))
             ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights)
             runner.run("ensemble", ctx.keys["ensemble"], lambda: S.stage_ensemble(ctx))
@@ -116,7 +122,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             return {}
 
         ST.run_students(ctx, runner, teacher_key)
-        ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()))
+        registry = prune_registry(exp_dir, expected_models(r))  # drop models a changed recipe no longer makes
+        ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.data["features"])
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
         return results
@@ -128,7 +135,50 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.tracker.end()
 
 
+def trainset_config(r: Recipe) -> Any:
+    """The data settings that shape train/dev (test-set-only settings left out)."""
+    d = dataclasses.replace(r.data, tests={})
+    d.synthetic = dataclasses.replace(d.synthetic, test_hours=0.0)
+    d.fsdd = dataclasses.replace(d.fsdd, noisy_dev_snr_db=None)
+    return d
+
+
+RUNTIME_ONLY = ("threads", "num_workers", "accelerator", "precision")
+
+
+def train_key(cfg: TrainConfig) -> dict[str, Any]:
+    """Training settings that change the result (how fast it runs does not)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_ONLY}
+
+
+def expected_models(r: Recipe) -> list[str]:
+    """Names of every model the recipe produces (models.json keys)."""
+    d = r.distill
+    names = ["baseline", *[f"baseline_s{s}" for s in d.seeds[1:]], *[m.name for m in r.members]]
+    if r.members:
+        names.append("ensemble")
+    names += ["kd_all" if k == "all" else f"essence_k{k}" for k in d.ks]
+    if d.control:
+        names.append("control_baseline_teacher")
+    return names + ["student", *[f"student_s{s}" for s in d.seeds[1:]]]
+
+
+def prune_registry(exp_dir: Path, keep: list[str]) -> list[dict[str, Any]]:
+    """Remove models.json entries the recipe no longer makes; returns the kept entries."""
+    from ekd_compress.pipeline.scoring import read_registry
+    from ekd_compress.pipeline.stages import write_json_atomic
+
+    entries = [e for e in read_registry(exp_dir) if e["name"] in keep]
+    write_json_atomic(Path(exp_dir) / "models.json", entries)
+    return entries
+
+
 def clean_experiment(exp_dir: Path) -> None:
-    """Remove an experiment directory (for `distill --fresh`)."""
-    if Path(exp_dir).exists():
-        shutil.rmtree(exp_dir)
+    """Remove an experiment directory (for `distill --fresh`); refuses folders distill did not write."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.exists():
+        return
+    if not (exp_dir / "stages").is_dir() and not (exp_dir / "recipe.yaml").exists():
+        raise ValueError(f"--fresh would delete {exp_dir}, which is not an experiment directory (no stages/ or "
+                         "recipe.yaml); pick another --out or delete it yourself")
+    shutil.rmtree(exp_dir)

@@ -136,8 +136,12 @@ def evaluate_experiment(
     """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
     exp_dir = Path(exp_dir)
     tokens = TokenTable.load(exp_dir / "tokens.txt")
+    registry = read_registry(exp_dir)
+    unknown = sorted(set(names or []) - {e["name"] for e in registry})
+    if unknown:
+        raise ValueError(f"--model {unknown} not in {exp_dir}; its models are {[e['name'] for e in registry]}")
     rows = []
-    for entry in read_registry(exp_dir):
+    for entry in registry:
         if names is not None and entry["name"] not in names:
             continue
         model = load_any(exp_dir / entry["path"])

@@ -91,6 +91,7 @@ def test_sets(ctx) -> dict[str, str]:
 def stage_train(
     ctx, name: str, kind: str, arch: str, params: dict, mode: str, seed: int, train_cfg: TrainConfig,
     beta: float = 0.0, k: Optional[int] = None, essence_dir: Optional[Path] = None, teacher=None,
+    teacher_file: Optional[Path] = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -110,7 +111,7 @@ def stage_train(
         from ekd_compress.ensemble.cache import EssenceCache
         from ekd_compress.pipeline.students import cache_keys
 
-        cache = EssenceCache.open(essence_dir, **cache_keys(ctx, essence_dir))
+        cache = EssenceCache.open(essence_dir, **cache_keys(ctx, teacher_file, k))
         essence = cache.read
     subsampling = model.subsampling
     train_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling, alignments=alignments, essence=essence)
@@ -118,7 +119,7 @@ def stage_train(
     train_loader = make_loader(ctx.cuts("train"), train_ds, train_cfg.max_duration, shuffle=True, seed=seed,
                                num_workers=train_cfg.num_workers)
     dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False)
-    steps = max(1, int(sum(c.duration for c in ctx.cuts("train")) / train_cfg.max_duration) + 1)
+    steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
                        distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps)
     run_params = {"name": name, "kind": kind, "arch": arch, "mode": mode, "seed": seed, "beta": beta, "k": k,
@@ -233,7 +234,8 @@ def file_hash(path: Path) -> str:
 
     path = Path(path)
     h = hashlib.sha256()
-    files = [path.parent / p for p in json.loads(path.read_text())["members"]] if path.suffix == ".json" else [path]
+    files = [path.parent / p for p in json.loads(path.read_text())["members"]] if path.suffix == ".json" else []
+    files.append(path)  # an ensemble.json adds its fusion weights
     for f in files:
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:12]

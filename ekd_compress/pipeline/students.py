@@ -9,7 +9,6 @@ import numpy as np
 
 from ekd_compress.pipeline.scoring import count_params, load_any, read_registry, register_model, score_model
 from ekd_compress.pipeline.stage_impl import file_hash, stage_train, teacher_path, test_sets
-from ekd_compress.pipeline.stages import write_json_atomic
 from ekd_compress.recipe import config_hash
 
 
@@ -26,9 +25,9 @@ def selection(ctx, k: Any) -> dict[str, Any]:
     return {"k": k_value(k, len(ctx.tokens)), "temperature": d.temperature, "mode": d.mode, "top_p": d.top_p}
 
 
-def cache_keys(ctx, essence_dir: Path) -> dict[str, Any]:
-    meta = json.loads((Path(essence_dir) / "keys.json").read_text())
-    return {"feature_hash": meta["feature_hash"], "teacher_hash": meta["teacher_hash"], "selection": meta["selection"]}
+def cache_keys(ctx, teacher_file: Path, k: Any) -> dict[str, Any]:
+    """What an essence cache must have been made from for this run (checked when it is opened)."""
+    return {"feature_hash": ctx.spec.hash(), "teacher_hash": file_hash(teacher_file), "selection": selection(ctx, k)}
 
 
 # --------------------------------------------------------------------- essence caches
@@ -42,13 +41,10 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     from ekd_compress.train.data import AsrDataset, make_loader
 
     teacher = load_any(teacher_file)
-    feature_hash, teacher_hash = ctx.spec.hash(), file_hash(teacher_file)
     caches, dirs = {}, {}
     for k in ks:
-        sel = selection(ctx, k)
         dirs[k] = out_root / k_label(k)
-        caches[k] = EssenceCache.create(dirs[k], feature_hash=feature_hash, teacher_hash=teacher_hash, selection=sel)
-        write_json_atomic(dirs[k] / "keys.json", {"feature_hash": feature_hash, "teacher_hash": teacher_hash, "selection": sel})
+        caches[k] = EssenceCache.create(dirs[k], **cache_keys(ctx, teacher_file, k))
     V = len(ctx.tokens)
     mass_sum, frames = np.zeros(V), 0
     blank_top = 0
@@ -81,53 +77,63 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
 
 # ---------------------------------------------------------------------------- students
 def run_students(ctx, runner, teacher_key: str) -> None:
+    """Essence caches, a student per k, the control student, and more seeds of the chosen one."""
+    from ekd_compress.pipeline.distill import train_key
+
     r = ctx.recipe
     d = r.distill
     cfg = r.student_train or r.train
     arch, params = r.baseline.arch, r.baseline.params
     seeds = list(d.seeds)
     ks = list(d.ks)
-    sel_key = config_hash(d.temperature, d.mode, d.top_p, ctx.keys["features"])
-    ess_key = config_hash(teacher_key, sel_key, ks)
-    ess = runner.run("essence", ess_key, lambda: stage_essence(ctx, teacher_path(ctx), ks, ctx.exp_dir / "essence" / "teacher"),
-                     work_dir=ctx.exp_dir / "essence" / "teacher")
+    teacher_file = teacher_path(ctx)
+    sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["features"])
+    fly = d.cache == "fly"
+    if fly:  # targets computed from the frozen teacher in every training step
+        teacher = load_any(teacher_file)
+        ess: dict[str, Any] = {}
+    else:
+        ess_key = config_hash(teacher_key, sel_key, ks)
+        ess = runner.run("essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ctx.exp_dir / "essence" / "teacher"),
+                         work_dir=ctx.exp_dir / "essence" / "teacher")
     ctx.data["essence"] = ess
-    student_key = config_hash(ess_key, cfg, d.lam, d.blank_weight, arch, params, r.features.specaugment)
+    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks
+    student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
+                              r.features.specaugment)
 
-    def train_student(name: str, kind: str, k: Any, seed: int, cache_dir: str, key: str) -> dict:
+    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: dict, t_file: Path) -> dict:
+        cache_dir = None if fly else Path(cache["dirs"][str(k)])
         return runner.run(name, key, lambda: stage_train(
             ctx, name, kind, arch, params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
-            essence_dir=Path(cache_dir)), work_dir=ctx.exp_dir / "models" / name)
+            essence_dir=cache_dir, teacher=load_any(t_file) if fly else None, teacher_file=t_file),
+            work_dir=ctx.exp_dir / "models" / name)
 
     rows = {}
     for k in ks:
         name = "kd_all" if k == "all" else f"essence_{k_label(k)}"
         kind = "kd" if k == "all" else "student"
-        key = config_hash(student_key, k, seeds[0])
-        rows[k] = (name, train_student(name, kind, k, seeds[0], ess["dirs"][str(k)], key))
+        key = config_hash(student_key, teacher_key, k, seeds[0])
+        rows[k] = (name, train_student(name, kind, k, seeds[0], key, ess, teacher_file))
         ctx.keys[name] = key
     if d.control:
-        ctl_key = config_hash(ctx.keys["baseline"], sel_key, ["all"])
-        ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
-            ctx, ctx.exp_dir / "models" / "baseline" / "model.pt", ["all"], ctx.exp_dir / "essence" / "control"),
-            work_dir=ctx.exp_dir / "essence" / "control")
-        key = config_hash(student_key, ctl_key, seeds[0])
-        train_student("control_baseline_teacher", "kd", "all", seeds[0], ctl["dirs"]["all"], key)
+        base_file = ctx.exp_dir / "models" / "baseline" / "model.pt"
+        ctl: dict[str, Any] = {}
+        if not fly:
+            ctl_key = config_hash(ctx.keys["baseline"], sel_key, ["all"])
+            ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
+                ctx, base_file, ["all"], ctx.exp_dir / "essence" / "control"), work_dir=ctx.exp_dir / "essence" / "control")
+        key = config_hash(student_key, ctx.keys["baseline"], "all", seeds[0])
+        train_student("control_baseline_teacher", "kd", "all", seeds[0], key, ctl, base_file)
         ctx.keys["control_baseline_teacher"] = key
 
-    if d.student_k == "auto":
-        chosen = min(ks, key=lambda k: rows[k][1]["best_dev"])
-    else:
-        if d.student_k not in ks:
-            raise ValueError(f"distill.student_k={d.student_k!r} is not among distill.ks={ks}; add it or use 'auto'")
-        chosen = d.student_k
+    chosen = min(ks, key=lambda k: rows[k][1]["best_dev"]) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
     ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f})")
     register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=seeds[0], same_as=name, k=str(chosen))
     ctx.data["chosen_k"] = str(chosen)
     for seed in seeds[1:]:
-        key = config_hash(student_key, chosen, seed)
-        train_student(f"student_s{seed}", "student", chosen, seed, ess["dirs"][str(chosen)], key)
+        key = config_hash(student_key, teacher_key, chosen, seed)
+        train_student(f"student_s{seed}", "student", chosen, seed, key, ess, teacher_file)
         ctx.keys[f"student_s{seed}"] = key
 
 
@@ -137,12 +143,13 @@ def stage_evaluate(ctx) -> dict[str, Any]:
 
     tests: dict[str, Any] = {}
     registry = read_registry(ctx.exp_dir)
+    scoring = "swbd" if ctx.recipe.data.corpus == "switchboard" else "plain"
     models = {e["name"]: load_any(ctx.exp_dir / e["path"]) for e in registry}
     for test_name, split in test_sets(ctx).items():
         cuts = ctx.cuts(split)
         rows = []
         for e in registry:
-            res = score_model(models[e["name"]], cuts, ctx.tokens, ctx.spec)
+            res = score_model(models[e["name"]], cuts, ctx.tokens, ctx.spec, scoring)
             rows.append({"name": e["name"], "kind": e["kind"], "params": count_params(models[e["name"]]), **res})
             ctx.log(f"  {test_name:>10} {e['name']:<26} WER {res['wer']:6.2f}%")
         tests[test_name] = {"data": test_name, "models": rows}
@@ -150,7 +157,8 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "tests": tests,
         "chosen_k": ctx.data.get("chosen_k"),
         "coincidence": ctx.data.get("coincide", {}),
-        "essence": {key: ctx.data["essence"][key] for key in ("bytes_per_frame", "topk_mass", "blank_top1_share", "frames")},
+        "essence": {key: ctx.data["essence"][key] for key in ("bytes_per_frame", "topk_mass", "blank_top1_share", "frames")
+                    if key in ctx.data["essence"]},
         "train_seconds": _train_seconds(ctx, registry),
         "seeds": list(ctx.recipe.distill.seeds),
     }
