@@ -36,8 +36,12 @@ def register_model(exp_dir: Path, name: str, kind: str, path: Path, **extra: Any
     exp_dir = Path(exp_dir)
     reg_path = exp_dir / "models.json"
     entries = json.loads(reg_path.read_text()) if reg_path.exists() else []
-    entries = [e for e in entries if e["name"] != name]
-    entries.append({"name": name, "kind": kind, "path": str(Path(path).resolve().relative_to(exp_dir.resolve())), **extra})
+    entry = {"name": name, "kind": kind, "path": str(Path(path).resolve().relative_to(exp_dir.resolve())), **extra}
+    names = [e["name"] for e in entries]
+    if name in names:  # replaced in place, so the registry's order (and hash) is stable across re-runs
+        entries[names.index(name)] = entry
+    else:
+        entries.append(entry)
     write_json_atomic(reg_path, entries)
 
 

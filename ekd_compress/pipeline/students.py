@@ -87,7 +87,7 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     seeds = list(d.seeds)
     ks = list(d.ks)
     teacher_file = teacher_path(ctx)
-    sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["features"])
+    sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["trainset"])
     fly = d.cache == "fly"
     if fly:  # targets computed from the frozen teacher in every training step
         teacher = load_any(teacher_file)

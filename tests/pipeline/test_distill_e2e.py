@@ -80,3 +80,18 @@ def test_evaluate_command_json(exp):
 def test_evaluate_rejects_non_experiment(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--data", str(tmp_path)])
     assert result.exit_code != 0 and "recipe.yaml" in result.output
+
+
+def test_changed_test_set_rescores_without_retraining(exp):
+    stages = run(exp, "distill.lam=0.3", "data.synthetic.test_hours=0.003")
+    assert {"data", "evaluate"} <= set(stages["ran"])
+    assert {"baseline", "member_lstm", "kd_all", "student_s1"} <= set(stages["skipped"])
+
+
+def test_on_the_fly_targets(tmp_path):
+    exp = tmp_path / "fly"
+    stages = run(exp, "distill.cache=fly", "distill.seeds=[0]", "distill.control=false", "members=[]")
+    assert "essence" not in stages["ran"] and "essence_k1" in stages["ran"]
+    assert not (exp / "essence").exists()
+    names = {r["name"] for r in json.loads((exp / "results.json").read_text())["tests"]["dev"]["models"]}
+    assert names == {"baseline", "essence_k1", "kd_all", "student"}
