@@ -37,6 +37,9 @@ class FsddData:
     train_indices: list[int] = field(default_factory=lambda: list(range(10, 50)))
     dev_indices: list[int] = field(default_factory=lambda: list(range(5, 10)))
     noisy_dev_snr_db: Optional[float] = 10.0  # also score a noisy copy of dev at this SNR
+    # multi-condition training: extra train strings with noise, one (SNR dB, noise type) per share
+    train_noise: list[Any] = field(default_factory=list)  # e.g. [[20, white], [10, pink], [5, babble]]
+    train_noise_strings: int = 0      # strings per noise condition (0 = none)
 
 
 @dataclass

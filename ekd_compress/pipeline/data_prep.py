@@ -42,6 +42,12 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
         dirs = prepare_fsdd(f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,
                             sampling_rate=d.sample_rate, **indices)
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
+        train_recs = split_fsdd(scan_fsdd(f.root), by="index", test_indices=[], **indices)["train"]
+        for i, (snr, noise) in enumerate(f.train_noise if f.train_noise_strings > 0 else []):
+            name = f"train_{noise}{snr:g}db"
+            splits[name] = make_digit_strings(train_recs, work / "fsdd" / name, n_strings=f.train_noise_strings,
+                                              seed=recipe.seed + 100 + i, snr_db=float(snr), noise=str(noise),
+                                              sampling_rate=d.sample_rate, prefix=name)
         if f.noisy_dev_snr_db is not None:  # the same kind of strings with white noise at this SNR
             dev_recs = split_fsdd(scan_fsdd(f.root), by="index", test_indices=[], **indices)["dev"]
             name = f"dev_noisy{f.noisy_dev_snr_db:g}db"
@@ -100,6 +106,11 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
             splits["train"], min_duration=d.min_duration, max_duration=d.max_duration, audio_root=audio_root, **common
         )
         reports["train"] = rep.summary()
+        for name in [k for k in splits if k.startswith("train_")]:  # extra (e.g. noisy) training parts
+            extra, rep = load_kaldi_dir(splits[name], min_duration=d.min_duration, max_duration=d.max_duration,
+                                        audio_root=audio_root, **common)
+            reports[name] = rep.summary()
+            train = (train + extra).to_eager()
         if "dev" not in splits:
             train, dev = split_by_speaker(train, d.kaldi.dev_speakers, recipe.seed)
         if d.max_train_utts:
