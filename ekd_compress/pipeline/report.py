@@ -78,15 +78,14 @@ def write_plots(exp_dir: Path, results: dict[str, Any]) -> list[Path]:
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    vocab = None
+    vocab = len(ess["topk_mass"]) if ess else 0  # x position of k = all
     for t, tr in results["tests"].items():
         pts = []
         for r in tr["models"]:
-            if r["name"].startswith("essence_k") and "_s" not in r["name"][len("essence_k"):]:
+            if r["name"].startswith("essence_k"):
                 pts.append((int(r["name"][len("essence_k"):]), r["wer"]))
-            elif r["name"] == "kd_all":
-                vocab = vocab or len(ess["topk_mass"]) if ess else None
-                pts.append((vocab or 0, r["wer"]))
+            elif r["name"] == "kd_all" and vocab:
+                pts.append((vocab, r["wer"]))
         pts.sort()
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
