@@ -1,0 +1,112 @@
+"""Plain-HTTP side of the recognition server: the websocket upgrade checks (path, token,
+connection limit), the browser page and static files, /health, /metrics and /stats.
+Re-exported by `serve.server`."""
+from __future__ import annotations
+
+import hmac
+import mimetypes
+import os
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from serve.metrics import rss_mb
+from serve.protocol import _json
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class HTTPRoutes:
+    """HTTP request handling mixed into `RecognitionServer` (uses its rec, config, metrics,
+    active and started attributes)."""
+
+    def _authorized(self, request) -> bool:
+        token = self.config.token
+        if not token:
+            return True
+        given = ""
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        else:
+            given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _respond(self, connection, status: HTTPStatus, body: str, content_type: str, extra: dict | None = None):
+        resp = connection.respond(status, body)
+        for k, v in {"Content-Type": content_type, "Cache-Control": "no-store", **(extra or {})}.items():
+            if k in resp.headers:
+                del resp.headers[k]  # websockets' Headers is a multi-dict: assignment would append
+            resp.headers[k] = v
+        return resp
+
+    def health(self) -> dict[str, Any]:
+        rss, peak = rss_mb()
+        b = self.rec.bundle
+        return {"status": "ok", "model": b.name, "bundle": str(b.path), "provider": self.rec.provider,
+                "int8": self.rec.use_int8, "sample_rate": b.sample_rate, "chunk_ms": round(b.chunk_seconds * 1000),
+                "streams": self.active, "max_connections": self.config.max_connections,
+                "chunks_decoded": self.rec.chunks_decoded, "uptime_s": round(time.time() - self.started, 1),
+                "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "pid": os.getpid()}
+
+    def _process_request(self, connection, request):
+        url = urlsplit(request.path)
+        path = url.path
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if upgrade:
+            if path not in ("/", "/ws"):
+                self.metrics.rejected.labels("not_found").inc()
+                return self._respond(connection, HTTPStatus.NOT_FOUND,
+                                     f"no websocket endpoint at {path}; connect to /ws (native) or / (Vosk)\n",
+                                     "text/plain; charset=utf-8")
+            if not self._authorized(request):
+                self.metrics.rejected.labels("unauthorized").inc()
+                return self._respond(connection, HTTPStatus.UNAUTHORIZED,
+                                     "missing or wrong token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
+                                     "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            if self.active >= self.config.max_connections:
+                self.metrics.rejected.labels("busy").inc()
+                return self._respond(
+                    connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"server busy: {self.active} streams open (max {self.config.max_connections}); "
+                    "retry in a few seconds, or start the server with a higher --max-connections\n",
+                    "text/plain; charset=utf-8", {"Retry-After": "5"})
+            return None
+        if path in ("/", "/index.html"):
+            return self._static(connection, "index.html")
+        if path == "/health":
+            return self._respond(connection, HTTPStatus.OK, _json(self.health()), "application/json")
+        if path in ("/metrics", "/stats"):
+            if not self._authorized(request):
+                self.metrics.rejected.labels("unauthorized").inc()
+                return self._respond(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong token\n",
+                                     "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            if path == "/metrics":
+                return self._respond(connection, HTTPStatus.OK, self.metrics.exposition().decode(),
+                                     "text/plain; version=0.0.4; charset=utf-8")
+            try:
+                since = int((parse_qs(url.query).get("since") or ["0"])[0])
+            except ValueError:
+                since = 0
+            stats = self.metrics.stats(since)
+            stats.update(streams=self.active, rss_mb=round(rss_mb()[0], 1))
+            return self._respond(connection, HTTPStatus.OK, _json(stats), "application/json")
+        name = path.lstrip("/")
+        if name and "/" not in name and (STATIC_DIR / name).is_file():
+            return self._static(connection, name)
+        self.metrics.rejected.labels("not_found").inc()
+        return self._respond(connection, HTTPStatus.NOT_FOUND, f"{path} not found; try / (page), /health, /metrics\n",
+                             "text/plain; charset=utf-8")
+
+    def _static(self, connection, name: str):
+        path = STATIC_DIR / name
+        if not path.is_file():
+            return self._respond(connection, HTTPStatus.NOT_FOUND, f"{name} is missing from {STATIC_DIR}\n",
+                                 "text/plain; charset=utf-8")
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype.endswith("javascript"):
+            ctype += "; charset=utf-8"
+        return self._respond(connection, HTTPStatus.OK, path.read_text(encoding="utf-8"), ctype)
+

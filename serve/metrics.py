@@ -1,0 +1,77 @@
+"""Prometheus metrics of the recognition server, exact per-chunk compute times for /stats, and
+the process's resident memory. Re-exported by `serve.server`."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        vals = {line.split(":")[0]: float(line.split()[1]) / 1024 for line in status.splitlines()
+                if line.startswith(("VmRSS", "VmHWM"))}
+        return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+class Metrics:
+    """Prometheus metrics in a private registry (several servers may share a process), plus a
+    bounded list of exact per-chunk compute times for /stats."""
+
+    def __init__(self, model: str, provider: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        p = "ekd_serve_"
+        self.active = Gauge(p + "connections_active", "Open websocket streams", registry=r)
+        self.connections = Counter(p + "connections", "Accepted websocket connections", ["protocol"], registry=r)
+        self.rejected = Counter(p + "rejected", "Refused requests", ["reason"], registry=r)
+        self.errors = Counter(p + "client_errors", "Connections closed for a client error", ["error"], registry=r)
+        self.audio = Counter(p + "audio_seconds", "Audio received, seconds", registry=r)
+        self.chunks = Counter(p + "chunks", "Model chunks decoded", registry=r)
+        self.partials = Counter(p + "partials", "Partial results sent", registry=r)
+        self.finals = Counter(p + "finals", "Final results sent", registry=r)
+        self.batch = Histogram(p + "batch_size", "Streams per model call", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.compute = Histogram(p + "chunk_compute_seconds", "Model call time seen by each chunk in it",
+                                 registry=r, buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .32, .5, 1, 2))
+        self.queue_wait = Histogram(p + "queue_wait_seconds", "Ready chunk to model call start", registry=r,
+                                    buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1))
+        info = Gauge(p + "model_info", "Served model", ["model", "provider"], registry=r)
+        info.labels(model=model, provider=provider).set(1)
+        self._chunk_ms: deque[float] = deque(maxlen=200_000)
+        self._chunk_count = 0
+        self._lock = threading.Lock()
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch.observe(size)
+        self.chunks.inc(size)
+        with self._lock:
+            for _ in range(size):
+                self.compute.observe(seconds)
+                self._chunk_ms.append(seconds * 1000.0)
+            self._chunk_count += size
+
+    def stats(self, since: int = 0) -> dict[str, Any]:
+        with self._lock:
+            total = self._chunk_count
+            first = total - len(self._chunk_ms)
+            vals = np.array(list(self._chunk_ms)[max(since - first, 0):], dtype=np.float64)
+        q = {f"p{p}": (float(np.percentile(vals, p)) if vals.size else None) for p in (50, 95, 99)}
+        q["mean"] = float(vals.mean()) if vals.size else None
+        return {"since": since, "next": total, "chunks": int(vals.size), "chunk_ms": q}
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

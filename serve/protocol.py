@@ -1,0 +1,208 @@
+"""Websocket protocols of the recognition server: message parsing and validation, and the
+per-connection state machines of the native (`/ws`) and Vosk-compatible (`/`) protocols, both
+documented in `serve.server`'s docstring. Re-exported by `serve.server`."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serve.runtime import EndpointConfig, Segment, Stream
+
+if TYPE_CHECKING:
+    from serve.server import RecognitionServer
+
+
+class ClientError(Exception):
+    """A client mistake: reported to that client, then its connection is closed."""
+
+    def __init__(self, code: str, message: str, close_code: int = 1007) -> None:
+        super().__init__(message)
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+# ============================================================================ messages
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _words_native(seg: Segment) -> list[dict[str, Any]]:
+    return [w.to_dict() for w in seg.words]
+
+
+def _vosk_result(segs: list[Segment]) -> dict[str, Any]:
+    words = [w for s in segs for w in s.words]
+    text = " ".join(s.text for s in segs if s.text)
+    out: dict[str, Any] = {}
+    if words:
+        out["result"] = [{"conf": round(w.conf, 6), "start": round(w.start, 3), "end": round(w.end, 3), "word": w.word}
+                         for w in words]
+    out["text"] = text
+    return out
+
+class _Session:
+    """One websocket connection: protocol state machine around a Stream."""
+
+    def __init__(self, server: RecognitionServer, ws, protocol: str) -> None:
+        self.server, self.ws, self.protocol = server, ws, protocol
+        self.cfg = server.config
+        self.stream: Stream | None = None
+        self.carry = b""  # odd byte of int16 PCM left from the previous message
+        self.sent_chunks = 0
+
+    async def recv(self):
+        try:
+            return await asyncio.wait_for(self.ws.recv(), self.cfg.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise ClientError("idle_timeout", f"no message for {self.cfg.idle_timeout_s:g} s; closing", 1008) from None
+
+    def _rate(self, value: Any) -> int:
+        c = self.cfg
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+                or not c.min_sample_rate <= value <= c.max_sample_rate:
+            raise ClientError("bad_sample_rate", f"sample_rate {value!r} is not supported; send an integer rate in Hz "
+                                                 f"between {c.min_sample_rate} and {c.max_sample_rate}, e.g. 16000")
+        return int(value)
+
+    def _parse(self, text: str) -> dict[str, Any]:
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ClientError("bad_json", f"malformed JSON ({e.msg} at char {e.pos}); send one JSON object "
+                                          "per text message") from None
+        if not isinstance(msg, dict):
+            raise ClientError("bad_message", "expected a JSON object")
+        return msg
+
+    def _new_stream(self, rate: int, endpointing: bool = True) -> None:
+        ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
+        self.stream = self.server.rec.create_stream(rate, endpoint=ep)
+
+    async def _audio(self, data: bytes) -> int:
+        """Feed int16 PCM to the stream and decode what became ready; returns chunks decoded."""
+        if len(data) > self.cfg.max_message_bytes:
+            raise ClientError("too_big", f"message of {len(data)} bytes exceeds the limit of "
+                                         f"{self.cfg.max_message_bytes}; send smaller pieces (e.g. 100-500 ms)", 1009)
+        data = self.carry + data
+        self.carry = data[len(data) - len(data) % 2:]
+        samples = np.frombuffer(data[: len(data) - len(data) % 2], dtype="<i2").astype(np.float32) / 32768.0
+        stream = self.stream
+        assert stream is not None
+        self.server.metrics.audio.inc(samples.shape[0] / stream.sample_rate)
+        if samples.shape[0] > stream.sample_rate // 4:  # big pieces: features off the event loop
+            await asyncio.get_running_loop().run_in_executor(self.server._feat_pool, stream.accept_waveform, samples)
+        elif samples.shape[0]:
+            stream.accept_waveform(samples)
+        return await self.server._scheduler.decode(stream)
+
+    async def _finish(self) -> list[Segment]:
+        stream = self.stream
+        assert stream is not None
+        stream.input_finished()
+        await self.server._scheduler.decode(stream)
+        segs = stream.pop_segments()
+        last = stream.close()
+        return segs + ([last] if last is not None else [])
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.ws.send(_json(obj))
+
+    async def run(self) -> None:
+        if self.protocol == "native":
+            await self._run_native()
+        else:
+            await self._run_vosk()
+
+    # ------------------------------------------------------------------ native
+    async def _send_final(self, seg: Segment) -> None:
+        self.server.metrics.finals.inc()
+        await self.send({"type": "final", "text": seg.text, "words": _words_native(seg), "start": round(seg.start, 3),
+                         "end": round(seg.end, 3), "reason": seg.reason})
+
+    async def _run_native(self) -> None:
+        b = self.server.rec.bundle
+        while True:
+            msg = await self.recv()
+            if isinstance(msg, bytes):
+                if self.stream is None:
+                    raise ClientError("not_started", 'audio before the start message; send {"type": "start", '
+                                                     '"sample_rate": 16000} first', 1008)
+                n = await self._audio(msg)
+                if n:
+                    for seg in self.stream.pop_segments():
+                        if seg.text:
+                            await self._send_final(seg)
+                    self.server.metrics.partials.inc()
+                    await self.send({"type": "partial", "text": self.stream.result(),
+                                     "start": round(self.stream._seg_start * b.frame_seconds, 3)})
+                continue
+            if len(msg) > self.cfg.max_message_bytes:
+                raise ClientError("too_big", "text message too large", 1009)
+            m = self._parse(msg)
+            kind = m.get("type")
+            if kind == "start":
+                if self.stream is not None:
+                    raise ClientError("already_started", "start was already sent on this connection", 1008)
+                rate = self._rate(m.get("sample_rate", b.sample_rate))
+                endpointing = m.get("endpointing", True)
+                if not isinstance(endpointing, bool):
+                    raise ClientError("bad_message", "endpointing must be true or false")
+                self._new_stream(rate, endpointing)
+                await self.send({"type": "ready", "sample_rate": rate, "model_sample_rate": b.sample_rate,
+                                 "chunk_ms": round(b.chunk_seconds * 1000)})
+            elif kind == "end":
+                if self.stream is None:
+                    raise ClientError("not_started", "end before start", 1008)
+                segs = await self._finish()
+                t = self.stream.seconds
+                last = segs.pop() if segs and segs[-1].reason == "end" else Segment("", [], t, t, "end")
+                for seg in segs:
+                    if seg.text:
+                        await self._send_final(seg)
+                await self._send_final(last)
+                await self.ws.close(1000, "end")
+                return
+            else:
+                raise ClientError("bad_message", f"unknown message type {kind!r}; use start, binary audio, end")
+
+    # ------------------------------------------------------------------ Vosk
+    async def _run_vosk(self) -> None:
+        b = self.server.rec.bundle
+        while True:
+            msg = await self.recv()
+            if isinstance(msg, bytes):
+                if self.stream is None:
+                    self._new_stream(b.sample_rate)  # Vosk: config is optional
+                await self._audio(msg)
+                segs = self.stream.pop_segments()
+                if segs:
+                    self.server.metrics.finals.inc()
+                    await self.send(_vosk_result(segs))
+                else:
+                    self.server.metrics.partials.inc()
+                    await self.send({"partial": self.stream.result()})
+                continue
+            if len(msg) > self.cfg.max_message_bytes:
+                raise ClientError("too_big", "text message too large", 1009)
+            m = self._parse(msg)
+            if "config" in m:
+                conf = m["config"]
+                if not isinstance(conf, dict):
+                    raise ClientError("bad_message", 'config must be an object, e.g. {"config": {"sample_rate": 16000}}')
+                if "sample_rate" in conf:
+                    rate = self._rate(conf["sample_rate"])
+                    if self.stream is not None and self.stream.samples_in and rate != self.stream.sample_rate:
+                        raise ClientError("bad_sample_rate", "sample_rate cannot change after audio was sent", 1007)
+                    self._new_stream(rate)
+            elif "eof" in m:
+                if self.stream is None:
+                    self._new_stream(b.sample_rate)
+                segs = await self._finish()
+                self.server.metrics.finals.inc()
+                await self.send(_vosk_result(segs))
+                await self.ws.close(1000, "eof")
+                return
+            else:
+                raise ClientError("bad_message", 'expected {"config": {...}} or {"eof" : 1}')
