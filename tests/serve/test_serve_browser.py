@@ -77,7 +77,7 @@ def test_browser_page_live_text(energy_bundle, tmp_path):
                     state = _evaluate(ws, "JSON.stringify({ekd: window.ekd, final: document.getElementById('final')"
                                           ".textContent, status: document.getElementById('status').textContent})", i)
                     state = json.loads(state) if state else None
-                    if state and state["ekd"]["finals"]:
+                    if state and (state.get("ekd") or {}).get("finals"):  # window.ekd is undefined until the app starts
                         break
                     time.sleep(0.25)
         finally:
@@ -86,7 +86,7 @@ def test_browser_page_live_text(energy_bundle, tmp_path):
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        assert state is not None, "could not read the page state"
+        assert state is not None and "ekd" in state, f"could not read the page state: {state}"
         assert not state["ekd"]["errors"], state
         assert state["ekd"]["samplesSent"] > 16000 * 0.5, state  # the microphone audio reached the server
         # live text on the page: each tone burst is one final ("a", or "b" when the browser's capture
