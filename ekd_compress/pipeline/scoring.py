@@ -79,10 +79,11 @@ def decode_cuts(
     from ekd_compress.evaluate.decode import ctc_greedy_decode
     from ekd_compress.train.data import AsrDataset, make_loader
 
-    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False)
+    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
+                         with_targets=False)
     ids, refs, hyps = [], [], []
     audio = compute = 0.0
-    for batch in make_loader(cuts, _LenientDataset(dataset), max_duration, shuffle=False):
+    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
         start = time.perf_counter()
         log_probs, out_lengths = model(batch["feats"], batch["lengths"])
         decoded = ctc_greedy_decode(log_probs, out_lengths)
@@ -92,28 +93,6 @@ def decode_cuts(
         refs += batch["texts"]
         hyps += [tokens.decode(d) for d in decoded]
     return ids, refs, hyps, audio, compute
-
-
-class _LenientDataset(torch.utils.data.Dataset):
-    """Evaluation batches: references may hold characters the tokens lack (scored as they are)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def __getitem__(self, cuts: CutSet) -> dict:
-        from ekd_compress.train.data import cut_text
-
-        cuts = list(cuts)
-        feats = [self.inner.features(c) for c in cuts]
-        B, T = len(cuts), max(f.shape[0] for f in feats)
-        x = torch.zeros(B, T, self.inner.spec.num_mel_bins)
-        for b, f in enumerate(feats):
-            x[b, : f.shape[0]] = torch.from_numpy(f)
-        return {
-            "ids": [c.id for c in cuts], "texts": [cut_text(c) for c in cuts],
-            "durations": [float(c.duration) for c in cuts], "feats": x,
-            "lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
-        }
 
 
 def score_model(

@@ -45,6 +45,7 @@ class AsrDataset(torch.utils.data.Dataset):
         alignments: Optional[AlignmentStore] = None,
         essence: Optional[EssenceReader] = None,
         keep_in_memory: bool = True,
+        with_targets: bool = True,
     ) -> None:
         self.tokens = tokens
         self.spec = spec
@@ -52,6 +53,8 @@ class AsrDataset(torch.utils.data.Dataset):
         self.alignments = alignments
         self.essence = essence
         self._memory: dict[str, np.ndarray] | None = {} if keep_in_memory else None
+        # scoring batches need no targets: references may hold characters the tokens lack
+        self.with_targets = with_targets
 
     def features(self, cut) -> np.ndarray:
         if self._memory is not None and cut.id in self._memory:
@@ -65,7 +68,7 @@ class AsrDataset(torch.utils.data.Dataset):
         cuts = list(cuts)
         feats = [self.features(c) for c in cuts]
         texts = [cut_text(c) for c in cuts]
-        targets = [self.tokens.encode(t) for t in texts]
+        targets = [self.tokens.encode(t) if self.with_targets else [] for t in texts]
         B = len(cuts)
         T = max(f.shape[0] for f in feats)
         S = max(1, max(len(t) for t in targets))
