@@ -142,30 +142,42 @@ def _model_path(ctx, name: str) -> Path:
     return ctx.exp_dir / "models" / name / "model.pt"
 
 
-# ---------------------------------------------------------------- guide alignment
-def stage_align(ctx) -> dict[str, Any]:
-    """Viterbi-align every training utterance with the guide (the seed-0 baseline)."""
+# ------------------------------------------------------------ frozen-model passes
+def model_outputs(ctx, model, cuts, desc: Optional[str] = None):
+    """Run a frozen model over `cuts` (clean features, no augmentation), batch by batch.
+
+    Yields (batch dict, log_probs (B, T', V), out_lengths (B,)); a progress bar when `desc` is given.
+    """
     import torch
     from tqdm import tqdm
 
-    from ekd_compress.losses.guide import ctc_forced_align
     from ekd_compress.train.data import AsrDataset, make_loader
 
+    ds = AsrDataset(ctx.tokens, ctx.spec, model.subsampling, keep_in_memory=False)
+    loader = make_loader(cuts, ds, 200.0, shuffle=False)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None):
+            log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+            yield batch, log_probs, out_lengths
+
+
+# ---------------------------------------------------------------- guide alignment
+def stage_align(ctx) -> dict[str, Any]:
+    """Viterbi-align every training utterance with the guide (the seed-0 baseline)."""
+    from ekd_compress.losses.guide import ctc_forced_align
+
     guide = load_any(_model_path(ctx, "baseline"))
-    ds = AsrDataset(ctx.tokens, ctx.spec, guide.subsampling, keep_in_memory=False)
     aligned: dict[str, np.ndarray] = {}
     fallback = 0
-    with torch.no_grad():
-        for batch in tqdm(make_loader(ctx.cuts("train"), ds, 200.0, shuffle=False), desc="align", unit="batch"):
-            log_probs, out_lengths = guide(batch["feats"], batch["lengths"])
-            for b, uid in enumerate(batch["ids"]):
-                T = int(out_lengths[b])
-                tgt = batch["targets"][b, : int(batch["target_lengths"][b])].numpy()
-                try:
-                    aligned[uid] = ctc_forced_align(log_probs[b, :T].numpy(), tgt).astype(np.int16)
-                except ValueError:  # too few frames for the transcript: no frame targets (ignored)
-                    aligned[uid] = np.full(T, -1, dtype=np.int16)
-                    fallback += 1
+    for batch, log_probs, out_lengths in model_outputs(ctx, guide, ctx.cuts("train"), desc="align"):
+        for b, uid in enumerate(batch["ids"]):
+            T = int(out_lengths[b])
+            tgt = batch["targets"][b, : int(batch["target_lengths"][b])].numpy()
+            try:
+                aligned[uid] = ctc_forced_align(log_probs[b, :T].numpy(), tgt).astype(np.int16)
+            except ValueError:  # too few frames for the transcript: no frame targets (ignored)
+                aligned[uid] = np.full(T, -1, dtype=np.int16)
+                fallback += 1
     path = ctx.exp_dir / "align" / "train.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **aligned)
@@ -183,18 +195,12 @@ def _load_alignments(ctx) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------- coincidence, fusion
 def _argmax_paths(model, cuts, ctx) -> dict[str, np.ndarray]:
-    import torch
-
-    from ekd_compress.train.data import AsrDataset, make_loader
-
-    ds = AsrDataset(ctx.tokens, ctx.spec, model.subsampling, keep_in_memory=False)
+    """utt id -> (T',) argmax token per output frame."""
     paths = {}
-    with torch.no_grad():
-        for batch in make_loader(cuts, ds, 200.0, shuffle=False):
-            log_probs, out_lengths = model(batch["feats"], batch["lengths"])
-            best = log_probs.argmax(-1).numpy()
-            for b, uid in enumerate(batch["ids"]):
-                paths[uid] = best[b, : int(out_lengths[b])]
+    for batch, log_probs, out_lengths in model_outputs(ctx, model, cuts):
+        best = log_probs.argmax(-1).numpy()
+        for b, uid in enumerate(batch["ids"]):
+            paths[uid] = best[b, : int(out_lengths[b])]
     return paths
 
 

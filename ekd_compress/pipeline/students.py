@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ekd_compress.pipeline.scoring import count_params, load_any, read_registry, register_model, score_model
-from ekd_compress.pipeline.stage_impl import file_hash, stage_train, teacher_path, test_sets
+from ekd_compress.pipeline.stage_impl import file_hash, model_outputs, stage_train, teacher_path, test_sets
 from ekd_compress.recipe import config_hash
 
 
@@ -34,11 +34,9 @@ def cache_keys(ctx, teacher_file: Path, k: Any) -> dict[str, Any]:
 def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dict[str, Any]:
     """One pass of the (clean-feature) teacher over the training set, writing one cache per k."""
     import torch
-    from tqdm import tqdm
 
     from ekd_compress.ensemble.cache import EssenceCache
     from ekd_compress.ensemble.essence import cumulative_topk_mass, select_essence
-    from ekd_compress.train.data import AsrDataset, make_loader
 
     teacher = load_any(teacher_file)
     caches, dirs = {}, {}
@@ -49,21 +47,18 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     mass_sum, frames = np.zeros(V), 0
     blank_top = 0
     d = ctx.recipe.distill
-    ds = AsrDataset(ctx.tokens, ctx.spec, teacher.subsampling, keep_in_memory=False)
-    with torch.no_grad():
-        for batch in tqdm(make_loader(ctx.cuts("train"), ds, 200.0, shuffle=False), desc="essence", unit="batch"):
-            log_probs, out_lengths = teacher(batch["feats"], batch["lengths"])
-            n = int(out_lengths.sum())
-            mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
-            frames += n
-            mask = torch.arange(log_probs.shape[1])[None] < out_lengths[:, None]
-            blank_top += int(((log_probs.argmax(-1) == 0) & mask).sum())
-            for k in ks:
-                sel = selection(ctx, k)
-                ids, probs = select_essence(log_probs, k=sel["k"], temperature=d.temperature, mode=d.mode, top_p=d.top_p)
-                for b, uid in enumerate(batch["ids"]):
-                    T = int(out_lengths[b])
-                    caches[k].write(uid, ids[b, :T].numpy(), probs[b, :T].numpy())
+    for batch, log_probs, out_lengths in model_outputs(ctx, teacher, ctx.cuts("train"), desc="essence"):
+        n = int(out_lengths.sum())
+        mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
+        frames += n
+        mask = torch.arange(log_probs.shape[1])[None] < out_lengths[:, None]
+        blank_top += int(((log_probs.argmax(-1) == 0) & mask).sum())
+        for k in ks:
+            sel = selection(ctx, k)
+            ids, probs = select_essence(log_probs, k=sel["k"], temperature=d.temperature, mode=d.mode, top_p=d.top_p)
+            for b, uid in enumerate(batch["ids"]):
+                T = int(out_lengths[b])
+                caches[k].write(uid, ids[b, :T].numpy(), probs[b, :T].numpy())
     out = {"dirs": {str(k): str(v) for k, v in dirs.items()}, "bytes_per_frame": {},
            "topk_mass": (mass_sum / max(frames, 1)).tolist(), "blank_top1_share": blank_top / max(frames, 1),
            "frames": frames}
