@@ -90,7 +90,7 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int]) -> list:
 
 
 def _model_info(model, entry: dict[str, Any]) -> dict[str, Any]:
-    from ekd_compress.pipeline.scoring import count_params
+    from ekd_compress.models import count_parameters as count_params
 
     members = getattr(model, "members", None)
     if members is not None:

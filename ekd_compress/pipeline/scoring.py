@@ -67,10 +67,6 @@ def load_any(path: Path) -> torch.nn.Module:
     return load_model(path)[0]
 
 
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def decode_cuts(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0
@@ -112,23 +108,33 @@ def score_model(
     return result
 
 
+def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts: CutSet, data_name: str,
+                 tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log=print) -> dict[str, Any]:
+    """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object."""
+    from ekd_compress.models import count_parameters
+
+    rows = []
+    for name, (entry, model) in models.items():
+        res = score_model(model, cuts, tokens, spec, scoring)
+        log(f"  {data_name:>12} {name:<26} WER {res['wer']:6.2f}%  RTF {res['rtf']:.4f}")
+        rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model), **res})
+    return {"data": data_name, "models": rows}
+
+
+def load_registered(exp_dir: Path, names: Optional[list[str]] = None) -> dict[str, tuple[dict[str, Any], torch.nn.Module]]:
+    """{name: (registry entry, model)} for every registered model, or those in `names`."""
+    exp_dir = Path(exp_dir)
+    registry = read_registry(exp_dir)
+    unknown = sorted(set(names or []) - {e["name"] for e in registry})
+    if unknown:
+        raise ValueError(f"--model {unknown} not in {exp_dir}; its models are {[e['name'] for e in registry]}")
+    return {e["name"]: (e, load_any(exp_dir / e["path"])) for e in registry if names is None or e["name"] in names}
+
+
 def evaluate_experiment(
     exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
     names: Optional[list[str]] = None, log=print,
 ) -> dict[str, Any]:
     """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
-    exp_dir = Path(exp_dir)
-    tokens = TokenTable.load(exp_dir / "tokens.txt")
-    registry = read_registry(exp_dir)
-    unknown = sorted(set(names or []) - {e["name"] for e in registry})
-    if unknown:
-        raise ValueError(f"--model {unknown} not in {exp_dir}; its models are {[e['name'] for e in registry]}")
-    rows = []
-    for entry in registry:
-        if names is not None and entry["name"] not in names:
-            continue
-        model = load_any(exp_dir / entry["path"])
-        res = score_model(model, cuts, tokens, spec, scoring)
-        log(f"  {data_name:>12} {entry['name']:<18} WER {res['wer']:6.2f}%  RTF {res['rtf']:.4f}")
-        rows.append({"name": entry["name"], "kind": entry["kind"], "params": count_params(model), **res})
-    return {"data": data_name, "models": rows}
+    tokens = TokenTable.load(Path(exp_dir) / "tokens.txt")
+    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log)

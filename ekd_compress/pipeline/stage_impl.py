@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ekd_compress.pipeline.scoring import load_any, register_model, save_ensemble
-from ekd_compress.recipe import TrainConfig, config_hash, recipe_to_dict
+from ekd_compress.recipe import TrainConfig, recipe_to_dict
 
 
 # ---------------------------------------------------------------------- tracking
@@ -95,6 +95,7 @@ def stage_train(
 ) -> dict[str, Any]:
     import torch
 
+    from ekd_compress.models import count_parameters
     from ekd_compress.train.data import AsrDataset, make_loader
     from ekd_compress.train.fit import build, fit_model
     from ekd_compress.train.module import AsrModule
@@ -131,7 +132,7 @@ def stage_train(
                         log=ctx.log)
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
     register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     ctx.log(f"{name}: best dev {train_cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
             f"{n_params} params, {res.train_seconds:.0f} s")
     return {"model": str(res.model_path), "best_dev": res.best_score, "best_epoch": res.best_epoch,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ekd_compress.pipeline.scoring import count_params, load_any, read_registry, register_model, score_model
+from ekd_compress.pipeline.scoring import load_any, load_registered, register_model, score_models
 from ekd_compress.pipeline.stage_impl import file_hash, model_outputs, stage_train, teacher_path, test_sets
 from ekd_compress.recipe import config_hash
 
@@ -84,8 +84,7 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     teacher_file = teacher_path(ctx)
     sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["trainset"])
     fly = d.cache == "fly"
-    if fly:  # targets computed from the frozen teacher in every training step
-        teacher = load_any(teacher_file)
+    if fly:  # no cache: each student's frozen teacher computes its targets in every step
         ess: dict[str, Any] = {}
     else:
         ess_key = config_hash(teacher_key, sel_key, ks)
@@ -136,18 +135,11 @@ def run_students(ctx, runner, teacher_key: str) -> None:
 def stage_evaluate(ctx) -> dict[str, Any]:
     from ekd_compress.pipeline.report import write_report
 
-    tests: dict[str, Any] = {}
-    registry = read_registry(ctx.exp_dir)
     scoring = "swbd" if ctx.recipe.data.corpus == "switchboard" else "plain"
-    models = {e["name"]: load_any(ctx.exp_dir / e["path"]) for e in registry}
-    for test_name, split in test_sets(ctx).items():
-        cuts = ctx.cuts(split)
-        rows = []
-        for e in registry:
-            res = score_model(models[e["name"]], cuts, ctx.tokens, ctx.spec, scoring)
-            rows.append({"name": e["name"], "kind": e["kind"], "params": count_params(models[e["name"]]), **res})
-            ctx.log(f"  {test_name:>10} {e['name']:<26} WER {res['wer']:6.2f}%")
-        tests[test_name] = {"data": test_name, "models": rows}
+    models = load_registered(ctx.exp_dir)  # loaded once, scored on every set
+    tests = {name: score_models(models, ctx.cuts(split), name, ctx.tokens, ctx.spec, scoring, ctx.log)
+             for name, split in test_sets(ctx).items()}
+    registry = [entry for entry, _ in models.values()]
     results = {
         "tests": tests,
         "chosen_k": ctx.data.get("chosen_k"),
