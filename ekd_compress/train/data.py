@@ -110,20 +110,29 @@ class AsrDataset(torch.utils.data.Dataset):
 
 
 def make_loader(
-    cuts: CutSet, dataset: AsrDataset, max_duration: float, shuffle: bool, seed: int = 0, num_workers: int = 0
+    cuts: CutSet, dataset: AsrDataset, max_duration: float, shuffle: bool, seed: int = 0, num_workers: int = 0,
+    world_size: int = 1, rank: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Duration-bucketed batches of about `max_duration` seconds of audio."""
+    """Duration-bucketed batches of about `max_duration` seconds of audio.
+
+    `world_size`/`rank` shard the batches across data-parallel ranks (every rank gets the
+    same number of batches; lhotse redistributes the tail). They are explicit on purpose:
+    lhotse would otherwise read WORLD_SIZE/RANK from a torchrun environment and silently
+    give a rank-0-only pass (alignment, scoring) a fraction of the data.
+    """
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+
+    dist = {"world_size": world_size, "rank": rank}
 
     num_buckets = min(10, len(cuts) // 20)
     if shuffle and num_buckets >= 2:
         with warnings.catch_warnings():  # eager CutSets are fine at the sizes kept in memory
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
             sampler = DynamicBucketingSampler(
-                cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, drop_last=False,
+                cuts, max_duration=max_duration, shuffle=True, seed=seed, num_buckets=num_buckets, drop_last=False, **dist,
             )
     elif shuffle:  # too few cuts to bucket
-        sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed)
+        sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, **dist)
     else:
-        sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False)
+        sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False, **dist)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
