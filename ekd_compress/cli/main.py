@@ -49,12 +49,16 @@ def distill(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...], no_m
     from ekd_compress.pipeline.distill import clean_experiment, run_distill
     from ekd_compress.recipe import load_recipe
 
+    from ekd_compress.train.distributed import dist_info
+
     r = _friendly(load_recipe, recipe, overrides)
     target = out_dir or Path(r.out_dir)
-    if fresh:
+    main_rank = dist_info().is_main  # under torchrun: rank 0 deletes and reports; the ranks meet in run_distill
+    if fresh and main_rank:
         clean_experiment(target)
     _friendly(run_distill, r, target, tracking=not no_mlflow)
-    click.echo(f"results: {target / 'results.md'}")
+    if main_rank:
+        click.echo(f"results: {target / 'results.md'}")
 
 
 @cli.command()
@@ -76,6 +80,36 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
                        on_error=on_error, log=log)
     if as_json:
         click.echo(json.dumps(result))
+
+
+@cli.command("data-bench")
+@click.option("-n", "--utterances", "n", default=100_000, show_default=True, type=click.IntRange(min=10),
+              help="Utterances in the large corpus.")
+@click.option("--fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Also measure a corpus this share of the size, to compare peak memory.")
+@click.option("--work-dir", default=Path("/tmp/ekd_scale_bench"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where the corpora (about 11 kB per utterance) go.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Result JSON (default: WORK_DIR/scale_bench.json).")
+@click.option("--max-duration", default=120.0, show_default=True, type=float, help="Seconds of audio per batch.")
+@click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--seconds", nargs=2, type=float, default=(1.0, 2.0), show_default=True,
+              help="Shortest and longest utterance, seconds.")
+@click.option("--keep", is_flag=True, help="Keep the generated corpora.")
+@click.option("--in-process", is_flag=True, help="Run every phase in this process (peak memory then accumulates).")
+def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_duration: float, num_workers: int,
+               seconds: tuple[float, float], keep: bool, in_process: bool) -> None:
+    """Time data preparation and one epoch of training-batch loading over a lazy manifest of N
+    generated utterances (and of N*FRACTION), with each phase's peak memory."""
+    from ekd_compress.data.scale_bench import format_table, run_scale_bench
+
+    result = _friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
+                       max_duration=max_duration, num_workers=num_workers, min_seconds=seconds[0],
+                       max_seconds=seconds[1])
+    click.echo(format_table(result))
+    click.echo(f"results: {result['json']}")
+    if not result["complete"]:
+        raise UserError("an epoch did not yield every utterance exactly once; see 'complete' in the JSON")
 
 
 from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)

@@ -14,6 +14,11 @@ index. Everything is written to a temporary file and moved into place with os.re
 index.json is written last, by `close()`, so a cache whose writer died is never read as
 complete.
 
+Sharded generation (one writer per data-parallel rank): `create(..., part=r)` writes
+`part-RRR-shard-*.npy` and, on close, `index.part-RRR.json` instead of index.json; when
+every part is closed, `merge_parts(directory, n)` checks they agree and writes the one
+index.json that readers open. Until then the cache is incomplete, as above.
+
 Entries are keyed by the caller's `feature_hash` and `teacher_hash` and the selection
 config (k, temperature, mode, ...): `open` refuses a cache made with other ones, and
 `read` refuses an utterance whose frame count differs from the student's (the most common
@@ -22,11 +27,12 @@ cache failure in peer toolkits).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from ekd_compress.atomic import write_atomic
 
 REST_ID = -2  # = ekd_compress.losses.essence.REST_ID (not imported: this module stays torch-free)
 REST_CODE = 65535  # uint16 code of REST_ID on disk
@@ -46,15 +52,6 @@ class UnknownUtteranceError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _normal(selection: dict[str, Any]) -> dict[str, Any]:
     """A JSON round trip, so a config compares equal to the one read back from index.json."""
     if not isinstance(selection, dict):
@@ -63,11 +60,21 @@ def _normal(selection: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(selection, sort_keys=True))
 
 
+def _part_prefix(part: int) -> str:
+    return f"part-{part:03d}-"
+
+
+def _part_index(part: int) -> str:
+    return f"index.part-{part:03d}.json"
+
+
 class EssenceCache:
     """Essence targets per utterance. Make one with `create` (writer) or `open` (reader)."""
 
-    def __init__(self, directory: Path, meta: dict[str, Any], writable: bool, shard_bytes: int) -> None:
+    def __init__(self, directory: Path, meta: dict[str, Any], writable: bool, shard_bytes: int,
+                 part: Optional[int] = None) -> None:
         self.directory = Path(directory)
+        self.part = part
         self.meta = meta  # the index.json content
         self.writable = writable
         self.shard_bytes = shard_bytes
@@ -80,15 +87,57 @@ class EssenceCache:
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, directory: Path | str, *, feature_hash: str, teacher_hash: str, selection: dict[str, Any],
-               shard_bytes: int = DEFAULT_SHARD_BYTES) -> "EssenceCache":
-        """A new, empty cache in `directory` (created; a previous cache there is removed)."""
+               shard_bytes: int = DEFAULT_SHARD_BYTES, part: Optional[int] = None) -> "EssenceCache":
+        """A new, empty cache in `directory` (created; a previous cache there is removed).
+
+        With `part=r` this writer makes part r of a sharded cache: it removes only its own
+        old files (and index.json); `merge_parts` completes the cache.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for old in [directory / INDEX, *directory.glob("shard-*.npy"), *directory.glob("*.tmp")]:
+        if part is not None and not 0 <= int(part) < 1000:
+            raise ValueError(f"part={part!r} must be an integer in [0, 1000): one part per writer (rank)")
+        prefix = "" if part is None else _part_prefix(int(part))
+        old_index = [directory / INDEX] + ([directory / _part_index(int(part))] if part is not None else [])
+        for old in [*old_index, *directory.glob(f"{prefix}shard-*.npy"), *directory.glob(f"{prefix}*.tmp")]:
             old.unlink(missing_ok=True)  # index first: a half-replaced cache never looks complete
         meta = {"version": VERSION, "feature_hash": str(feature_hash), "teacher_hash": str(teacher_hash),
                 "selection": _normal(selection), "K": None, "shards": [], "utts": {}}
-        return cls(directory, meta, writable=True, shard_bytes=max(1, int(shard_bytes)))
+        return cls(directory, meta, writable=True, shard_bytes=max(1, int(shard_bytes)),
+                   part=None if part is None else int(part))
+
+    @classmethod
+    def merge_parts(cls, directory: Path | str, parts: int) -> "EssenceCache":
+        """Join closed parts 0..parts-1 into one cache (writes index.json); returns it opened for reading."""
+        directory = Path(directory)
+        metas = []
+        for r in range(parts):
+            path = directory / _part_index(r)
+            if not path.exists():
+                raise CacheMismatchError(f"part {r} of the sharded essence cache {directory} is missing ({path.name}): "
+                                         "its writer did not finish; re-run the 'essence' stage")
+            metas.append(json.loads(path.read_text()))
+        merged = dict(metas[0], shards=[], utts={})
+        for r, meta in enumerate(metas):
+            for key in ("version", "feature_hash", "teacher_hash", "selection"):
+                if meta[key] != merged[key]:
+                    raise CacheMismatchError(f"part {r} of {directory} has {key}={meta[key]!r} but part 0 has "
+                                             f"{merged[key]!r}; all ranks must use one teacher and selection")
+            if meta["K"] is not None:
+                if merged["K"] not in (None, meta["K"]):
+                    raise CacheMismatchError(f"part {r} of {directory} holds K={meta['K']}, another part K={merged['K']}")
+                merged["K"] = meta["K"]
+            offset = len(merged["shards"])
+            merged["shards"].extend(meta["shards"])
+            for utt, (shard, start, frames) in meta["utts"].items():
+                if utt in merged["utts"]:
+                    raise ValueError(f"utterance {utt!r} is in two parts of {directory}; give each rank its own share")
+                merged["utts"][utt] = [shard + offset, start, frames]
+        text = json.dumps(merged).encode()
+        write_atomic(directory / INDEX, lambda f: f.write(text))
+        for r in range(parts):
+            (directory / _part_index(r)).unlink()
+        return cls(directory, merged, writable=False, shard_bytes=DEFAULT_SHARD_BYTES)
 
     @classmethod
     def open(cls, directory: Path | str, *, feature_hash: str, teacher_hash: str,
@@ -158,11 +207,12 @@ class EssenceCache:
         if not self._buf_ids:
             return
         shard = len(self.meta["shards"])
-        name = f"shard-{shard:05d}"
+        prefix = "" if self.part is None else _part_prefix(self.part)
+        name = f"{prefix}shard-{shard:05d}"
         ids = np.concatenate(self._buf_ids)
         probs = np.concatenate(self._buf_probs)
-        _write_atomic(self.directory / f"{name}.ids.npy", lambda f: np.save(f, ids))
-        _write_atomic(self.directory / f"{name}.probs.npy", lambda f: np.save(f, probs))
+        write_atomic(self.directory / f"{name}.ids.npy", lambda f: np.save(f, ids))
+        write_atomic(self.directory / f"{name}.probs.npy", lambda f: np.save(f, probs))
         self.meta["shards"].append({"name": name, "frames": int(ids.shape[0]), "bytes": int(ids.nbytes + probs.nbytes)})
         self._buf_ids, self._buf_probs, self._buf_frames = [], [], 0
 
@@ -173,7 +223,8 @@ class EssenceCache:
         if self.writable:
             self._flush()
             text = json.dumps(self.meta).encode()
-            _write_atomic(self.directory / INDEX, lambda f: f.write(text))
+            index = INDEX if self.part is None else _part_index(self.part)
+            write_atomic(self.directory / index, lambda f: f.write(text))
         self._maps.clear()
         self._closed = True
 

@@ -44,6 +44,11 @@ class CTCLoss(nn.Module):
         """log_probs (B, T, V) log-softmax over V; out_lengths (B,) int64 valid frames;
         targets (B, S) int64 token ids, padded (any value past target_lengths);
         target_lengths (B,) int64 -> scalar loss (nats per utterance, batch mean)."""
+        losses = self.per_utterance(log_probs, out_lengths, targets, target_lengths)
+        return losses.sum() / max(1, losses.shape[0]) if losses.numel() else log_probs.sum() * 0.0
+
+    def per_utterance(self, log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Same inputs as `forward` -> (B,) negative log-likelihood of each utterance (nats)."""
         if log_probs.dim() != 3:
             raise ValueError(f"log_probs of shape {tuple(log_probs.shape)} is not (batch, frames, vocab); "
                              "pass the model's (B, T, V) log-probabilities")
@@ -54,15 +59,14 @@ class CTCLoss(nn.Module):
         check_lengths("out_lengths", out_lengths, B, T, "output frame")
         check_lengths("target_lengths", target_lengths, B, targets.shape[1], "target token")
         if B == 0:
-            return log_probs.sum() * 0.0
+            return log_probs.new_zeros(0)
         lp = log_probs.float() if log_probs.dtype in (torch.float16, torch.bfloat16) else log_probs
-        total = F.ctc_loss(
+        return F.ctc_loss(
             lp.transpose(0, 1),  # (T, B, V): torch wants time first
             targets.long(),
             out_lengths.long(),
             target_lengths.long(),
             blank=self.blank,
-            reduction="sum",
+            reduction="none",
             zero_infinity=True,
         )
-        return total / B

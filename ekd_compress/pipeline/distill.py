@@ -52,10 +52,23 @@ class Context:
         return self._cache["tokens"]
 
     def cuts(self, split: str):
+        """One split's CutSet, read eagerly or lazily (streamed from disk) as `data.lazy` says.
+
+        auto: lazily when the manifest holds more than `data.lazy_min_cuts` cuts (counted
+        by reading at most that many lines). Lazy sets keep memory flat in the corpus size.
+        """
+        import gzip
+        from itertools import islice
+
         from lhotse import CutSet
 
         if split not in self._cache:
-            self._cache[split] = CutSet.from_file(self.data["features"][split]).to_eager()
+            path = self.data["features"][split]
+            lazy, limit = self.recipe.data.lazy, self.recipe.data.lazy_min_cuts
+            if lazy == "auto":
+                with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+                    lazy = sum(1 for _ in islice(f, limit + 1)) > limit
+            self._cache[split] = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path).to_eager()
         return self._cache[split]
 
 
@@ -66,11 +79,19 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     from ekd_compress.pipeline import students as ST
     from ekd_compress.pipeline.stages import StageRunner
 
+    from ekd_compress.train.distributed import init_distributed, on_main
+    from ekd_compress.train.fit import resolve_device
+
+    info = init_distributed(use_cuda=resolve_device(recipe.train)[0] == "gpu")
+    if not info.is_main:  # rank 0 reports; the others would print the same lines again
+        log = _quiet
     exp_dir = Path(exp_dir or recipe.out_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, exp_dir / "recipe.yaml")
     ctx = Context(recipe, exp_dir, log)
-    ctx.tracker = S.open_tracker(ctx, enabled=tracking and recipe.tracking.enabled)
+    on_main(lambda: save_recipe(recipe, exp_dir / "recipe.yaml"), "saving the recipe")
+    ctx.tracker = S.open_tracker(ctx, enabled=tracking and recipe.tracking.enabled and info.is_main)
+    if info.enabled:
+        log(f"data-parallel: {info.world_size} processes on {info.num_nodes} node(s)")
     runner = StageRunner(exp_dir, log)
     r = recipe
     try:
@@ -93,7 +114,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             name = "baseline" if i == 0 else f"baseline_s{seed}"
             key = config_hash(base_key, seed)
             runner.run(name, key, lambda n=name, s=seed: S.stage_train(
-                ctx, n, "baseline", r.baseline.arch, r.baseline.params, "ctc", s, train_cfg), work_dir=exp_dir / "models" / name)
+                ctx, n, "baseline", r.baseline.arch, r.baseline.params, "ctc", s, train_cfg),
+                work_dir=exp_dir / "models" / name, all_ranks=True)
             ctx.keys[name] = key
         if stop_after == "baseline":
             return {}
@@ -106,7 +128,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
                 key = config_hash(ctx.keys["align"], m, train_key(member_cfg), r.features.specaugment)
                 runner.run(f"member_{m.name}", key, lambda m=m: S.stage_train(
                     ctx, m.name, "member", m.arch, m.params, "guided", m.seed, member_cfg, beta=m.beta),
-                    work_dir=exp_dir / "models" / m.name)
+                    work_dir=exp_dir / "models" / m.name, all_ranks=True)
                 ctx.keys[m.name] = key
             member_keys = [ctx.keys[m.name] for m in r.members]
             ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold,
@@ -122,7 +144,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             return {}
 
         ST.run_students(ctx, runner, teacher_key)
-        registry = prune_registry(exp_dir, expected_models(r))  # drop models a changed recipe no longer makes
+        # drop models a changed recipe no longer makes
+        registry = on_main(lambda: prune_registry(exp_dir, expected_models(r)), "pruning models.json")
         ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.data["features"])
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
@@ -130,9 +153,14 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     finally:
         from ekd_compress.pipeline.stages import write_json_atomic
 
-        write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
+        if info.is_main:
+            write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
             ctx.tracker.end()
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def trainset_config(r: Recipe) -> Any:

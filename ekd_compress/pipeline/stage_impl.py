@@ -97,6 +97,7 @@ def stage_train(
 
     from ekd_compress.models import count_parameters
     from ekd_compress.train.data import AsrDataset, make_loader
+    from ekd_compress.train.distributed import dist_info
     from ekd_compress.train.fit import build, fit_model
     from ekd_compress.train.module import AsrModule
 
@@ -117,9 +118,10 @@ def stage_train(
     subsampling = model.subsampling
     train_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling, alignments=alignments, essence=essence)
     dev_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling)
+    ranks = {"world_size": dist_info().world_size, "rank": dist_info().rank}  # each rank reads its share
     train_loader = make_loader(ctx.cuts("train"), train_ds, train_cfg.max_duration, shuffle=True, seed=seed,
-                               num_workers=train_cfg.num_workers)
-    dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False)
+                               num_workers=train_cfg.num_workers, **ranks)
+    dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False, **ranks)
     steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
                        distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps)
@@ -131,7 +133,8 @@ def stage_train(
                         extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id},
                         log=ctx.log)
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
-    register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
+    if dist_info().is_main:
+        register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
     n_params = count_parameters(model)
     ctx.log(f"{name}: best dev {train_cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
             f"{n_params} params, {res.train_seconds:.0f} s")

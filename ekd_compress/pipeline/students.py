@@ -32,22 +32,33 @@ def cache_keys(ctx, teacher_file: Path, k: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- essence caches
 def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dict[str, Any]:
-    """One pass of the (clean-feature) teacher over the training set, writing one cache per k."""
+    """One pass of the (clean-feature) teacher over the training set, writing one cache per k.
+
+    Runs on every rank of a torchrun job: each rank takes its share of the utterances and
+    writes its part of each cache; rank 0 then joins the parts and sums the statistics.
+    """
     import torch
+    from lhotse import CutSet
 
     from ekd_compress.ensemble.cache import EssenceCache
     from ekd_compress.ensemble.essence import cumulative_topk_mass, select_essence
+    from ekd_compress.train.distributed import all_gather, barrier, dist_info, on_main, shard
 
+    info = dist_info()
     teacher = load_any(teacher_file)
     caches, dirs = {}, {}
     for k in ks:
         dirs[k] = out_root / k_label(k)
-        caches[k] = EssenceCache.create(dirs[k], **cache_keys(ctx, teacher_file, k))
+        caches[k] = EssenceCache.create(dirs[k], **cache_keys(ctx, teacher_file, k),
+                                        part=info.rank if info.enabled else None)
     V = len(ctx.tokens)
     mass_sum, frames = np.zeros(V), 0
     blank_top = 0
     d = ctx.recipe.distill
-    for batch, log_probs, out_lengths in model_outputs(ctx, teacher, ctx.cuts("train"), desc="essence"):
+    cuts = ctx.cuts("train")
+    if info.enabled:
+        cuts = CutSet.from_cuts(shard(list(cuts), info))
+    for batch, log_probs, out_lengths in model_outputs(ctx, teacher, cuts, desc="essence" if info.is_main else None):
         n = int(out_lengths.sum())
         mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
         frames += n
@@ -59,12 +70,21 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
             for b, uid in enumerate(batch["ids"]):
                 T = int(out_lengths[b])
                 caches[k].write(uid, ids[b, :T].numpy(), probs[b, :T].numpy())
-    out = {"dirs": {str(k): str(v) for k, v in dirs.items()}, "bytes_per_frame": {},
-           "topk_mass": (mass_sum / max(frames, 1)).tolist(), "blank_top1_share": blank_top / max(frames, 1),
-           "frames": frames}
     for k in ks:
         caches[k].close()
-        out["bytes_per_frame"][str(k)] = caches[k].bytes_per_frame()
+    if info.enabled:  # every rank's counts, and one cache index per k
+        parts = all_gather((mass_sum, frames, blank_top))
+        mass_sum, frames, blank_top = sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+        barrier()
+        merged = on_main(lambda: {k: EssenceCache.merge_parts(dirs[k], info.world_size).bytes_per_frame() for k in ks},
+                         "joining the essence cache parts")
+        bytes_per_frame = {k: merged[k] for k in ks}
+    else:
+        bytes_per_frame = {k: caches[k].bytes_per_frame() for k in ks}
+    out = {"dirs": {str(k): str(v) for k, v in dirs.items()},
+           "bytes_per_frame": {str(k): b for k, b in bytes_per_frame.items()},
+           "topk_mass": (mass_sum / max(frames, 1)).tolist(), "blank_top1_share": blank_top / max(frames, 1),
+           "frames": frames, "parts": info.world_size}
     ctx.log(f"essence cache: {frames} frames; bytes/frame " +
             ", ".join(f"{k_label(k)}={b:.1f}" for k, b in out["bytes_per_frame"].items()))
     return out
@@ -89,7 +109,7 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     else:
         ess_key = config_hash(teacher_key, sel_key, ks)
         ess = runner.run("essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ctx.exp_dir / "essence" / "teacher"),
-                         work_dir=ctx.exp_dir / "essence" / "teacher")
+                         work_dir=ctx.exp_dir / "essence" / "teacher", all_ranks=True)
     ctx.data["essence"] = ess
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
@@ -100,7 +120,7 @@ def run_students(ctx, runner, teacher_key: str) -> None:
         return runner.run(name, key, lambda: stage_train(
             ctx, name, kind, arch, params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
             essence_dir=cache_dir, teacher=load_any(t_file) if fly else None, teacher_file=t_file),
-            work_dir=ctx.exp_dir / "models" / name)
+            work_dir=ctx.exp_dir / "models" / name, all_ranks=True)
 
     rows = {}
     for k in ks:
@@ -115,7 +135,8 @@ def run_students(ctx, runner, teacher_key: str) -> None:
         if not fly:
             ctl_key = config_hash(ctx.keys["baseline"], sel_key, ["all"])
             ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
-                ctx, base_file, ["all"], ctx.exp_dir / "essence" / "control"), work_dir=ctx.exp_dir / "essence" / "control")
+                ctx, base_file, ["all"], ctx.exp_dir / "essence" / "control"), work_dir=ctx.exp_dir / "essence" / "control",
+                all_ranks=True)
         key = config_hash(student_key, ctx.keys["baseline"], "all", seeds[0])
         train_student("control_baseline_teacher", "kd", "all", seeds[0], key, ctl, base_file)
         ctx.keys["control_baseline_teacher"] = key
@@ -123,7 +144,10 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     chosen = min(ks, key=lambda k: rows[k][1]["best_dev"]) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
     ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f})")
-    register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=seeds[0], same_as=name, k=str(chosen))
+    from ekd_compress.train.distributed import on_main
+
+    on_main(lambda: register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=seeds[0],
+                                   same_as=name, k=str(chosen)), "registering the student")
     ctx.data["chosen_k"] = str(chosen)
     for seed in seeds[1:]:
         key = config_hash(student_key, teacher_key, chosen, seed)
@@ -163,7 +187,11 @@ def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:
 
 
 def log_report(ctx, results: dict[str, Any]) -> None:
-    """Print the table and attach results, plots and the recipe to the parent MLflow run."""
+    """Print the table and attach results, plots and the recipe to the parent MLflow run (rank 0)."""
+    from ekd_compress.train.distributed import dist_info
+
+    if not dist_info().is_main:
+        return
     print((ctx.exp_dir / "results.md").read_text())
     for test_name, t in results["tests"].items():
         ctx.tracker.log_metrics({f"{test_name}_wer_{row['name']}": row["wer"] for row in t["models"]}, step=0)

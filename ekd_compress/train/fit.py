@@ -4,6 +4,14 @@
 when one exists), selects the best epoch on dev WER (or dev loss), early-stops, and
 writes `out_dir/model.pt`: the selected weights plus what is needed to rebuild the
 model (architecture, params, input dim, vocabulary size).
+
+Crash safety: checkpoints, model.pt and fit.json are written to a temporary file and
+renamed into place, so a process killed at any moment leaves either the old file or the
+new one, never half of one; a re-run resumes from `last.ckpt`, and a fit that had
+finished (fit.json says so) is not trained again.
+
+In a torchrun job every rank trains (Lightning DDP, devices = processes per node); rank 0
+writes the files, and all ranks check that they hold identical weights afterwards.
 """
 from __future__ import annotations
 
@@ -18,7 +26,9 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from ekd_compress.atomic import write_json_atomic
 from ekd_compress.recipe import TrainConfig
+from ekd_compress.train.distributed import all_gather, barrier, dist_info
 
 
 class EpochLine(L.Callback):
@@ -32,6 +42,31 @@ class EpochLine(L.Callback):
         parts = " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith(("train_", "dev_")))
         self._emit(f"  {self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
                  f"({time.time() - self.start:.0f} s)")
+
+
+class AtomicCheckpointIO(L.pytorch.plugins.io.TorchCheckpointIO):
+    """Lightning checkpoints written to `NAME.tmp`, fsynced, then renamed over `NAME`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state_dict order (equal digests = equal weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -71,17 +106,29 @@ def fit_model(
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
+    timing_file = out_dir / "fit.json"
+    finished = _finished_fit(out_dir)
+    if finished is not None:  # killed after training, before the stage was marked done
+        model, meta = load_model(out_dir / "model.pt")
+        module.model.load_state_dict(model.state_dict())
+        log(f"  {name_of(out_dir, extra_meta)}: training had finished; kept {out_dir / 'model.pt'}")
+        return FitResult(out_dir / "model.pt", float(meta["best_score"]), int(meta["best_epoch"]),
+                         int(finished["epochs_run"]), float(finished["train_seconds"]))
+    info = dist_info()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning vs torch 2.13 noise
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     monitor = "dev_wer" if cfg.select_on == "wer" else "dev_loss"
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
-    name = (extra_meta or {}).get("name", out_dir.name)
+    name = name_of(out_dir, extra_meta)
     callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience), EpochLine(name, log)]
     accel, precision = resolve_device(cfg)
+    distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
+        if info.enabled else {"devices": 1}
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=accel, devices=1, precision=precision, callbacks=callbacks,
+        max_epochs=cfg.epochs, accelerator=accel, precision=precision, callbacks=callbacks, **distributed,
+        plugins=[AtomicCheckpointIO()],
         logger=logger if logger is not None else False, gradient_clip_val=cfg.grad_clip,
         default_root_dir=str(out_dir), use_distributed_sampler=False, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
@@ -90,19 +137,43 @@ def fit_model(
     start = time.time()
     trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
     seconds = time.time() - start
+    if info.enabled:
+        check_same_weights(module.model, name)
     best_path = best_cb.best_model_path or str(last)
     state = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else float("nan")
-    model_path = save_model(
-        module.model, out_dir / "model.pt",
-        {**(extra_meta or {}), "best_score": best_score, "select_on": cfg.select_on, "best_epoch": int(state["epoch"])},
-    )
-    timing_file = out_dir / "fit.json"
     previous = json.loads(timing_file.read_text()) if timing_file.exists() else {"train_seconds": 0.0}
     total_seconds = previous["train_seconds"] + seconds  # accumulates across resumes
-    timing_file.write_text(json.dumps({"train_seconds": total_seconds, "epochs_run": trainer.current_epoch}))
+    model_path = out_dir / "model.pt"
+    if info.is_main:
+        save_model(module.model, model_path, {**(extra_meta or {}), "best_score": best_score,
+                                              "select_on": cfg.select_on, "best_epoch": int(state["epoch"])})
+        write_json_atomic(timing_file, {"train_seconds": total_seconds, "epochs_run": trainer.current_epoch,
+                                        "complete": True, "world_size": info.world_size})
+    barrier()
     return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, total_seconds)
+
+
+def name_of(out_dir: Path, extra_meta: Optional[dict[str, Any]]) -> str:
+    return (extra_meta or {}).get("name", Path(out_dir).name)
+
+
+def _finished_fit(out_dir: Path) -> Optional[dict[str, Any]]:
+    """fit.json of a fit that completed and saved model.pt, else None."""
+    timing_file = out_dir / "fit.json"
+    if not (timing_file.exists() and (out_dir / "model.pt").exists()):
+        return None
+    done = json.loads(timing_file.read_text())
+    return done if done.get("complete") else None
+
+
+def check_same_weights(model: torch.nn.Module, name: str) -> None:
+    """Raise unless every data-parallel rank holds bit-identical weights for `model`."""
+    digests = all_gather(weights_digest(model))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"{name}: the data-parallel ranks ended training with different weights "
+                           f"(digests {digests}); DDP lost synchronisation, do not use this model")
 
 
 def save_model(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:

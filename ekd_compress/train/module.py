@@ -8,6 +8,9 @@ Three objectives, chosen by `mode`:
             targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or computed
             on the fly from a frozen teacher.
 Validation decodes greedily and logs `dev_wer` (percent) and `dev_loss` (CTC) per epoch.
+Under data-parallel training each rank scores its share of the dev set; the per-utterance
+results are gathered (an utterance lhotse repeated to even out the ranks counts once), so
+every rank logs the same numbers and takes the same checkpoint and early-stopping decisions.
 """
 from __future__ import annotations
 
@@ -66,9 +69,7 @@ class AsrModule(L.LightningModule):
             self.kd_loss = EssenceKDLoss(
                 temperature=distill.temperature, blank_weight=distill.blank_weight, reduction="utterance"
             )
-        self._refs: list[str] = []
-        self._hyps: list[str] = []
-        self._dev_loss: list[tuple[float, int]] = []
+        self._dev: dict[str, tuple[str, str, float]] = {}  # utt id -> (reference, hypothesis, CTC loss)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -109,21 +110,25 @@ class AsrModule(L.LightningModule):
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         log_probs, out_lengths = self.model(batch["feats"], batch["lengths"])
-        loss = self.ctc(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
-        self._dev_loss.append((float(loss), len(batch["ids"])))
-        for ids, ref in zip(ctc_greedy_decode(log_probs, out_lengths), batch["texts"]):
-            self._hyps.append(self.tokens.decode(ids))
-            self._refs.append(ref)
+        losses = self.ctc.per_utterance(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        hyps = ctc_greedy_decode(log_probs, out_lengths)
+        for uid, ids, ref, loss in zip(batch["ids"], hyps, batch["texts"], losses.tolist()):
+            self._dev[uid] = (ref, self.tokens.decode(ids), loss)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._refs:
+        from ekd_compress.train.distributed import all_gather
+
+        scored: dict[str, tuple[str, str, float]] = {}
+        for part in all_gather(self._dev):  # [self._dev] outside a data-parallel job
+            scored.update(part)
+        self._dev = {}
+        if not scored:
             return
-        wer = compute_wer(self._refs, self._hyps).wer
-        n = sum(b for _, b in self._dev_loss)
-        dev_loss = sum(l * b for l, b in self._dev_loss) / max(1, n)
+        rows = [scored[u] for u in sorted(scored)]
+        wer = compute_wer([r for r, _, _ in rows], [h for _, h, _ in rows]).wer
+        dev_loss = sum(loss for _, _, loss in rows) / len(rows)
         self.log("dev_wer", wer, prog_bar=True)
         self.log("dev_loss", dev_loss, prog_bar=True)
-        self._refs, self._hyps, self._dev_loss = [], [], []
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

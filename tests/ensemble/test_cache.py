@@ -95,3 +95,37 @@ def test_write_errors(tmp_path):
         cache.write("y", np.full((1, 3), 70000), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="log-probabilities"):
         cache.write("z", np.zeros((1, 3), dtype=np.int64), np.full((1, 3), -1.0))
+
+
+def test_parts_written_by_ranks_merge_into_one_cache(tmp_path):
+    rng = np.random.default_rng(1)
+    data = {f"utt{i}": utterance(rng, 2 + i) for i in range(7)}
+    ids_sorted = sorted(data)
+    for rank in range(3):  # each rank writes every third utterance, some in several shards
+        part = EssenceCache.create(tmp_path / "c", **KEYS, part=rank, shard_bytes=40)
+        for uid in ids_sorted[rank::3]:
+            part.write(uid, *data[uid])
+        part.close()
+    with pytest.raises(CacheMismatchError, match="index.json missing"):
+        EssenceCache.open(tmp_path / "c", **KEYS)  # parts alone are not a complete cache
+    merged = EssenceCache.merge_parts(tmp_path / "c", 3)
+    c = EssenceCache.open(tmp_path / "c", **KEYS)
+    assert len(c) == len(merged) == 7 and c.frames == sum(len(i) for i, _ in data.values())
+    for uid, (ids, probs) in data.items():
+        got_ids, got_probs = c.read(uid, expected_frames=len(ids))
+        assert np.array_equal(got_ids, ids) and np.allclose(got_probs, probs, atol=1e-3)
+    assert not list((tmp_path / "c").glob("index.part-*.json"))
+
+
+def test_merge_refuses_a_missing_or_foreign_part(tmp_path):
+    rng = np.random.default_rng(2)
+    p0 = EssenceCache.create(tmp_path / "c", **KEYS, part=0)
+    p0.write("a", *utterance(rng, 3))
+    p0.close()
+    with pytest.raises(CacheMismatchError, match="part 1 .* is missing"):
+        EssenceCache.merge_parts(tmp_path / "c", 2)
+    p1 = EssenceCache.create(tmp_path / "c", **{**KEYS, "teacher_hash": "other"}, part=1)
+    p1.write("b", *utterance(rng, 3))
+    p1.close()
+    with pytest.raises(CacheMismatchError, match="teacher_hash"):
+        EssenceCache.merge_parts(tmp_path / "c", 2)
