@@ -69,6 +69,11 @@ class DataConfig:
     min_duration: float = 0.3      # seconds
     max_duration: float = 20.0
     max_train_utts: Optional[int] = None
+    # how pipeline stages open a split's manifest: auto | true | false. Lazy manifests stream from
+    # disk (memory flat in the corpus size) and turn off the per-utterance feature cache; batches
+    # are the same either way, so it is left out of the stage keys. auto: lazy above lazy_min_cuts.
+    lazy: Any = field(default="auto", metadata={"hash": False})
+    lazy_min_cuts: int = field(default=20000, metadata={"hash": False})  # lhotse's sampler buffer
     tests: dict[str, str] = field(default_factory=dict)  # extra test sets: name -> Kaldi dir
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     fsdd: FsddData = field(default_factory=FsddData)
@@ -264,6 +269,10 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
     if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):
         raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
+    if r.data.lazy not in ("auto", True, False):
+        raise RecipeError(f"data.lazy={r.data.lazy!r} is not one of ['auto', true, false]")
+    if r.data.lazy_min_cuts < 0:
+        raise RecipeError(f"data.lazy_min_cuts={r.data.lazy_min_cuts}: a number of cuts, >= 0 (0 = always lazy)")
     if r.data.min_duration >= r.data.max_duration:
         raise RecipeError(f"data.min_duration={r.data.min_duration} must be below data.max_duration={r.data.max_duration}")
 
@@ -281,8 +290,18 @@ def save_recipe(r: Recipe, path: Path) -> Path:
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable 12-hex-digit hash of JSON-able parts (dataclasses allowed)."""
+    """Stable 12-hex-digit hash of JSON-able parts (dataclasses allowed).
+
+    Dataclass fields marked `metadata={"hash": False}` (settings that change how a stage
+    runs, not what it makes) are left out, so adding one keeps every existing key.
+    """
     def plain(x: Any) -> Any:
-        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("hash", True)}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
     blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
