@@ -96,16 +96,18 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
 @click.option("--seconds", nargs=2, type=float, default=(1.0, 2.0), show_default=True,
               help="Shortest and longest utterance, seconds.")
 @click.option("--keep", is_flag=True, help="Keep the generated corpora.")
+@click.option("--eager", is_flag=True,
+              help="Load the manifests eagerly, features cached (the small-corpus path), for comparison.")
 @click.option("--in-process", is_flag=True, help="Run every phase in this process (peak memory then accumulates).")
 def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_duration: float, num_workers: int,
-               seconds: tuple[float, float], keep: bool, in_process: bool) -> None:
+               seconds: tuple[float, float], keep: bool, eager: bool, in_process: bool) -> None:
     """Time data preparation and one epoch of training-batch loading over a lazy manifest of N
     generated utterances (and of N*FRACTION), with each phase's peak memory."""
     from ekd_compress.data.scale_bench import format_table, run_scale_bench
 
     result = _friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
                        max_duration=max_duration, num_workers=num_workers, min_seconds=seconds[0],
-                       max_seconds=seconds[1])
+                       max_seconds=seconds[1], lazy=not eager)
     click.echo(format_table(result))
     click.echo(f"results: {result['json']}")
     if not result["complete"]:

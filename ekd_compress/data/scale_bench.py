@@ -5,7 +5,9 @@ lhotse's chunked lilcom storage, a short random transcript each) and their lazy 
 (data preparation), then runs one shuffled epoch of the real training loader
 (`make_loader` + `AsrDataset`) over the lazy manifest. It does both at n and at a fraction
 of n (default n/10) and records wall time and peak resident memory (RSS) of each phase,
-so one can see whether memory stays flat as the corpus grows.
+so one can see whether memory stays flat as the corpus grows. `lazy=False` loads the
+same manifest eagerly instead (the small-corpus path: every cut in memory, features cached
+after first use), for comparison.
 
 Each phase runs in a fresh process by default (`isolate=True`), so each peak is that
 phase's own: `ru_maxrss` only ever grows within a process. Nothing in a phase holds the
@@ -22,11 +24,13 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 FRAME_SHIFT_S = 0.01  # 10 ms frames: 100 frames per second of audio
+FLAT_KB_PER_UTTERANCE = 1.0  # peak memory growth per extra utterance still called flat
 
 
 def rss_mb() -> float:
@@ -115,9 +119,10 @@ def _remove(out_dir: Path) -> None:
 
 def load_epoch(
     manifest: Path, max_duration: float = 120.0, num_workers: int = 0, seed: int = 0, world_size: int = 1,
-    rank: int = 0, total: Optional[int] = None, progress: bool = True,
+    rank: int = 0, total: int | None = None, progress: bool = True, lazy: bool = True,
 ) -> dict[str, Any]:
-    """One shuffled epoch of training batches over the lazy manifest: make_loader + AsrDataset.
+    """One shuffled epoch of training batches over the manifest (lazy, or eager with the
+    feature cache when not lazy): make_loader + AsrDataset.
 
     The loader is the one `distill` trains with (max_duration seconds of audio per batch,
     duration buckets, features padded to (B, T, F) tensors with targets). Returns
@@ -133,7 +138,7 @@ def load_epoch(
     from ekd_compress.train.data import AsrDataset, make_loader
 
     base = rss_mb()
-    cuts = CutSet.from_jsonl_lazy(manifest)
+    cuts = CutSet.from_jsonl_lazy(manifest) if lazy else CutSet.from_file(manifest).to_eager()
     first = next(iter(cuts), None)
     if first is None or not first.has_features:
         raise ValueError(f"{manifest} is empty or its cuts carry no stored features; write it with prepare_corpus")
@@ -175,7 +180,8 @@ def _call(isolate: bool, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> 
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         call = json.dumps([[str(a) if isinstance(a, Path) else a for a in args], kwargs])
-        proc = subprocess.run([sys.executable, "-c", _CHILD, fn.__name__, call, str(result)], stdout=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "-c", _CHILD, fn.__name__, call, str(result)], stdout=subprocess.DEVNULL,
+                              check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{fn.__name__} failed in its benchmark process (exit code {proc.returncode}); "
                                "its error is printed above; rerun with isolate=False (--in-process) to debug")
@@ -183,27 +189,30 @@ def _call(isolate: bool, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> 
 
 
 def measure(n: int, work_dir: Path, isolate: bool = True, max_duration: float = 120.0, num_workers: int = 0,
-            min_seconds: float = 1.0, max_seconds: float = 2.0, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+            min_seconds: float = 1.0, max_seconds: float = 2.0, seed: int = 0, lazy: bool = True,
+            progress: bool = True) -> dict[str, Any]:
     """Prepare n utterances under work_dir/n{n}, then load one epoch of them: {n, prepare, load, complete}."""
     out_dir = Path(work_dir) / f"n{n}"
     prep = _call(isolate, prepare_corpus, n, out_dir, min_seconds=min_seconds, max_seconds=max_seconds, seed=seed,
                  progress=progress)
     load = _call(isolate, load_epoch, prep["manifest"], max_duration=max_duration, num_workers=num_workers,
-                 seed=seed, total=n, progress=progress)
+                 seed=seed, total=n, progress=progress, lazy=lazy)
     complete = load["cuts"] == n and load["checksum"] == prep["checksum"]
     return {"n": n, "prepare": prep, "load": load, "complete": complete}
 
 
 def run_scale_bench(
     n: int = 100_000, work_dir: Path = Path("/tmp/ekd_scale_bench"), fraction: float = 0.1, isolate: bool = True,
-    keep: bool = False, out: Optional[Path] = None, progress: bool = True, **kwargs: Any,
+    keep: bool = False, out: Path | None = None, progress: bool = True, **kwargs: Any,
 ) -> dict[str, Any]:
     """Measure at round(n * fraction) and at n utterances; write JSON to `out` (default work_dir/scale_bench.json).
 
-    kwargs go to `measure` (max_duration, num_workers, min_seconds, max_seconds, seed).
-    The generated corpora are deleted afterwards unless keep. Returns {runs, memory_growth,
-    flat, isolate}: memory_growth is the load phase's peak RSS above its baseline at n over
-    the same at the smaller size; flat means that ratio is at most 1.5.
+    kwargs go to `measure` (max_duration, num_workers, min_seconds, max_seconds, seed, lazy).
+    The generated corpora are deleted afterwards unless keep. Returns {runs, growth_mb,
+    kb_per_extra_utterance, flat, complete, isolate, json}: growth_mb is the load phase's
+    peak RSS at n minus that at the smaller size; flat means under FLAT_KB_PER_UTTERANCE
+    per extra utterance (a feature cache alone holds 4 bytes x 80 bins x 100 frames/s =
+    32 kB per second of audio). Peaks are only comparable with isolate.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction}: the comparison size is a share of n, within (0, 1), e.g. 0.1")
@@ -217,9 +226,10 @@ def run_scale_bench(
         if not keep:
             for size in (small, n):
                 _remove(work_dir / f"n{size}")
-    used = [max(r["load"]["peak_rss_mb"] - r["load"]["baseline_rss_mb"], 1e-6) for r in runs]
-    result = {"runs": runs, "memory_growth": used[1] / used[0], "flat": used[1] / used[0] <= 1.5, "isolate": isolate,
-              "complete": all(r["complete"] for r in runs)}
+    growth = runs[1]["load"]["peak_rss_mb"] - runs[0]["load"]["peak_rss_mb"]
+    per_utt = growth * 1024 / max(n - small, 1)
+    result = {"runs": runs, "growth_mb": growth, "kb_per_extra_utterance": per_utt,
+              "flat": per_utt < FLAT_KB_PER_UTTERANCE, "complete": all(r["complete"] for r in runs), "isolate": isolate}
     out = Path(out) if out else work_dir / "scale_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -229,16 +239,17 @@ def run_scale_bench(
 
 def format_table(result: dict[str, Any]) -> str:
     """The runs as a plain-text table (times in s, memory in MiB)."""
-    head = (f"{'utterances':>10} {'audio h':>8} {'prep s':>8} {'prep utt/s':>10} {'prep peak':>9} {'disk MB':>8} "
+    head = (f"{'utterances':>10} {'loader':>6} {'audio h':>8} {'prep s':>8} {'prep utt/s':>10} {'prep peak':>9} {'disk MB':>8} "
             f"{'load s':>8} {'load utt/s':>10} {'batches':>8} {'load base':>9} {'load peak':>9} {'complete':>8}")
     lines = [head, "-" * len(head)]
     for r in result["runs"]:
         p, ld = r["prepare"], r["load"]
         lines.append(
-            f"{r['n']:>10} {p['audio_hours']:>8.1f} {p['seconds']:>8.1f} {r['n'] / p['seconds']:>10.0f} "
+            f"{r['n']:>10} {'lazy' if ld['lazy'] else 'eager':>6} {p['audio_hours']:>8.1f} {p['seconds']:>8.1f} {r['n'] / p['seconds']:>10.0f} "
             f"{p['peak_rss_mb']:>9.0f} {p['disk_mb']:>8.0f} {ld['seconds']:>8.1f} {ld['cuts'] / ld['seconds']:>10.0f} "
-            f"{ld['batches']:>8} {ld['baseline_rss_mb']:>9.0f} {ld['peak_rss_mb']:>9.0f} {str(r['complete']):>8}")
-    lines.append(f"load-phase memory above baseline grows x{result['memory_growth']:.2f} for x"
-                 f"{result['runs'][1]['n'] / result['runs'][0]['n']:.0f} utterances "
-                 f"({'flat' if result['flat'] else 'NOT flat'})")
+            f"{ld['batches']:>8} {ld['baseline_rss_mb']:>9.0f} {ld['peak_rss_mb']:>9.0f} {r['complete']!s:>8}")
+    small, large = result["runs"][0]["n"], result["runs"][-1]["n"]
+    lines.append(f"load-phase peak memory {small} -> {large} utterances: {result['growth_mb']:+.0f} MiB, "
+                 f"{result['kb_per_extra_utterance']:.2f} kB per extra utterance "
+                 f"({'flat' if result['flat'] else 'NOT flat'}: threshold {FLAT_KB_PER_UTTERANCE:g} kB)")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from lhotse import CutSet
 
 from ekd_compress.data.scale_bench import (
-    ALPHABET, _call, format_table, id_checksum, peak_rss_mb, prepare_corpus, run_scale_bench,
+    ALPHABET, _call, format_table, id_checksum, load_epoch, peak_rss_mb, prepare_corpus, run_scale_bench,
 )
 from ekd_compress.pipeline.distill import Context
 from ekd_compress.recipe import RecipeError, config_hash, load_recipe
@@ -60,7 +60,7 @@ def test_lazy_ranks_cover_every_cut(corpus, shuffle):
     assert len(per_rank[0]) == len(per_rank[1])  # every rank takes the same number of steps
     ids = [i for rank in per_rank for b in rank for i in b]
     assert set(ids) == set(all_ids(corpus["manifest"]))
-    assert not set(i for b in per_rank[0] for i in b) & set(i for b in per_rank[1] for i in b)
+    assert not {i for b in per_rank[0] for i in b} & {i for b in per_rank[1] for i in b}
 
 
 def test_eager_and_lazy_give_the_same_shuffled_batches(corpus):
@@ -124,7 +124,15 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert result["runs"][1]["load"]["lazy"] and not result["runs"][1]["load"]["feature_cache"]
     assert json.loads(Path(result["json"]).read_text())["runs"][0]["n"] == 30
     assert not (tmp_path / "n300").exists()  # the corpora are removed
-    assert "utterances" in format_table(result)
+    assert result["growth_mb"] == pytest.approx(
+        result["runs"][1]["load"]["peak_rss_mb"] - result["runs"][0]["load"]["peak_rss_mb"])
+    assert "kB per extra utterance" in format_table(result)
+
+
+def test_eager_loading_for_comparison(corpus):
+    load = load_epoch(corpus["manifest"], max_duration=20.0, lazy=False, progress=False)
+    assert load["cuts"] == 300 and load["checksum"] == corpus["checksum"]
+    assert not load["lazy"] and load["feature_cache"]
 
 
 def test_isolated_phase_reports_its_own_peak():
