@@ -25,23 +25,54 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ekd_compress.atomic import write_json_atomic
 from ekd_compress.recipe import TrainConfig
 from ekd_compress.train.distributed import all_gather, barrier, dist_info
 
 
-class EpochLine(L.Callback):
-    """One plain line per epoch (readable in log files, where progress bars are not)."""
+class EpochCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint (best on the monitored metric, plus last.ckpt) that prints one plain
+    line per epoch once that epoch's checkpoints are on disk, so a log line "epoch N" means
+    a re-run resumes after epoch N (and log files get lines, not progress bars)."""
 
-    def __init__(self, name: str, log=print) -> None:
+    def __init__(self, name: str, log=print, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.name, self._emit, self.start = name, log, time.time()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after validation in Lightning 2
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # after validation and its saves in Lightning 2
+        super().on_train_epoch_end(trainer, pl_module)
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         parts = " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith(("train_", "dev_")))
         self._emit(f"  {self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
-                 f"({time.time() - self.start:.0f} s)")
+                   f"({time.time() - self.start:.0f} s)")
+
+
+class RngState(L.Callback):
+    """Saves the Python, NumPy and torch random states in each checkpoint and restores them
+    on resume, so a run killed after epoch e and resumed draws the same augmentation and
+    dropout masks in epoch e+1 as a run that was never interrupted."""
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
+        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
 
 
 class AtomicCheckpointIO(L.pytorch.plugins.io.TorchCheckpointIO):
@@ -102,7 +133,7 @@ def fit_model(
     extra_meta: Optional[dict[str, Any]] = None,
     log=print,
 ) -> FitResult:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -120,9 +151,9 @@ def fit_model(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     monitor = "dev_wer" if cfg.select_on == "wer" else "dev_loss"
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
     name = name_of(out_dir, extra_meta)
-    callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience), EpochLine(name, log)]
+    best_cb = EpochCheckpoint(name, log, dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
+    callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience), RngState()]
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}
@@ -134,6 +165,8 @@ def fit_model(
         num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
     )
     last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        set_sampler_epoch(train_loader, resumed_epoch(last))
     start = time.time()
     trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
     seconds = time.time() - start
@@ -153,6 +186,24 @@ def fit_model(
                                         "complete": True, "world_size": info.world_size})
     barrier()
     return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, total_seconds)
+
+
+def resumed_epoch(checkpoint: Path) -> int:
+    """The epoch a fit resumed from `checkpoint` trains first (Lightning's processed-epoch count)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+
+
+def set_sampler_epoch(loader, epoch: int) -> None:
+    """Tell the loader's sampler the epoch before Lightning draws the first resumed batches.
+
+    Lightning creates a resumed fit's first batch iterator before it sets the sampler's
+    epoch, so without this a run resumed after epoch e replays epoch 0's batch order where
+    an uninterrupted run draws epoch e+1's (lhotse shuffles by seed + epoch).
+    """
+    sampler = getattr(loader, "sampler", None)
+    if callable(getattr(sampler, "set_epoch", None)):
+        sampler.set_epoch(epoch)
 
 
 def name_of(out_dir: Path, extra_meta: Optional[dict[str, Any]]) -> str:
