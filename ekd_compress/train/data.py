@@ -6,6 +6,7 @@ forced alignment (guided members) and essence targets (students).
 """
 from __future__ import annotations
 
+import re
 import warnings
 from itertools import islice
 from typing import Callable, Optional
@@ -24,6 +25,12 @@ AlignmentStore = dict[str, np.ndarray]
 EssenceReader = Callable[[str, int], tuple[np.ndarray, np.ndarray]]
 
 
+def source_id(cut_id: str) -> str:
+    """The utterance id behind a cut id; lhotse's distributed samplers repeat a cut as
+    `ID_dupN` when a final batch has fewer cuts than there are ranks."""
+    return re.sub(r"_dup\d+$", "", cut_id)
+
+
 def cut_text(cut) -> str:
     return " ".join(s.text for s in cut.supervisions if s.text)
 
@@ -31,7 +38,7 @@ def cut_text(cut) -> str:
 class AsrDataset(torch.utils.data.Dataset):
     """__getitem__(CutSet) -> batch dict:
 
-    ids: list[str]; texts: list[str]; durations: list[float] (seconds)
+    ids: list[str] utterance ids (source_id); texts: list[str]; durations: list[float] (seconds)
     feats (B, T, F) float32, zero padded; lengths (B,) int64 input frames
     targets (B, S) int64 token ids, zero padded; target_lengths (B,)
     align (B, T') int64, -1 padded           (when an alignment store is given)
@@ -89,7 +96,7 @@ class AsrDataset(torch.utils.data.Dataset):
         T = max(f.shape[0] for f in feats)
         S = max(1, max(len(t) for t in targets))
         batch = {
-            "ids": [c.id for c in cuts],
+            "ids": [source_id(c.id) for c in cuts],  # a repeated cut is the same utterance
             "texts": texts,
             "durations": [float(c.duration) for c in cuts],
             "feats": torch.zeros(B, T, self.spec.num_mel_bins),
@@ -105,7 +112,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if self.alignments is not None:
             align = torch.full((B, Tp), -1, dtype=torch.long)
             for b, c in enumerate(cuts):
-                a = self.alignments[c.id]
+                a = self.alignments[source_id(c.id)]
                 if len(a) != out_frames[b]:
                     raise ValueError(
                         f"alignment of {c.id} has {len(a)} frames but the model emits {out_frames[b]}; "
@@ -114,7 +121,7 @@ class AsrDataset(torch.utils.data.Dataset):
                 align[b, : len(a)] = torch.from_numpy(a.astype(np.int64))
             batch["align"] = align
         if self.essence is not None:
-            pairs = [self.essence(c.id, n) for c, n in zip(cuts, out_frames)]
+            pairs = [self.essence(source_id(c.id), n) for c, n in zip(cuts, out_frames)]
             K = pairs[0][0].shape[1]
             ids = torch.zeros(B, Tp, K, dtype=torch.long)
             probs = torch.zeros(B, Tp, K)

@@ -128,3 +128,38 @@ def build_initial():
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
     _worker()
+
+
+TINY = [
+    "data.synthetic.hours=0.008", "data.synthetic.dev_hours=0.002", "data.synthetic.test_hours=0.001",
+    "train.epochs=1", "train.max_duration=20", "distill.seeds=[0]", "distill.ks=[1,all]",
+    "distill.refuse_below_threshold=false", "baseline.params={hidden: 16, layers: 1}",
+    "members=[{name: lstm, arch: lstm, params: {hidden: 16, layers: 1}}, {name: tdnn, arch: tdnn, params: {hidden: 16, layers: 2}}]",
+]
+
+
+def test_torchrun_distill_on_two_cpu_processes(tmp_path):
+    """The README's multi-process command: every stage completes, rank 0 reports once, the cache has every utterance."""
+    import gzip
+
+
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "ekd_compress", "distill", "recipes/demo.yaml", "--out", str(exp), "--no-mlflow"]
+    for item in TINY:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("results: ") == 1 and "data-parallel: 2 processes on 1 node(s)" in proc.stdout
+    results = json.loads((exp / "results.json").read_text())
+    names = {row["name"] for row in results["tests"]["dev"]["models"]}
+    assert {"baseline", "lstm", "tdnn", "ensemble", "essence_k1", "kd_all", "student"} <= names
+    for name in ("baseline", "lstm", "essence_k1"):
+        assert json.loads((exp / "models" / name / "fit.json").read_text())["world_size"] == 2
+    with gzip.open(exp / "features" / "train_cuts.jsonl.gz", "rt") as f:
+        train_ids = {json.loads(line)["id"] for line in f}
+    index = json.loads((exp / "essence" / "teacher" / "k1" / "index.json").read_text())
+    assert set(index["utts"]) == train_ids  # both ranks' parts, nothing lost or repeated
+    assert {s["name"].split("-shard")[0] for s in index["shards"]} == {"part-000", "part-001"}
+    assert results["essence"]["frames"] == sum(frames for _, _, frames in index["utts"].values())
