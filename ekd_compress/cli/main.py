@@ -114,6 +114,40 @@ def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_du
         raise UserError("an epoch did not yield every utterance exactly once; see 'complete' in the JSON")
 
 
+@cli.command("train-bench")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "which", default="baseline", show_default=True,
+              help="baseline (the student architecture) or a member's name from the recipe.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", default="auto", show_default=True, help="auto (bf16-mixed on CUDA), bf16-mixed, 16-mixed, 32-true.")
+@click.option("--batch-seconds", type=float, default=None, help="Audio per step (default: the recipe's train.max_duration).")
+@click.option("--utt-seconds", type=float, default=8.0, show_default=True, help="Length of each utterance.")
+@click.option("--steps", type=int, default=30, show_default=True, help="Timed training steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def train_bench(recipe: Path, which: str, device: str, precision: str, batch_seconds: float | None,
+                utt_seconds: float, steps: int, as_json: bool) -> None:
+    """Training throughput of one recipe model on random features: input frames per second,
+    GPU utilisation and peak GPU memory (on CUDA)."""
+    from ekd_compress.recipe import load_recipe
+    from ekd_compress.train.throughput import measure_throughput
+
+    r = _friendly(load_recipe, recipe)
+    models = {"baseline": (r.baseline.arch, r.baseline.params), **{m.name: (m.arch, m.params) for m in r.members}}
+    if which not in models:
+        raise UserError(f"--model {which!r} is not in {recipe}; choose one of {sorted(models)}")
+    arch, params = models[which]
+    res = _friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
+                    batch_seconds=batch_seconds or r.train.max_duration, utt_seconds=utt_seconds, steps=steps,
+                    num_mel_bins=r.features.num_mel_bins)
+    if as_json:
+        click.echo(json.dumps(res.as_dict()))
+        return
+    util = "n/a" if res.gpu_utilization_mean is None else f"{res.gpu_utilization_mean:.0f} %"
+    click.echo(f"{which} ({res.arch}, {res.params:,} params) on {res.device} {res.precision}: "
+               f"{res.frames_per_second:,.0f} frames/s = {res.audio_seconds_per_second:,.0f} s of audio per s; "
+               f"{res.batch_utterances} utterances x {utt_seconds:g} s per step; GPU utilisation {util}")
+
+
 from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)
 from ekd_compress.cli.serve_cmd import bench, serve  # noqa: E402
 

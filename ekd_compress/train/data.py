@@ -170,4 +170,7 @@ def make_loader(
         sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, **dist)
     else:
         sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False, **dist)
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
+    # pinned host memory makes the host-to-GPU copies asynchronous; workers prefetch two batches each
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=num_workers > 0)
