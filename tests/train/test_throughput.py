@@ -36,7 +36,7 @@ def test_cli_json_and_unknown_model():
             "--utt-seconds", "0.5"]
     out = CliRunner().invoke(cli, [*args, "--json"])
     assert out.exit_code == 0, out.output
-    row = json.loads(next(line for line in out.output.splitlines() if line.startswith("{")))
+    row = json.loads(out.output[out.output.index("{"):])  # after the progress bar (stderr)
     assert row["frames_per_second"] > 0 and row["batch_utterances"] == 2
     bad = CliRunner().invoke(cli, [*args, "--model", "nope"])
     assert bad.exit_code != 0 and "baseline" in bad.output
