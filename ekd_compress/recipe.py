@@ -144,6 +144,8 @@ class DistillConfig:
     seeds: list[int] = field(default_factory=lambda: [0])   # baseline and chosen student
     control: bool = True           # student taught by the baseline alone
     fusion_weights: Optional[list[float]] = None
+    fusion_tune: str = "none"      # none | dev: grid-search the member weights on dev WER
+    fusion_grid: float = 0.1       # weight step of that search (each weight a multiple of it)
     coincidence_threshold: float = 0.5   # token-matched spike coincidence, both directions
     refuse_below_threshold: bool = True
 
@@ -265,6 +267,13 @@ def validate_recipe(r: Recipe) -> None:
                                          or sum(d.fusion_weights) <= 0):
         raise RecipeError(f"distill.fusion_weights={d.fusion_weights}: give one non-negative weight per member "
                           f"({len(r.members)}), not all zero, or null for equal weights")
+    if d.fusion_tune not in ("none", "dev"):
+        raise RecipeError(f"distill.fusion_tune={d.fusion_tune!r}: use 'none' (fusion_weights, or equal weights) "
+                          "or 'dev' (search the weights on the dev set)")
+    if d.fusion_tune == "dev" and d.fusion_weights is not None:
+        raise RecipeError("distill.fusion_tune=dev searches the weights itself; set distill.fusion_weights=null")
+    if not 0.0 < d.fusion_grid <= 0.5 or abs(round(1.0 / d.fusion_grid) * d.fusion_grid - 1.0) > 1e-6:
+        raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
     if not 0.0 <= d.coincidence_threshold <= 1.0:
         raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
     if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):

@@ -228,10 +228,45 @@ def stage_coincidence(ctx) -> dict[str, Any]:
 
 
 def stage_ensemble(ctx) -> dict[str, Any]:
+    d = ctx.recipe.distill
     members = [_model_path(ctx, m.name) for m in ctx.recipe.members]
-    path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, ctx.recipe.distill.fusion_weights)
+    out: dict[str, Any] = {}
+    weights = d.fusion_weights
+    if d.fusion_tune == "dev":
+        search = _tune_fusion(ctx, members, d.fusion_grid)
+        weights = search.weights
+        out = {"tuned_on": "dev", "weights": weights, "dev_wer": search.wer, "uniform_dev_wer": search.uniform_wer,
+               "grid": [[w, wer] for w, wer in search.tried]}
+        names = [m.name for m in ctx.recipe.members]
+        ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev WER {search.wer:.2f} "
+                f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
+        if max(weights) == 1.0:
+            ctx.log("WARNING: the search put all the weight on one member: on dev, fusion does not beat that member")
+    path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, weights)
     register_model(ctx.exp_dir, "ensemble", "ensemble", path)
-    return {"path": str(path)}
+    return {"path": str(path), **out}
+
+
+def _tune_fusion(ctx, members: list[Path], step: float):
+    """Grid-search fusion weights on the dev set (see ekd_compress.ensemble.tune)."""
+    from ekd_compress.ensemble.tune import search_weights
+    from ekd_compress.evaluate.decode import ctc_greedy_decode
+
+    dev = ctx.cuts("dev")
+    outputs, refs = [], {}
+    for path in members:
+        per_utt = {}
+        for batch, log_probs, out_lengths in model_outputs(ctx, load_any(path), dev, desc=f"fusion search {path.parent.name}"):
+            for b, uid in enumerate(batch["ids"]):
+                per_utt[uid] = log_probs[b, : int(out_lengths[b])].clone()
+                refs[uid] = batch["texts"][b]
+        outputs.append(per_utt)
+    ids = sorted(refs)
+
+    def decode(lp):
+        return ctx.tokens.decode(ctc_greedy_decode(lp[None])[0])
+
+    return search_weights([[o[u] for u in ids] for o in outputs], [refs[u] for u in ids], decode, step)
 
 
 def teacher_path(ctx) -> Path:
