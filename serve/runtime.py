@@ -115,6 +115,11 @@ class Recognizer:
             providers[0] = ("TensorrtExecutionProvider",
                             {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)})
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        running = self.session.get_providers()
+        if running[0] != wanted[0]:  # onnxruntime-gpu lists CUDA even where it cannot start it, then runs on CPU
+            raise RuntimeError(f"provider {provider!r} was asked for, but onnxruntime could not start {wanted[0]} "
+                               f"(it would run on {running}): no usable GPU, CUDA or TensorRT libraries here; "
+                               "check nvidia-smi and the CUDA/cuDNN versions onnxruntime-gpu needs, or use --provider cpu")
         self._check_io()
         self.decoder_kind, self.beam, self.lm_path, self.lm_weight = decoder, beam, lm_path, lm_weight
         self.endpoint = endpoint or EndpointConfig()

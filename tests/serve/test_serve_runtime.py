@@ -273,3 +273,14 @@ def test_serve_imports_without_torch():
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_provider_listed_but_unusable_is_an_error_not_a_silent_cpu_fallback(gru_bundle, monkeypatch):
+    """onnxruntime-gpu on a host without a GPU lists CUDAExecutionProvider, then runs on CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: the fallback cannot be staged by listing it")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider"):
+        Recognizer(gru_bundle, provider="cuda")
