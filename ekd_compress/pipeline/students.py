@@ -37,12 +37,13 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     Runs on every rank of a torchrun job: each rank takes its share of the utterances and
     writes its part of each cache; rank 0 then joins the parts and sums the statistics.
     """
+    import zlib
+
     import torch
-    from lhotse import CutSet
 
     from ekd_compress.ensemble.cache import EssenceCache
     from ekd_compress.ensemble.essence import cumulative_topk_mass, select_essence
-    from ekd_compress.train.distributed import all_gather, barrier, dist_info, on_main, shard
+    from ekd_compress.train.distributed import all_gather, barrier, dist_info, on_main
 
     info = dist_info()
     teacher = load_any(teacher_file)
@@ -56,8 +57,8 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     blank_top = 0
     d = ctx.recipe.distill
     cuts = ctx.cuts("train")
-    if info.enabled:
-        cuts = CutSet.from_cuts(shard(list(cuts), info))
+    if info.enabled:  # by a hash of the id, so a lazy manifest stays lazy
+        cuts = cuts.filter(lambda c: zlib.crc32(c.id.encode()) % info.world_size == info.rank)
     for batch, log_probs, out_lengths in model_outputs(ctx, teacher, cuts, desc="essence" if info.is_main else None):
         n = int(out_lengths.sum())
         mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
