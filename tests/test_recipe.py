@@ -79,5 +79,12 @@ def test_cross_field_checks(tmp_path):
         load_recipe(p, ["distill.fusion_weights=[1.0]"])
     with pytest.raises(RecipeError, match="coincidence_threshold"):
         load_recipe(p, ["distill.coincidence_threshold=2"])
+    with pytest.raises(RecipeError, match="fusion_tune='best'"):
+        load_recipe(p, ["distill.fusion_tune=best"])
+    with pytest.raises(RecipeError, match="fusion_weights=null"):
+        load_recipe(p, ["distill.fusion_tune=dev", "distill.fusion_weights=[1,1]"])
+    with pytest.raises(RecipeError, match="fusion_grid=0.3"):
+        load_recipe(p, ["distill.fusion_grid=0.3"])
+    assert load_recipe(p, ["distill.fusion_tune=dev"]).distill.fusion_tune == "dev"
     with pytest.raises(RecipeError, match="reserved"):
         load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))
