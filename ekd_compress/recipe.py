@@ -125,6 +125,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     patience: int = 5              # early stopping on dev WER, epochs
     select_on: str = "wer"         # wer | loss (checkpoint selection and early stopping)
+    stop_on: str = "select"        # select (= select_on) | wer | loss: what early stopping watches
     accelerator: str = "auto"      # auto | cpu | gpu
     precision: str = "auto"        # auto = bf16-mixed on CUDA, 32 on CPU
     num_workers: int = 0
@@ -186,6 +187,7 @@ _CHOICES = {
     "data.on_error": ("raise", "skip"),
     "tokens.kind": ("char", "bpe"),
     "train.select_on": ("wer", "loss"),
+    "train.stop_on": ("select", "wer", "loss"),
     "distill.mode": ("renorm", "residual", "top_p"),
     "distill.cache": ("disk", "fly"),
 }

@@ -177,7 +177,10 @@ RUNTIME_ONLY = ("threads", "num_workers", "accelerator", "precision")
 
 def train_key(cfg: TrainConfig) -> dict[str, Any]:
     """Training settings that change the result (how fast it runs does not)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_ONLY}
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_ONLY}
+    if key["stop_on"] == "select":  # the behaviour before stop_on existed: keep those experiments' keys
+        del key["stop_on"]
+    return key
 
 
 def expected_models(r: Recipe) -> list[str]:

@@ -151,9 +151,11 @@ def fit_model(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     monitor = "dev_wer" if cfg.select_on == "wer" else "dev_loss"
+    stop = cfg.select_on if cfg.stop_on == "select" else cfg.stop_on  # WER sits at ~100 % while early models still learn
+    stop_monitor = "dev_wer" if stop == "wer" else "dev_loss"
     name = name_of(out_dir, extra_meta)
     best_cb = EpochCheckpoint(name, log, dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
-    callbacks = [best_cb, EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience), RngState()]
+    callbacks = [best_cb, EarlyStopping(monitor=stop_monitor, mode="min", patience=cfg.patience), RngState()]
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}

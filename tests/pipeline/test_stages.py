@@ -37,3 +37,12 @@ def test_interrupted_stage_keeps_work_dir_only_for_same_key(tmp_path):
     (work / "last.ckpt").write_text("partial")
     runner.run("train", "k2", lambda: seen.update(changed=(work / "last.ckpt").exists()) or {}, work_dir=work)
     assert seen["changed"] is False  # new key: stale work removed
+
+
+def test_stop_on_changes_the_training_key_only_when_set():
+    from ekd_compress.pipeline.distill import train_key
+    from ekd_compress.recipe import TrainConfig
+
+    assert "stop_on" not in train_key(TrainConfig())  # experiments made before stop_on keep their keys
+    assert train_key(TrainConfig(stop_on="loss"))["stop_on"] == "loss"
+    assert "threads" not in train_key(TrainConfig(threads=3))  # how fast it runs is not part of the key
