@@ -47,7 +47,9 @@ class StageRunner:
         """
         from ekd_compress.train.distributed import on_main
 
-        cached = self.done(name, key)
+        # rank 0 decides for all: a slow rank reading the marker rank 0 has just written would
+        # skip a stage the others are still running together
+        cached = on_main(lambda: self.done(name, key), f"checking stage {name}")
         if cached is not None:
             self.log(f"[skip] {name} (done, key {key})")
             self.skipped.append(name)
