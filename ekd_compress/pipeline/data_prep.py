@@ -96,10 +96,16 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
 
         sw = d.switchboard
         prepared = prepare_switchboard_corpus(sw.swbd_root, sw.eval2000_root, work / "swbd", transcripts_dir=sw.transcripts_dir)
-        train, dev = prepared["train"], prepared["dev"]
         tests = {k: v for k, v in prepared.items() if k not in ("train", "dev")}
+        train, reports["train"] = filter_duration(prepared["train"], d.min_duration, d.max_duration)
+        dev, reports["dev"] = filter_duration(prepared["dev"], 0.0, d.max_duration)  # as for a Kaldi dev dir
         train = train.resample(d.sample_rate)
+        if d.max_train_utts:
+            train = train.subset(first=min(d.max_train_utts, len(train)))
         tokens = build_tokens(recipe, train, exp_dir)
+        for name, path in d.tests.items():  # the recipe's extra test sets, scored like eval2000
+            tests[name], rep = load_kaldi_dir(Path(path), audio_root=audio_root, **common)
+            reports[name] = rep.summary()
     else:
         splits, test_dirs = corpus_dirs(recipe, work)
         train, rep = load_kaldi_dir(
@@ -146,6 +152,14 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
         "utterances": {"train": len(train), "dev": len(dev), **{k: len(v) for k, v in tests.items()}},
         "hours": hours,
     }
+
+
+def filter_duration(cuts: CutSet, low: float, high: float) -> tuple[CutSet, str]:
+    """Cuts with low <= duration <= high (seconds), and a summary that counts the rest."""
+    kept = cuts.filter(lambda c: low <= c.duration <= high).to_eager()
+    n, k = len(cuts), len(kept)
+    return kept, f"{n} utterances, kept {k} ({sum(c.duration for c in kept) / 3600:.3f} h), " \
+                  f"dropped {n - k} outside [{low:g}, {high:g}] s"
 
 
 def drop_untokenizable(cuts: CutSet, tokens: TokenTable, on_error: str, log: Callable[[str], None]) -> CutSet:

@@ -109,3 +109,24 @@ def test_eval2000_layout_error(ldc, tmp_path):
     shutil.rmtree(ldc["eval2000"] / "LDC2002T43")
     with pytest.raises(DataError, match=r"eval2000/LDC2002T43/reference/english: eval2000 directory not found"):
         prepare_switchboard_corpus(ldc["swbd"], ldc["eval2000"], tmp_path / "o")
+
+
+def test_distill_data_stage_applies_the_recipe_to_switchboard(ldc, tmp_path, write_wav):
+    """Duration filters, max_train_utts and extra test sets hold for Switchboard as for other corpora."""
+    from ekd_compress.pipeline.data_prep import prepare_data
+    from ekd_compress.recipe import load_recipe
+
+    extra = tmp_path / "extra"
+    write_wav(extra / "a.wav", 1.0, 8000)
+    extra.joinpath("wav.scp").write_text(f"u1 {extra / 'a.wav'}\n")
+    extra.joinpath("text").write_text("u1 yeah right\n")
+    extra.joinpath("utt2spk").write_text("u1 s1\n")
+    sets = ["data.corpus=switchboard", f"data.switchboard.swbd_root={ldc['swbd']}",
+            f"data.switchboard.eval2000_root={ldc['eval2000']}", "data.sample_rate=8000",
+            "data.min_duration=1.0", "data.max_train_utts=3", f"data.tests={{extra: {extra}}}"]
+    r = load_recipe("recipes/swbd.yaml", sets)
+    lines = []
+    out = prepare_data(r, tmp_path / "exp", log=lines.append)
+    assert out["utterances"]["train"] == 3  # max_train_utts, after the duration filter
+    assert "extra" in out["tests"] and out["utterances"]["extra"] == 1
+    assert any("dropped" in line and "outside [1, " in line for line in lines)  # short turns counted, not lost silently
