@@ -43,10 +43,19 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (`ru_maxrss` is KiB on Linux).
+    """Peak resident memory of this process so far, MiB.
 
-    At least `rss_mb()`: the kernel's two counts may differ by a few pages.
+    Linux: `VmHWM` of /proc/self/status, the high-water mark of this program's own memory.
+    `ru_maxrss` is not used there: it carries over fork and exec, so a benchmark child
+    started by a large parent would report the parent's peak. Elsewhere `ru_maxrss`
+    (KiB). At least `rss_mb()`.
     """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return max(int(line.split()[1]) / 1024, rss_mb())
+    except (OSError, IndexError, ValueError):
+        pass
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_mb())
 
 
