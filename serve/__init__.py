@@ -6,6 +6,7 @@
     serve.resample  streaming windowed-sinc resampler (numpy)
     serve.server    websocket server: native protocol (/ws), Vosk-compatible (/), page, /health, /metrics
     serve.bench     latency / RTF / capacity benchmark through the server
+    serve.bench_report  its table and plot
     serve/static/   the browser page (microphone -> 16 kHz PCM -> /ws -> live text)
 
 Nothing here imports torch (tests/serve checks it in a subprocess).

@@ -110,7 +110,8 @@ def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None
           plot_path: Path, out_json: Path | None, mlflow: bool) -> None:
     """Stream audio through the server for BUNDLE (and --vs OTHER_BUNDLE): chunk compute,
     first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory."""
-    from serve.bench import JSON_KEYS, BenchConfig, bench_bundles, plot, table
+    from serve.bench import BenchConfig, bench_bundles
+    from serve.bench_report import JSON_KEYS, plot, table
 
     if url and other:
         raise _UserError("--url measures one running server; drop --vs or --url")
