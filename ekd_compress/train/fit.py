@@ -16,7 +16,6 @@ writes the files, and all ranks check that they hold identical weights afterward
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ekd_compress.atomic import write_json_atomic
+from ekd_compress.atomic import write_atomic, write_json_atomic
 from ekd_compress.recipe import TrainConfig
 from ekd_compress.train.distributed import all_gather, barrier, dist_info
 
@@ -79,14 +78,7 @@ class AtomicCheckpointIO(L.pytorch.plugins.io.TorchCheckpointIO):
     """Lightning checkpoints written to `NAME.tmp`, fsynced, then renamed over `NAME`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(Path(path), lambda f: torch.save(checkpoint, f))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -106,7 +98,7 @@ class FitResult:
     best_score: float        # dev WER (percent) or dev loss, per select_on
     best_epoch: int
     epochs_run: int
-    train_seconds: float
+    train_seconds: float     # wall time of the fit; after a resume, of the resumed part only
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
@@ -178,16 +170,14 @@ def fit_model(
     state = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else float("nan")
-    previous = json.loads(timing_file.read_text()) if timing_file.exists() else {"train_seconds": 0.0}
-    total_seconds = previous["train_seconds"] + seconds  # accumulates across resumes
     model_path = out_dir / "model.pt"
     if info.is_main:
         save_model(module.model, model_path, {**(extra_meta or {}), "best_score": best_score,
                                               "select_on": cfg.select_on, "best_epoch": int(state["epoch"])})
-        write_json_atomic(timing_file, {"train_seconds": total_seconds, "epochs_run": trainer.current_epoch,
+        write_json_atomic(timing_file, {"train_seconds": seconds, "epochs_run": trainer.current_epoch,
                                         "complete": True, "world_size": info.world_size})
     barrier()
-    return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, total_seconds)
+    return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, seconds)
 
 
 def resumed_epoch(checkpoint: Path) -> int:
@@ -232,11 +222,8 @@ def check_same_weights(model: torch.nn.Module, name: str) -> None:
 def save_model(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
     """Atomically write weights + rebuild info; `model.build_info` must hold arch/params/dims."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"build": model.build_info, "meta": meta, "state_dict": model.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(blob, f))
     return path
 
 
