@@ -37,13 +37,11 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     Runs on every rank of a torchrun job: each rank takes its share of the utterances and
     writes its part of each cache; rank 0 then joins the parts and sums the statistics.
     """
-    import zlib
-
     import torch
 
     from ekd_compress.ensemble.cache import EssenceCache
     from ekd_compress.ensemble.essence import cumulative_topk_mass, select_essence
-    from ekd_compress.train.distributed import all_gather, barrier, dist_info, on_main
+    from ekd_compress.train.distributed import all_gather, dist_info, on_main, owns
 
     info = dist_info()
     teacher = load_any(teacher_file)
@@ -58,7 +56,7 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     d = ctx.recipe.distill
     cuts = ctx.cuts("train")
     if info.enabled:  # by a hash of the id, so a lazy manifest stays lazy
-        cuts = cuts.filter(lambda c: zlib.crc32(c.id.encode()) % info.world_size == info.rank)
+        cuts = cuts.filter(lambda c: owns(c.id, info))
     for batch, log_probs, out_lengths in model_outputs(ctx, teacher, cuts, desc="essence" if info.is_main else None):
         n = int(out_lengths.sum())
         mass_sum += cumulative_topk_mass(log_probs, out_lengths, d.temperature, V) * n
@@ -74,12 +72,11 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
     for k in ks:
         caches[k].close()
     if info.enabled:  # every rank's counts, and one cache index per k
+        # all_gather returns once every rank has closed its parts, so rank 0 can join them
         parts = all_gather((mass_sum, frames, blank_top))
         mass_sum, frames, blank_top = sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
-        barrier()
-        merged = on_main(lambda: {k: EssenceCache.merge_parts(dirs[k], info.world_size).bytes_per_frame() for k in ks},
-                         "joining the essence cache parts")
-        bytes_per_frame = {k: merged[k] for k in ks}
+        bytes_per_frame = on_main(lambda: {k: EssenceCache.merge_parts(dirs[k], info.world_size).bytes_per_frame()
+                                           for k in ks}, "joining the essence cache parts")
     else:
         bytes_per_frame = {k: caches[k].bytes_per_frame() for k in ks}
     out = {"dirs": {str(k): str(v) for k, v in dirs.items()},

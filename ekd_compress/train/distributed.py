@@ -20,6 +20,7 @@ non-training stages can synchronise; Lightning reuses it.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Optional, TypeVar
@@ -161,6 +162,7 @@ def on_main(fn: Callable[[], T], what: str) -> T:
     return status[1]
 
 
-def shard(items: list[T], info: DistInfo) -> list[T]:
-    """This rank's share of `items`: every world_size-th one, starting at its rank."""
-    return items[info.rank::info.world_size]
+def owns(item_id: str, info: DistInfo) -> bool:
+    """Whether this rank handles the item `item_id` (by a hash of the id: every id goes to
+    exactly one rank, and a lazy CutSet can be filtered without being read into memory)."""
+    return zlib.crc32(item_id.encode()) % info.world_size == info.rank
