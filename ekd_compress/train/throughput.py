@@ -40,13 +40,14 @@ class Throughput:
 
 
 class _GpuSampler:
-    """Samples GPU utilisation (percent) every `interval` s in a thread, through NVML or nvidia-smi."""
+    """Samples GPU utilisation (percent) every `interval` s in a thread, through NVML or nvidia-smi;
+    samples nothing (mean None) for `index=None`, a CPU run."""
 
-    def __init__(self, index: int, interval: float = 0.1) -> None:
+    def __init__(self, index: Optional[int], interval: float = 0.1) -> None:
         self.index, self.interval = index, interval
         self.samples: list[float] = []
         self._stop = threading.Event()
-        self._read = self._nvml() or self._smi()
+        self._read = None if index is None else (self._nvml() or self._smi())
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _nvml(self):
@@ -94,10 +95,11 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use --device cpu")
     if precision == "auto":
-        precision = "bf16-mixed" if device.startswith("cuda") else "32-true"
+        precision = "bf16-mixed" if cuda else "32-true"
     if precision not in ("bf16-mixed", "16-mixed", "32-true"):
         raise ValueError(f"precision={precision!r} is not one of bf16-mixed, 16-mixed, 32-true")
     if steps < 1 or warmup < 0 or batch_seconds < utt_seconds or utt_seconds <= 0:
@@ -127,35 +129,23 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
         scaler.update()
 
     def sync() -> None:
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
     sync()
-    index = (torch.device(device).index or 0) if device.startswith("cuda") else 0
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     from tqdm import tqdm
 
-    with _GpuSampler(index) if device.startswith("cuda") else _NoSampler() as gpu:
+    with _GpuSampler((torch.device(device).index or 0) if cuda else None) as gpu:
         start = time.perf_counter()
         for _ in tqdm(range(steps), desc=f"{arch} training steps", unit="step"):
             step()
         sync()
         seconds = time.perf_counter() - start
     frames = B * T * steps
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return Throughput(arch, count_parameters(model), device, precision, B, B * T, steps, seconds,
                       frames / seconds, frames / seconds / FRAMES_PER_SECOND, gpu.mean(), peak)
-
-
-class _NoSampler:
-    def __enter__(self) -> "_NoSampler":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def mean(self) -> None:
-        return None
