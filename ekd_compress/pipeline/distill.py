@@ -134,8 +134,9 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold,
                                                r.distill.refuse_below_threshold)
             ctx.data["coincide"] = runner.run("coincide", ctx.keys["coincide"], lambda: S.stage_coincidence(ctx))
-            tune = (r.distill.fusion_tune, r.distill.fusion_grid) if r.distill.fusion_tune != "none" else None
-            ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights, *([tune] if tune else []))
+            # the search joins the key only when on, so ensembles made before it existed keep theirs
+            tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune != "none" else []
+            ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights, *tune)
             runner.run("ensemble", ctx.keys["ensemble"], lambda: S.stage_ensemble(ctx))
             teacher_key = ctx.keys["ensemble"]
         else:
