@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from lhotse import CutSet
 
@@ -148,3 +149,22 @@ def test_data_bench_command(tmp_path):
                                    "--out", str(out), "--max-duration", "10"])
     assert res.exit_code == 0, res.output
     assert "load utt/s" in res.output and json.loads(out.read_text())["complete"]
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_worker_processes_give_the_same_batches(corpus, lazy):
+    """train.num_workers > 0 (the GPU setting: loading, not the GPU, bounds a small model's epoch)
+    yields the batches of the in-process loader, epoch after epoch, with persistent workers."""
+    def open_cuts():
+        return CutSet.from_jsonl_lazy(corpus["manifest"]) if lazy else CutSet.from_file(corpus["manifest"]).to_eager()
+
+    inline = make_loader(open_cuts(), dataset(), 20.0, shuffle=True, seed=7)
+    workers = make_loader(open_cuts(), dataset(), 20.0, shuffle=True, seed=7, num_workers=2)
+    assert workers.num_workers == 2 and workers.persistent_workers
+    for epoch in range(2):
+        inline.sampler.set_epoch(epoch)
+        workers.sampler.set_epoch(epoch)
+        got, want = list(workers), list(inline)
+        assert [b["ids"] for b in got] == [b["ids"] for b in want]
+        for a, b in zip(got, want):
+            assert torch.equal(a["feats"], b["feats"]) and torch.equal(a["targets"], b["targets"])
