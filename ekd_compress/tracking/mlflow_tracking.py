@@ -82,6 +82,7 @@ class Run:
     def __init__(self, client: "MlflowClient", run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.previous_status: str | None = None  # a resumed run's status before it was reopened
 
     def log_params(self, params: Mapping[str, Any] | None) -> None:
         """Log (nested) params; values already logged with the same value are skipped."""
@@ -202,6 +203,7 @@ class Tracker:
                     )
                 self.client.update_run(run_id, status="RUNNING")
                 handle = Run(self.client, run_id)
+                handle.previous_status = run.info.status
                 handle.set_tags(tags)
                 return handle
             created = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
@@ -229,8 +231,15 @@ class Tracker:
             except Exception:  # noqa: BLE001 - context tags are a nicety
                 pass
         run = self._open(run_id, run_name, all_tags)
+        try:
+            run.log_params(params)
+        except BaseException:  # e.g. changed params: leave the run as it was, and no run open here
+            if run.previous_status is not None:
+                self.client.update_run(run.run_id, status=run.previous_status)
+            else:
+                run.end("FAILED")
+            raise
         self._stack.append(run)
-        run.log_params(params)
         return run.run_id
 
     @contextmanager

@@ -109,3 +109,20 @@ def test_null_tracker_same_api(tmp_path):
         tracker.log_artifact(tmp_path / "missing.txt")
     assert tracker.lightning_logger() is None
     tracker.end()
+
+
+def test_changed_params_leave_the_old_run_and_a_new_parent_can_start(uri, client):
+    """What distill does when the recipe changed: resuming the old parent fails on its
+    immutable params, so it starts a new parent with the same tracker."""
+    first = Tracker(uri, "ekd-test", check=False)
+    old_id = first.start_parent("changed", params={"lam": 0.5})
+    first.end()
+    tracker = Tracker(uri, "ekd-test", check=False)
+    with pytest.raises(TrackingError, match="lam: '0.5' -> '0.8'"):
+        tracker.start_parent("changed", params={"lam": 0.8}, run_id=old_id)
+    assert client.get_run(old_id).info.status == "FINISHED"  # restored, not left RUNNING
+    new_id = tracker.start_parent("changed", params={"lam": 0.8})
+    assert new_id != old_id and tracker.parent.run_id == new_id
+    tracker.end()
+    assert client.get_run(new_id).data.params == {"lam": "0.8"}
+    assert client.get_run(old_id).data.params == {"lam": "0.5"}
