@@ -55,11 +55,11 @@ def search_weights(member_log_probs: Sequence[Sequence[torch.Tensor]], refs: Seq
     n = len(member_log_probs)
     if n < 1 or any(len(m) != len(refs) for m in member_log_probs):
         raise ValueError(f"need one list of per-utterance log-probs per member, each with {len(refs)} entries")
-    tried = []
-    for w in simplex_grid(n, step):
+
+    def wer_of(w: Sequence[float]) -> float:
         hyps = [decode(fuse_posteriors([m[u][None] for m in member_log_probs], w)[0]) for u in range(len(refs))]
-        tried.append((w, compute_wer(refs, hyps).wer))
+        return compute_wer(refs, hyps).wer
+
+    tried = [(w, wer_of(w)) for w in simplex_grid(n, step)]
     best_w, best_wer = min(tried, key=lambda t: (round(t[1], 9), -_entropy(t[0])))
-    uniform = [1.0 / n] * n
-    hyps = [decode(fuse_posteriors([m[u][None] for m in member_log_probs], uniform)[0]) for u in range(len(refs))]
-    return WeightSearch(best_w, best_wer, compute_wer(refs, hyps).wer, tried)
+    return WeightSearch(best_w, best_wer, wer_of([1.0 / n] * n), tried)
