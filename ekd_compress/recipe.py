@@ -26,6 +26,11 @@ class SyntheticData:
     snr_db_low: float = 15.0   # additive noise SNR range, dB
     snr_db_high: float = 40.0
     reverb: bool = True
+    # sentences: ~1500-word English sentences (large vocabulary, GPU-sized);
+    # commands: strings of digits and command words (small vocabulary, learnable on a CPU)
+    vocabulary: str = "sentences"
+    min_words: int = 3
+    max_words: int = 12
 
 
 @dataclass
@@ -36,7 +41,10 @@ class FsddData:
     n_dev: int = 150
     train_indices: list[int] = field(default_factory=lambda: list(range(10, 50)))
     dev_indices: list[int] = field(default_factory=lambda: list(range(5, 10)))
-    noisy_dev_snr_db: Optional[float] = 10.0  # also score a noisy copy of dev at this SNR
+    # internal test split: strings from recordings that neither training nor any choice saw
+    test_indices: list[int] = field(default_factory=list)
+    n_test: int = 0
+    noisy_dev_snr_db: Optional[float] = 10.0  # also score noisy copies of dev (and test) at this SNR
     # multi-condition training: extra train strings with noise, one (SNR dB, noise type) per share
     train_noise: list[Any] = field(default_factory=list)  # e.g. [[20, white], [10, pink], [5, babble]]
     train_noise_strings: int = 0      # strings per noise condition (0 = none)
@@ -130,6 +138,13 @@ class TrainConfig:
     precision: str = "auto"        # auto = bf16-mixed on CUDA, 32 on CPU
     num_workers: int = 0
     threads: int = 0               # torch CPU threads; 0 = all cores
+    sortagrad: bool = False        # first epoch shortest-first (DeepSpeech2), then shuffled
+    output_prior_bias: bool = False  # start the output bias at the log label prior (blank share of frames)
+    # convergence watchdog: after `watchdog_epochs` epochs a run whose dev output is all blank, or
+    # whose dev WER is above `watchdog_max_wer` %, is restarted with the next seed (recorded)
+    watchdog_epochs: int = 0       # 0 = off
+    watchdog_max_wer: float = 100.0
+    max_restarts: int = 2
 
 
 @dataclass
@@ -147,6 +162,10 @@ class DistillConfig:
     fusion_weights: Optional[list[float]] = None
     fusion_tune: str = "none"      # none | dev: grid-search the member weights on dev WER
     fusion_grid: float = 0.1       # weight step of that search (each weight a multiple of it)
+    # fusion_tune=select: forward selection with replacement on dev (Caruana et al. 2004)
+    select_rounds: int = 12        # members added (with replacement) at most
+    drop_ratio: float = 1.5        # members with dev WER above drop_ratio x the best member's are dropped
+    guide: str = "best"            # best = the baseline seed with the lowest dev WER | first = seed 0
     coincidence_threshold: float = 0.5   # token-matched spike coincidence, both directions
     refuse_below_threshold: bool = True
 
@@ -269,10 +288,10 @@ def validate_recipe(r: Recipe) -> None:
                                          or sum(d.fusion_weights) <= 0):
         raise RecipeError(f"distill.fusion_weights={d.fusion_weights}: give one non-negative weight per member "
                           f"({len(r.members)}), not all zero, or null for equal weights")
-    if d.fusion_tune not in ("none", "dev"):
-        raise RecipeError(f"distill.fusion_tune={d.fusion_tune!r}: use 'none' (fusion_weights, or equal weights) "
-                          "or 'dev' (search the weights on the dev set)")
-    if d.fusion_tune == "dev" and d.fusion_weights is not None:
+    if d.fusion_tune not in ("none", "dev", "select"):
+        raise RecipeError(f"distill.fusion_tune={d.fusion_tune!r}: use 'none' (fusion_weights, or equal weights), "
+                          "'dev' (grid-search the weights on the dev set) or 'select' (forward selection on dev)")
+    if d.fusion_tune != "none" and d.fusion_weights is not None:
         raise RecipeError("distill.fusion_tune=dev searches the weights itself; set distill.fusion_weights=null")
     if not 0.0 < d.fusion_grid <= 0.5 or abs(round(1.0 / d.fusion_grid) * d.fusion_grid - 1.0) > 1e-6:
         raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
@@ -280,6 +299,21 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
     if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):
         raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
+    if d.guide not in ("best", "first"):
+        raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds) or 'first'")
+    if d.drop_ratio < 1.0 or d.select_rounds < 1:
+        raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="
+                          f"{d.select_rounds} >= 1")
+    t = r.train
+    if t.watchdog_epochs < 0 or t.max_restarts < 0:
+        raise RecipeError(f"train.watchdog_epochs={t.watchdog_epochs} and train.max_restarts={t.max_restarts} "
+                          "must be >= 0 (0 turns the watchdog off / never restarts)")
+    if r.data.synthetic.vocabulary not in ("sentences", "commands"):
+        raise RecipeError(f"data.synthetic.vocabulary={r.data.synthetic.vocabulary!r}: use 'sentences' or 'commands'")
+    if not 1 <= r.data.synthetic.min_words <= r.data.synthetic.max_words:
+        raise RecipeError("data.synthetic.min_words and max_words: need 1 <= min_words <= max_words")
+    if r.data.corpus == "fsdd" and r.data.fsdd.n_test > 0 and not r.data.fsdd.test_indices:
+        raise RecipeError("data.fsdd.n_test > 0 needs data.fsdd.test_indices (recordings for the test strings)")
     if r.data.lazy not in ("auto", True, False):
         raise RecipeError(f"data.lazy={r.data.lazy!r} is not one of ['auto', true, false]")
     if r.data.lazy_min_cuts < 0:

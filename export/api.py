@@ -192,7 +192,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     if entry["kind"] != "ensemble":
         import torch
 
-        meta_run = torch.load(exp_dir / entry["path"], map_location="cpu", weights_only=False)["meta"].get("mlflow_run_id")
+        meta_run = torch.load(exp_dir / entry["path"], map_location="cpu", weights_only=True)["meta"].get("mlflow_run_id")
     io = io_spec(net)
     io["streaming"]["frame_shift_ms"] = float(spec.frame_shift_ms)
     bundle: dict[str, Any] = {

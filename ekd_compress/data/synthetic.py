@@ -46,6 +46,8 @@ VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4"
 #: Seed of the fixed shuffle that assigns voices to train/dev/test.
 VOICE_SPLIT_SEED = 20240607
 WORDS_FILE = Path(__file__).with_name("words.txt")
+#: The small vocabulary (digits and command words) of the demo corpus.
+COMMANDS_FILE = Path(__file__).with_name("commands.txt")
 
 
 @dataclass(frozen=True, order=True)
@@ -209,6 +211,9 @@ def make_synthetic_corpus(
     rate_range: Tuple[int, int] = (130, 220),
     pitch_range: Tuple[int, int] = (25, 76),
     words_file: Pathlike = WORDS_FILE,
+    min_words: int = 3,
+    max_words: int = 12,
+    random_fraction: float = 0.3,
 ) -> Dict[str, Path]:
     """Write a synthetic corpus as Kaldi directories ``out_dir/{train,dev,test}``.
 
@@ -226,6 +231,11 @@ def make_synthetic_corpus(
         not held out); ``n_dev_voices`` / ``n_test_voices`` are held out.
     :param rate_range: speaking rate range, words per minute (upper bound exclusive).
     :param pitch_range: espeak pitch range 0-100 (upper bound exclusive).
+    :param words_file: the vocabulary (``WORDS_FILE``: ~1500 words in sentence templates;
+        ``COMMANDS_FILE``: digits and command words).
+    :param min_words, max_words: words per utterance.
+    :param random_fraction: share of utterances that are random word strings rather than
+        template sentences (1.0 for a vocabulary without templates, like ``COMMANDS_FILE``).
     :return: ``{"train": dir, "dev": dir, "test": dir}`` (a split of size 0 is not made).  Each directory holds
         ``wav/*.wav`` (mono PCM16), ``wav.scp`` (relative paths), ``text``,
         ``utt2spk`` (speaker = voice, e.g. ``en-us_f2``), ``spk2utt`` and
@@ -240,7 +250,7 @@ def make_synthetic_corpus(
     voices = split_voices(n_dev=n_dev_voices, n_test=n_test_voices, n_train=n_train_voices)
     sizes = {"train": hours, "dev": 0.1 * hours if dev_hours is None else dev_hours,
              "test": 0.1 * hours if test_hours is None else test_hours}
-    sampler = SentenceSampler(words_file)
+    sampler = SentenceSampler(words_file, min_words=min_words, max_words=max_words, random_fraction=random_fraction)
     out = Path(out_dir)
     dirs: Dict[str, Path] = {}
     stats: Dict[str, Dict[str, float]] = {}

@@ -75,6 +75,17 @@ class StreamingCTCModel(nn.Module):
         self.feat_mean.copy_(mean)
         self.feat_scale.copy_(1.0 / std.clamp(min=1e-3))
 
+    def set_output_prior(self, prior: Tensor) -> None:
+        """Start the output layer's bias at log `prior` (V,), the share of output frames each
+        token fills in training (blank most of them), so the first steps need not spend
+        themselves learning the label frequencies (a label-prior start; Zeyer et al. 2021)."""
+        out = getattr(self, "out", None)
+        if not isinstance(out, nn.Linear) or out.bias is None or prior.shape != (self.vocab_size,):
+            raise ValueError(f"set_output_prior needs an `out` Linear layer with bias and a prior of shape "
+                             f"({self.vocab_size},); got prior {tuple(prior.shape)}")
+        with torch.no_grad():
+            out.bias.copy_(prior.clamp(min=1e-6).log())
+
     # ------------------------------------------------------------------ interface for subclasses
     def logits(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats (B, T, F), lengths (B,) -> unnormalised logits (B, T // subsampling, V), out_lengths (B,)."""

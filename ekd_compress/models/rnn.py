@@ -12,6 +12,7 @@ packing: faster on GPU and traceable).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ekd_compress.models.base import (
@@ -58,6 +59,10 @@ class _RecurrentCTC(StreamingCTCModel):
         )
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, vocab_size)
+        self._init_rnn()
+
+    def _init_rnn(self) -> None:
+        """Architecture-specific initialisation of `self.rnn` (PyTorch's defaults here)."""
 
     def state_spec(self) -> StateSpec:
         """frontend_cache (B, 4, F): last input frames; then one (layers, B, hidden) tensor per RNN state."""
@@ -103,6 +108,14 @@ class LSTMCTC(_RecurrentCTC):
 
     rnn_class = nn.LSTM
     rnn_state_names = ("lstm_h", "lstm_c")
+
+    def _init_rnn(self) -> None:
+        """Forget-gate bias 1 (Jozefowicz et al. 2015; PyTorch starts it at 0): gates are
+        ordered input, forget, cell, output, and b_ih + b_hh is the effective bias."""
+        with torch.no_grad():
+            for layer in range(self.layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[self.hidden:2 * self.hidden].fill_(1.0)
+                getattr(self.rnn, f"bias_hh_l{layer}")[self.hidden:2 * self.hidden].fill_(0.0)
 
     def _run_rnn(self, x: Tensor, rnn_state: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         if rnn_state is None:

@@ -23,12 +23,15 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
     work = Path(work)
     tests: dict[str, Path] = {}
     if d.corpus == "synthetic":
-        from ekd_compress.data.synthetic import make_synthetic_corpus
+        from ekd_compress.data.synthetic import COMMANDS_FILE, WORDS_FILE, make_synthetic_corpus
 
         s = d.synthetic
+        commands = s.vocabulary == "commands"
         dirs = make_synthetic_corpus(
             work / "synthetic", hours=s.hours, dev_hours=s.dev_hours, test_hours=s.test_hours, seed=recipe.seed,
             sampling_rate=d.sample_rate, snr_db_range=(s.snr_db_low, s.snr_db_high), reverb=s.reverb,
+            words_file=COMMANDS_FILE if commands else WORDS_FILE, min_words=s.min_words, max_words=s.max_words,
+            random_fraction=1.0 if commands else 0.3,
         )
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
         tests["test"] = dirs["test"]
@@ -38,21 +41,27 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
         f = d.fsdd
         if not Path(f.root).exists():
             raise RecipeError(f"data.fsdd.root={f.root} does not exist; set EKD_DATA or --set data.fsdd.root=PATH")
-        indices = dict(train_indices=list(f.train_indices), dev_indices=list(f.dev_indices))
+        indices = dict(train_indices=list(f.train_indices), dev_indices=list(f.dev_indices),
+                       test_indices=list(f.test_indices))
         dirs = prepare_fsdd(f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,
-                            sampling_rate=d.sample_rate, **indices)
+                            n_test=f.n_test, sampling_rate=d.sample_rate, **indices)
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
-        train_recs = split_fsdd(scan_fsdd(f.root), by="index", test_indices=[], **indices)["train"]
+        if "test" in dirs:  # the internal test split: no choice looks at it
+            tests["test"] = dirs["test"]
+        recs = split_fsdd(scan_fsdd(f.root), by="index", **indices)
         for i, (snr, noise) in enumerate(f.train_noise if f.train_noise_strings > 0 else []):
             name = f"train_{noise}{snr:g}db"
-            splits[name] = make_digit_strings(train_recs, work / "fsdd" / name, n_strings=f.train_noise_strings,
+            splits[name] = make_digit_strings(recs["train"], work / "fsdd" / name, n_strings=f.train_noise_strings,
                                               seed=recipe.seed + 100 + i, snr_db=float(snr), noise=str(noise),
                                               sampling_rate=d.sample_rate, prefix=name)
         if f.noisy_dev_snr_db is not None:  # the same kind of strings with white noise at this SNR
-            dev_recs = split_fsdd(scan_fsdd(f.root), by="index", test_indices=[], **indices)["dev"]
-            name = f"dev_noisy{f.noisy_dev_snr_db:g}db"
-            tests[name] = make_digit_strings(dev_recs, work / "fsdd" / name, n_strings=f.n_dev, seed=recipe.seed + 7,
-                                             snr_db=f.noisy_dev_snr_db, sampling_rate=d.sample_rate, prefix=name)
+            noisy = {"dev": (f.n_dev, recipe.seed + 7), "test": (f.n_test, recipe.seed + 8)}
+            for split, (n, seed) in noisy.items():
+                if n > 0:
+                    name = f"{split}_noisy{f.noisy_dev_snr_db:g}db"
+                    tests[name] = make_digit_strings(recs[split], work / "fsdd" / name, n_strings=n, seed=seed,
+                                                     snr_db=f.noisy_dev_snr_db, sampling_rate=d.sample_rate,
+                                                     prefix=name)
     elif d.corpus == "kaldi":
         if not d.kaldi.train:
             raise RecipeError("data.corpus=kaldi needs data.kaldi.train (a Kaldi data dir)")

@@ -3,13 +3,15 @@
 Stages (each resumable, keyed by what it depends on; see stages.py):
   data       corpus -> validated CutSets + tokens.txt
   features   fbank stored once per split (or on the fly)
-  baseline   the student architecture on hard labels (CTC), one run per seed;
-             seed 0 is also the guide whose spike timings the members follow
+  baseline   the student architecture on hard labels (CTC), one run per seed; the seed
+             with the best dev WER is the guide whose spike timings the members follow
+             (a seed stuck on the blank plateau is restarted by the watchdog, see train/watchdog.py)
   align      the guide's CTC forced alignment of the training set
   members    each ensemble member: CTC + beta * frame CE to the guide alignment
   coincide   token-matched spike coincidence of each member with the guide (dev set);
              refuses frame-level fusion below distill.coincidence_threshold
-  ensemble   probability-domain fusion of the members (a model like any other)
+  ensemble   probability-domain fusion of the members (a model like any other); weights
+             equal, given, grid-searched or chosen by forward selection on dev
   essence    fused teacher targets: T applied, top-k selected, cached on disk
   students   essence KD at each k in distill.ks (k=all is plain KD), the control
              student taught by the baseline alone, extra seeds of the chosen student
@@ -110,19 +112,27 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         seeds = list(r.distill.seeds)
         base_key = config_hash(ctx.keys["trainset"], r.baseline.arch, r.baseline.params, train_key(train_cfg),
                                r.features.specaugment)
+        base_dev = {}
         for i, seed in enumerate(seeds):
             name = "baseline" if i == 0 else f"baseline_s{seed}"
             key = config_hash(base_key, seed)
-            runner.run(name, key, lambda n=name, s=seed: S.stage_train(
+            res = runner.run(name, key, lambda n=name, s=seed: S.stage_train(
                 ctx, n, "baseline", r.baseline.arch, r.baseline.params, "ctc", s, train_cfg),
                 work_dir=exp_dir / "models" / name, all_ranks=True)
             ctx.keys[name] = key
+            base_dev[name] = res["best_dev"]
+        # the guide (whose spikes the members follow, and the control student's teacher): the best
+        # CTC-only model of the student architecture on dev, not seed 0 by fiat
+        guide = min(base_dev, key=base_dev.get) if r.distill.guide == "best" else "baseline"
+        ctx.data["guide"] = guide
+        ctx.keys["guide"] = ctx.keys[guide]
+        log(f"guide: {guide} (dev {train_cfg.select_on} " + ", ".join(f"{n} {v:.2f}" for n, v in base_dev.items()) + ")")
         if stop_after == "baseline":
             return {}
 
         member_cfg = r.member_train or r.train
         if r.members:
-            ctx.keys["align"] = config_hash(ctx.keys["baseline"])
+            ctx.keys["align"] = config_hash(ctx.keys["guide"])
             ctx.data["align"] = runner.run("align", ctx.keys["align"], lambda: S.stage_align(ctx))
             for m in r.members:
                 key = config_hash(ctx.keys["align"], m, train_key(member_cfg), r.features.specaugment)
@@ -135,13 +145,15 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
                                                r.distill.refuse_below_threshold)
             ctx.data["coincide"] = runner.run("coincide", ctx.keys["coincide"], lambda: S.stage_coincidence(ctx))
             # the search joins the key only when on, so ensembles made before it existed keep theirs
-            tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune != "none" else []
+            tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune == "dev" else []
+            if r.distill.fusion_tune == "select":
+                tune = [("select", r.distill.select_rounds, r.distill.drop_ratio)]
             ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights, *tune)
-            runner.run("ensemble", ctx.keys["ensemble"], lambda: S.stage_ensemble(ctx))
+            ctx.data["ensemble"] = runner.run("ensemble", ctx.keys["ensemble"], lambda: S.stage_ensemble(ctx))
             teacher_key = ctx.keys["ensemble"]
         else:
             log("no members in the recipe: the teacher is the baseline alone")
-            teacher_key = ctx.keys["baseline"]
+            teacher_key = ctx.keys["guide"]
         if stop_after == "ensemble":
             return {}
 
@@ -169,7 +181,7 @@ def trainset_config(r: Recipe) -> Any:
     """The data settings that shape train/dev (test-set-only settings left out)."""
     d = dataclasses.replace(r.data, tests={})
     d.synthetic = dataclasses.replace(d.synthetic, test_hours=0.0)
-    d.fsdd = dataclasses.replace(d.fsdd, noisy_dev_snr_db=None)
+    d.fsdd = dataclasses.replace(d.fsdd, noisy_dev_snr_db=None, n_test=0, test_indices=[])
     return d
 
 

@@ -109,7 +109,18 @@ def write_plots(exp_dir: Path, results: dict[str, Any]) -> list[Path]:
 
 
 def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
+    from ekd_compress.pipeline.verdict import verdict, verdict_markdown, verdict_split
+
     exp_dir = Path(exp_dir)
+    split = verdict_split(results["tests"])
+    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"))
+                          for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
     write_json_atomic(exp_dir / "results.json", results)
-    (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + markdown_table(results))
+    guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""
+    ens = results.get("ensemble") or {}
+    if ens.get("weights"):
+        guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
+                  f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
+    (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
+                                        + "All models, every scored set:\n\n" + markdown_table(results))
     write_plots(exp_dir, results)

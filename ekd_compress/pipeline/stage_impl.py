@@ -93,6 +93,49 @@ def stage_train(
     beta: float = 0.0, k: Optional[int] = None, essence_dir: Optional[Path] = None, teacher=None,
     teacher_file: Optional[Path] = None,
 ) -> dict[str, Any]:
+    """Train one model; a run the convergence watchdog stops is restarted with the next seed.
+
+    Every restart is kept in `models/NAME/restarts.json` (so a resumed job knows it), in the
+    model's models.json entry, on its MLflow child run (FAILED, tagged) and in the report.
+    """
+    import json
+    import shutil
+
+    from ekd_compress.atomic import write_json_atomic
+    from ekd_compress.train.watchdog import StalledRun, restart_seed
+
+    out_dir = ctx.exp_dir / "models" / name
+    restarts_file = out_dir / "restarts.json"
+    restarts: list[dict[str, Any]] = json.loads(restarts_file.read_text()) if restarts_file.exists() else []
+    while True:
+        attempt = len(restarts)
+        run_seed = restart_seed(seed, attempt)
+        watchdog = train_cfg.watchdog_epochs > 0 and attempt < train_cfg.max_restarts
+        try:
+            res = _fit_once(ctx, name, kind, arch, params, mode, run_seed, train_cfg, beta, k, essence_dir,
+                            teacher, teacher_file, watchdog)
+            break
+        except StalledRun as stalled:
+            restarts.append(stalled.attempt.to_dict())
+            ctx.log(f"WATCHDOG {name}: {stalled}; restarting with seed {restart_seed(seed, attempt + 1)} "
+                    f"(restart {attempt + 1} of at most {train_cfg.max_restarts})")
+            for stale in ("checkpoints", "model.pt", "fit.json"):  # the next attempt starts from scratch
+                path = out_dir / stale
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            write_json_atomic(restarts_file, restarts)
+    if restarts:
+        ctx.log(f"{name}: converged with seed {run_seed} after {len(restarts)} restart(s)")
+    from ekd_compress.train.distributed import dist_info
+
+    if dist_info().is_main:
+        register_model(ctx.exp_dir, name, kind, Path(res["model"]), seed=run_seed,
+                       **({"restarts": restarts} if restarts else {}))
+    return {**res, "seed": run_seed, "restarts": restarts}
+
+
+def _fit_once(ctx, name, kind, arch, params, mode, seed, train_cfg, beta, k, essence_dir, teacher, teacher_file,
+              watchdog: bool) -> dict[str, Any]:
+    """One training run of `stage_train` (the watchdog on or off)."""
     import torch
 
     from ekd_compress.models import count_parameters
@@ -100,6 +143,7 @@ def stage_train(
     from ekd_compress.train.distributed import dist_info
     from ekd_compress.train.fit import build, fit_model
     from ekd_compress.train.module import AsrModule
+    from ekd_compress.train.watchdog import StalledRun
 
     r = ctx.recipe
     out_dir = ctx.exp_dir / "models" / name
@@ -107,6 +151,8 @@ def stage_train(
     model = build(arch, ctx.spec.num_mel_bins, len(ctx.tokens), params)
     with np.load(ctx.data["features"]["cmvn"]) as stats:
         model.set_normalization(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
+    if train_cfg.output_prior_bias:
+        model.set_output_prior(torch.from_numpy(label_prior(ctx, model.subsampling)))
     alignments = _load_alignments(ctx) if mode == "guided" else None
     essence = None
     if essence_dir is not None:
@@ -120,7 +166,7 @@ def stage_train(
     dev_ds = AsrDataset(ctx.tokens, ctx.spec, subsampling)
     ranks = {"world_size": dist_info().world_size, "rank": dist_info().rank}  # each rank reads its share
     train_loader = make_loader(ctx.cuts("train"), train_ds, train_cfg.max_duration, shuffle=True, seed=seed,
-                               num_workers=train_cfg.num_workers, **ranks)
+                               num_workers=train_cfg.num_workers, sortagrad=train_cfg.sortagrad, **ranks)
     dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False, **ranks)
     steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
@@ -129,17 +175,32 @@ def stage_train(
                   "params": params, "train": dataclasses.asdict(train_cfg)}
     with ctx.tracker.child(name, run_params) as run:
         logger = ctx.tracker.lightning_logger(run.run_id)
-        res = fit_model(module, train_loader, dev_loader, out_dir, train_cfg, seed, logger=logger,
-                        extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id},
-                        log=ctx.log)
+        try:
+            res = fit_model(module, train_loader, dev_loader, out_dir, train_cfg, seed, logger=logger,
+                            extra_meta={"name": name, "kind": kind, "seed": seed, "mlflow_run_id": run.run_id},
+                            log=ctx.log, watchdog=watchdog)
+        except StalledRun as stalled:  # the run ends FAILED, tagged with the reason
+            run.set_tags({"watchdog": "stalled", "watchdog_reason": stalled.attempt.reason})
+            raise
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
-    if dist_info().is_main:
-        register_model(ctx.exp_dir, name, kind, res.model_path, seed=seed)
     n_params = count_parameters(model)
     ctx.log(f"{name}: best dev {train_cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
             f"{n_params} params, {res.train_seconds:.0f} s")
     return {"model": str(res.model_path), "best_dev": res.best_score, "best_epoch": res.best_epoch,
             "train_seconds": res.train_seconds, "params": n_params}
+
+
+def label_prior(ctx, subsampling: int) -> np.ndarray:
+    """(V,) share of training output frames each token fills under CTC: every transcript token
+    one frame, blank (id 0) the rest. The start of the output bias (`train.output_prior_bias`)."""
+    counts = np.zeros(len(ctx.tokens))
+    frames = 0
+    for cut in ctx.cuts("train"):
+        ids = ctx.tokens.encode(" ".join(s.text for s in cut.supervisions if s.text))
+        np.add.at(counts, ids, 1)
+        frames += int(round(cut.duration * 1000 / ctx.spec.frame_shift_ms)) // subsampling
+    counts[0] = max(frames - counts[1:].sum(), 1)
+    return (counts / counts.sum()).astype(np.float32)
 
 
 def _model_path(ctx, name: str) -> Path:
@@ -167,10 +228,10 @@ def model_outputs(ctx, model, cuts, desc: Optional[str] = None):
 
 # ---------------------------------------------------------------- guide alignment
 def stage_align(ctx) -> dict[str, Any]:
-    """Viterbi-align every training utterance with the guide (the seed-0 baseline)."""
+    """Viterbi-align every training utterance with the guide (the best baseline seed on dev)."""
     from ekd_compress.losses.guide import ctc_forced_align
 
-    guide = load_any(_model_path(ctx, "baseline"))
+    guide = load_any(_model_path(ctx, ctx.data["guide"]))
     aligned: dict[str, np.ndarray] = {}
     fallback = 0
     for batch, log_probs, out_lengths in model_outputs(ctx, guide, ctx.cuts("train"), desc="align"):
@@ -213,7 +274,7 @@ def stage_coincidence(ctx) -> dict[str, Any]:
 
     d = ctx.recipe.distill
     dev = ctx.cuts("dev")
-    guide_paths = _argmax_paths(load_any(_model_path(ctx, "baseline")), dev, ctx)
+    guide_paths = _argmax_paths(load_any(_model_path(ctx, ctx.data["guide"])), dev, ctx)
     out = {}
     for m in ctx.recipe.members:
         member_paths = _argmax_paths(load_any(_model_path(ctx, m.name)), dev, ctx)
@@ -230,26 +291,43 @@ def stage_coincidence(ctx) -> dict[str, Any]:
 def stage_ensemble(ctx) -> dict[str, Any]:
     d = ctx.recipe.distill
     members = [_model_path(ctx, m.name) for m in ctx.recipe.members]
+    names = [m.name for m in ctx.recipe.members]
     out: dict[str, Any] = {}
     weights = d.fusion_weights
     if d.fusion_tune == "dev":
-        search = _tune_fusion(ctx, members, d.fusion_grid)
+        from ekd_compress.ensemble.tune import search_weights
+
+        search = search_weights(*_dev_outputs(ctx, members), d.fusion_grid)
         weights = search.weights
-        out = {"tuned_on": "dev", "weights": weights, "dev_wer": search.wer, "uniform_dev_wer": search.uniform_wer,
-               "grid": [[w, wer] for w, wer in search.tried]}
-        names = [m.name for m in ctx.recipe.members]
+        out = {"tuned_on": "dev", "method": "grid", "weights": weights, "dev_wer": search.wer,
+               "uniform_dev_wer": search.uniform_wer, "grid": [[w, wer] for w, wer in search.tried]}
         ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev WER {search.wer:.2f} "
                 f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
-        if max(weights) == 1.0:
-            ctx.log("WARNING: the search put all the weight on one member: on dev, fusion does not beat that member")
+    elif d.fusion_tune == "select":
+        from ekd_compress.ensemble.tune import forward_select
+
+        sel = forward_select(*_dev_outputs(ctx, members), rounds=d.select_rounds, drop_ratio=d.drop_ratio)
+        weights = sel.weights
+        out = {"tuned_on": "dev", "method": "forward_selection", "weights": weights, "dev_wer": sel.wer,
+               "uniform_dev_wer": sel.uniform_wer, "member_dev_wer": dict(zip(names, sel.member_wers)),
+               "dropped": [names[i] for i in sel.dropped], "picks": [names[i] for i in sel.picks],
+               "round_dev_wer": sel.round_wers, "drop_ratio": d.drop_ratio}
+        for i in sel.dropped:
+            ctx.log(f"ensemble: dropped {names[i]} (dev WER {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
+                    f"member {min(sel.member_wers):.2f})")
+        ctx.log(f"ensemble by forward selection on dev: {dict(zip(names, [round(w, 3) for w in weights]))} -> dev WER "
+                f"{sel.wer:.2f} (members {', '.join(f'{n} {w:.2f}' for n, w in zip(names, sel.member_wers))}; "
+                f"equal weights {sel.uniform_wer:.2f})")
+    if weights is not None and max(weights) == 1.0:
+        ctx.log("WARNING: all the weight is on one member: on dev, fusion does not beat that member")
     path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, weights)
     register_model(ctx.exp_dir, "ensemble", "ensemble", path)
     return {"path": str(path), **out}
 
 
-def _tune_fusion(ctx, members: list[Path], step: float):
-    """Grid-search fusion weights on the dev set (see ekd_compress.ensemble.tune)."""
-    from ekd_compress.ensemble.tune import search_weights
+def _dev_outputs(ctx, members: list[Path]):
+    """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the dev set, for the fusion searches
+    of ekd_compress.ensemble.tune."""
     from ekd_compress.evaluate.decode import ctc_greedy_decode
 
     dev = ctx.cuts("dev")
@@ -266,11 +344,11 @@ def _tune_fusion(ctx, members: list[Path], step: float):
     def decode(lp):
         return ctx.tokens.decode(ctc_greedy_decode(lp[None])[0])
 
-    return search_weights([[o[u] for u in ids] for o in outputs], [refs[u] for u in ids], decode, step)
+    return [[o[u] for u in ids] for o in outputs], [refs[u] for u in ids], decode
 
 
 def teacher_path(ctx) -> Path:
-    return ctx.exp_dir / "models" / "ensemble.json" if ctx.recipe.members else _model_path(ctx, "baseline")
+    return ctx.exp_dir / "models" / "ensemble.json" if ctx.recipe.members else _model_path(ctx, ctx.data["guide"])
 
 
 def file_hash(path: Path) -> str:

@@ -128,14 +128,14 @@ def run_students(ctx, runner, teacher_key: str) -> None:
         rows[k] = (name, train_student(name, kind, k, seeds[0], key, ess, teacher_file))
         ctx.keys[name] = key
     if d.control:
-        base_file = ctx.exp_dir / "models" / "baseline" / "model.pt"
+        base_file = ctx.exp_dir / "models" / ctx.data["guide"] / "model.pt"  # the best baseline seed
         ctl: dict[str, Any] = {}
         if not fly:
-            ctl_key = config_hash(ctx.keys["baseline"], sel_key, ["all"])
+            ctl_key = config_hash(ctx.keys["guide"], sel_key, ["all"])
             ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
                 ctx, base_file, ["all"], ctx.exp_dir / "essence" / "control"), work_dir=ctx.exp_dir / "essence" / "control",
                 all_ranks=True)
-        key = config_hash(student_key, ctx.keys["baseline"], "all", seeds[0])
+        key = config_hash(student_key, ctx.keys["guide"], "all", seeds[0])
         train_student("control_baseline_teacher", "kd", "all", seeds[0], key, ctl, base_file)
         ctx.keys["control_baseline_teacher"] = key
 
@@ -144,7 +144,7 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f})")
     from ekd_compress.train.distributed import on_main
 
-    on_main(lambda: register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=seeds[0],
+    on_main(lambda: register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=res.get("seed", seeds[0]),
                                    same_as=name, k=str(chosen)), "registering the student")
     ctx.data["chosen_k"] = str(chosen)
     for seed in seeds[1:]:
@@ -170,6 +170,9 @@ def stage_evaluate(ctx) -> dict[str, Any]:
                     if key in ctx.data["essence"]},
         "train_seconds": _train_seconds(ctx, registry),
         "seeds": list(ctx.recipe.distill.seeds),
+        "guide": ctx.data.get("guide"),
+        "ensemble": {k: v for k, v in ctx.data.get("ensemble", {}).items() if k != "grid"},
+        "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
     }
     write_report(ctx.exp_dir, results, ctx.recipe)
     return results

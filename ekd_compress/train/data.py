@@ -132,9 +132,26 @@ class AsrDataset(torch.utils.data.Dataset):
         return batch
 
 
+class SortaGradSampler:
+    """SortaGrad (DeepSpeech2, arXiv 1512.02595): epoch 0 draws `first` (batches shortest
+    first), every later epoch draws `rest` (shuffled). Short utterances first give CTC easy,
+    well-conditioned steps while the model leaves its random start."""
+
+    def __init__(self, first, rest) -> None:
+        self.first, self.rest, self.epoch = first, rest, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for s in (self.first, self.rest):
+            s.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.first if self.epoch == 0 else self.rest)
+
+
 def make_loader(
     cuts: CutSet, dataset: AsrDataset, max_duration: float, shuffle: bool, seed: int = 0, num_workers: int = 0,
-    world_size: int = 1, rank: int = 0,
+    world_size: int = 1, rank: int = 0, sortagrad: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Duration-bucketed batches of about `max_duration` seconds of audio.
 
@@ -149,6 +166,8 @@ def make_loader(
     dataset's feature cache is turned off, so memory stays flat as the corpus grows. The
     shuffled batches are the same as for the eager CutSet read from the same manifest. A
     lazy CutSet of fewer than 200 cuts is read into memory and treated as eager.
+
+    `sortagrad` (shuffled eager sets only) makes epoch 0 shortest-first, see `SortaGradSampler`.
     """
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
@@ -170,6 +189,9 @@ def make_loader(
         sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, **dist)
     else:
         sampler = SimpleCutSampler(cuts.sort_by_duration(), max_duration=max_duration, shuffle=False, **dist)
+    if sortagrad and shuffle and not lazy:  # sorting a lazy set would read all of it
+        first = SimpleCutSampler(cuts.sort_by_duration(ascending=True), max_duration=max_duration, shuffle=False, **dist)
+        sampler = SortaGradSampler(first, sampler)
     # pinned host memory makes the host-to-GPU copies asynchronous; workers prefetch two batches each
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available(),

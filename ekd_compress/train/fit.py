@@ -1,7 +1,8 @@
 """Fit one model with Lightning's Trainer, and save / load the result.
 
 `fit_model` trains with checkpoints in `out_dir/checkpoints` (resumes from `last.ckpt`
-when one exists), selects the best epoch on dev WER (or dev loss), early-stops, and
+when one exists), selects the best epoch on dev WER (or dev loss), early-stops (and, with
+`watchdog=True`, raises `train.watchdog.StalledRun` for a run stuck on the blank plateau), and
 writes `out_dir/model.pt`: the selected weights plus what is needed to rebuild the
 model (architecture, params, input dim, vocabulary size).
 
@@ -124,6 +125,7 @@ def fit_model(
     logger: Any = None,
     extra_meta: Optional[dict[str, Any]] = None,
     log=print,
+    watchdog: bool = False,
 ) -> FitResult:
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -148,6 +150,10 @@ def fit_model(
     name = name_of(out_dir, extra_meta)
     best_cb = EpochCheckpoint(name, log, dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
     callbacks = [best_cb, EarlyStopping(monitor=stop_monitor, mode="min", patience=cfg.patience), RngState()]
+    if watchdog:
+        from ekd_compress.train.watchdog import ConvergenceWatchdog
+
+        callbacks.append(ConvergenceWatchdog(cfg.watchdog_epochs, cfg.watchdog_max_wer, seed))
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}
@@ -167,7 +173,7 @@ def fit_model(
     if info.enabled:
         check_same_weights(module.model, name)
     best_path = best_cb.best_model_path or str(last)
-    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else float("nan")
     model_path = out_dir / "model.pt"
@@ -234,7 +240,8 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist; run `ekd-compress distill` to train it")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a model file from someone else cannot run code when it is loaded
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     b = blob["build"]
     model = build_model(b["arch"], b["input_dim"], b["vocab_size"], **b["params"])
     model.build_info = b

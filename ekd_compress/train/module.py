@@ -7,7 +7,8 @@ Three objectives, chosen by `mode`:
   essence : lam * CTC + (1 - lam) * T^2 * KL(essence || student) (arXiv 1906.10834),
             targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or computed
             on the fly from a frozen teacher.
-Validation decodes greedily and logs `dev_wer` (percent) and `dev_loss` (CTC) per epoch.
+Validation decodes greedily and logs `dev_wer` (percent), `dev_loss` (CTC) and `dev_blank`
+(share of dev utterances decoded as empty, read by the convergence watchdog) per epoch.
 Under data-parallel training each rank scores its share of the dev set; the per-utterance
 results are gathered (an utterance lhotse repeated to even out the ranks counts once), so
 every rank logs the same numbers and takes the same checkpoint and early-stopping decisions.
@@ -127,8 +128,10 @@ class AsrModule(L.LightningModule):
         rows = [scored[u] for u in sorted(scored)]
         wer = compute_wer([r for r, _, _ in rows], [h for _, h, _ in rows]).wer
         dev_loss = sum(loss for _, _, loss in rows) / len(rows)
+        blank = sum(1 for _, hyp, _ in rows if not hyp.strip()) / len(rows)  # empty outputs: the blank plateau
         self.log("dev_wer", wer, prog_bar=True)
         self.log("dev_loss", dev_loss, prog_bar=True)
+        self.log("dev_blank", blank)
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""Convergence watchdog: stop a run stuck on the CTC blank plateau early, so it can be restarted.
+
+CTC models trained from scratch can settle on the all-blank output (every frame blank,
+every word deleted) and stay there for many epochs, or for good (Zeyer et al. 2021,
+arXiv 2105.14849); on FSDD one TDNN seed in three did (dev WER 108 %). Waiting with early
+stopping wastes the run's whole budget and then reports a failed model as a seed. The
+watchdog looks once, at the end of epoch `epochs` (the warm-up), at the dev metrics the
+module logged:
+
+  dev_blank  share of dev utterances whose greedy output is empty (1.0 = all blank)
+  dev_wer    dev WER, percent
+
+and raises `StalledRun` when dev_blank is 1.0 or dev_wer is above `max_wer`. The caller
+(`pipeline.stage_impl.stage_train`) restarts the run with the next seed and records the
+failed attempt in models.json, results.json/results.md and MLflow.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+
+
+@dataclass
+class StalledAttempt:
+    """One restarted attempt: its seed, the epoch it was judged at and its dev numbers."""
+    seed: int
+    epoch: int
+    dev_wer: float      # percent
+    dev_blank: float    # share of dev utterances decoded as empty, 0..1
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StalledRun(RuntimeError):
+    """A run the watchdog stopped; `attempt` says why."""
+
+    def __init__(self, attempt: StalledAttempt) -> None:
+        super().__init__(f"seed {attempt.seed} stalled at epoch {attempt.epoch}: {attempt.reason}")
+        self.attempt = attempt
+
+
+def restart_seed(seed: int, attempt: int) -> int:
+    """The seed of restart number `attempt` (0 = the run's own seed). Steps of 1000 keep
+    restarts clear of the recipe's other seeds (0, 1, 2, ...)."""
+    return seed + 1000 * attempt
+
+
+class ConvergenceWatchdog(L.Callback):
+    """Raise `StalledRun` at the end of epoch `epochs` if the dev output is all blank or the
+    dev WER is above `max_wer` (percent). Runs after validation (`on_train_epoch_end`)."""
+
+    def __init__(self, epochs: int, max_wer: float, seed: int) -> None:
+        if epochs < 1:
+            raise ValueError(f"watchdog epochs={epochs}: must be >= 1 (0 means no watchdog: do not add one)")
+        self.epochs, self.max_wer, self.seed = epochs, max_wer, seed
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch != self.epochs:
+            return
+        m = trainer.callback_metrics
+        if "dev_wer" not in m or "dev_blank" not in m:
+            return  # no validation ran this epoch: nothing to judge
+        attempt = judge(float(m["dev_wer"]), float(m["dev_blank"]), self.max_wer, self.seed, epoch)
+        if attempt is not None:
+            raise StalledRun(attempt)
+
+
+def judge(dev_wer: float, dev_blank: float, max_wer: float, seed: int, epoch: int) -> StalledAttempt | None:
+    """A StalledAttempt when the run failed the watchdog's test, else None."""
+    if dev_blank >= 1.0:
+        reason = "every dev utterance decodes to nothing (all-blank plateau)"
+    elif dev_wer > max_wer:
+        reason = f"dev WER {dev_wer:.1f} % is above the watchdog threshold {max_wer:g} %"
+    else:
+        return None
+    return StalledAttempt(seed=seed, epoch=epoch, dev_wer=dev_wer, dev_blank=dev_blank, reason=reason)
