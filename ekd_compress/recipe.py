@@ -140,10 +140,10 @@ class TrainConfig:
     threads: int = 0               # torch CPU threads; 0 = all cores
     sortagrad: bool = False        # first epoch shortest-first (DeepSpeech2), then shuffled
     output_prior_bias: bool = False  # start the output bias at the log label prior (blank share of frames)
-    # convergence watchdog: after `watchdog_epochs` epochs a run whose dev output is all blank, or
-    # whose dev WER is above `watchdog_max_wer` %, is restarted with the next seed (recorded)
-    watchdog_epochs: int = 0       # 0 = off
-    watchdog_max_wer: float = 100.0
+    # convergence watchdog: [[epoch, max dev WER %], ...]; at the end of each listed epoch a run whose
+    # dev output is all blank, or whose dev WER is above that bound, is restarted with the next seed
+    # (recorded in models.json, results and MLflow). [] = off
+    watchdog: list[Any] = field(default_factory=list)
     max_restarts: int = 2
 
 
@@ -304,10 +304,17 @@ def validate_recipe(r: Recipe) -> None:
     if d.drop_ratio < 1.0 or d.select_rounds < 1:
         raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="
                           f"{d.select_rounds} >= 1")
-    t = r.train
-    if t.watchdog_epochs < 0 or t.max_restarts < 0:
-        raise RecipeError(f"train.watchdog_epochs={t.watchdog_epochs} and train.max_restarts={t.max_restarts} "
-                          "must be >= 0 (0 turns the watchdog off / never restarts)")
+    for section in ("train", "member_train", "student_train"):
+        t = getattr(r, section)
+        if t is None:
+            continue
+        if t.max_restarts < 0:
+            raise RecipeError(f"{section}.max_restarts={t.max_restarts} must be >= 0 (0 = never restart)")
+        for check in t.watchdog:
+            if not (isinstance(check, (list, tuple)) and len(check) == 2 and isinstance(check[0], int)
+                    and check[0] >= 1 and isinstance(check[1], (int, float))):
+                raise RecipeError(f"{section}.watchdog={t.watchdog!r}: give [[epoch, max dev WER %], ...] with "
+                                  "epochs >= 1, e.g. [[4, 95], [10, 25]], or [] for no watchdog")
     if r.data.synthetic.vocabulary not in ("sentences", "commands"):
         raise RecipeError(f"data.synthetic.vocabulary={r.data.synthetic.vocabulary!r}: use 'sentences' or 'commands'")
     if not 1 <= r.data.synthetic.min_words <= r.data.synthetic.max_words:

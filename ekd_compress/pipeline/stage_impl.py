@@ -110,7 +110,7 @@ def stage_train(
     while True:
         attempt = len(restarts)
         run_seed = restart_seed(seed, attempt)
-        watchdog = train_cfg.watchdog_epochs > 0 and attempt < train_cfg.max_restarts
+        watchdog = bool(train_cfg.watchdog) and attempt < train_cfg.max_restarts
         try:
             res = _fit_once(ctx, name, kind, arch, params, mode, run_seed, train_cfg, beta, k, essence_dir,
                             teacher, teacher_file, watchdog)

@@ -153,7 +153,7 @@ def fit_model(
     if watchdog:
         from ekd_compress.train.watchdog import ConvergenceWatchdog
 
-        callbacks.append(ConvergenceWatchdog(cfg.watchdog_epochs, cfg.watchdog_max_wer, seed))
+        callbacks.append(ConvergenceWatchdog({int(e): float(w) for e, w in cfg.watchdog}, seed))
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}

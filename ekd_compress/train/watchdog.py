@@ -2,15 +2,15 @@
 
 CTC models trained from scratch can settle on the all-blank output (every frame blank,
 every word deleted) and stay there for many epochs, or for good (Zeyer et al. 2021,
-arXiv 2105.14849); on FSDD one TDNN seed in three did (dev WER 108 %). Waiting with early
-stopping wastes the run's whole budget and then reports a failed model as a seed. The
-watchdog looks once, at the end of epoch `epochs` (the warm-up), at the dev metrics the
-module logged:
+arXiv 2105.14849); on FSDD one TDNN seed in three did (dev WER 108 %), and another settled at
+28 % while its siblings went on to 8 %. Waiting with early stopping wastes the run's whole
+budget and then reports a failed model as a seed. The watchdog looks at the end of each
+epoch listed in its checks [(epoch, max dev WER %), ...] at the dev metrics the module logged:
 
   dev_blank  share of dev utterances whose greedy output is empty (1.0 = all blank)
   dev_wer    dev WER, percent
 
-and raises `StalledRun` when dev_blank is 1.0 or dev_wer is above `max_wer`. The caller
+and raises `StalledRun` when dev_blank is 1.0 or dev_wer is above that epoch's bound. The caller
 (`pipeline.stage_impl.stage_train`) restarts the run with the next seed and records the
 failed attempt in models.json, results.json/results.md and MLflow.
 """
@@ -50,22 +50,23 @@ def restart_seed(seed: int, attempt: int) -> int:
 
 
 class ConvergenceWatchdog(L.Callback):
-    """Raise `StalledRun` at the end of epoch `epochs` if the dev output is all blank or the
-    dev WER is above `max_wer` (percent). Runs after validation (`on_train_epoch_end`)."""
+    """Raise `StalledRun` at the end of each epoch in `checks` ({epoch: max dev WER %}) if the
+    dev output is all blank or the dev WER is above the bound. Runs after validation
+    (`on_train_epoch_end`)."""
 
-    def __init__(self, epochs: int, max_wer: float, seed: int) -> None:
-        if epochs < 1:
-            raise ValueError(f"watchdog epochs={epochs}: must be >= 1 (0 means no watchdog: do not add one)")
-        self.epochs, self.max_wer, self.seed = epochs, max_wer, seed
+    def __init__(self, checks: dict[int, float], seed: int) -> None:
+        if not checks or min(checks) < 1:
+            raise ValueError(f"watchdog checks={checks}: give epochs >= 1 (no checks means no watchdog: do not add one)")
+        self.checks, self.seed = dict(checks), seed
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch != self.epochs:
+        if epoch not in self.checks:
             return
         m = trainer.callback_metrics
         if "dev_wer" not in m or "dev_blank" not in m:
             return  # no validation ran this epoch: nothing to judge
-        attempt = judge(float(m["dev_wer"]), float(m["dev_blank"]), self.max_wer, self.seed, epoch)
+        attempt = judge(float(m["dev_wer"]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch)
         if attempt is not None:
             raise StalledRun(attempt)
 
@@ -75,7 +76,7 @@ def judge(dev_wer: float, dev_blank: float, max_wer: float, seed: int, epoch: in
     if dev_blank >= 1.0:
         reason = "every dev utterance decodes to nothing (all-blank plateau)"
     elif dev_wer > max_wer:
-        reason = f"dev WER {dev_wer:.1f} % is above the watchdog threshold {max_wer:g} %"
+        reason = f"dev WER {dev_wer:.1f} % is above the watchdog bound {max_wer:g} % for epoch {epoch}"
     else:
         return None
     return StalledAttempt(seed=seed, epoch=epoch, dev_wer=dev_wer, dev_blank=dev_blank, reason=reason)

@@ -44,3 +44,33 @@ def test_ties_go_to_equal_weights():
     same = [frames([1, 0], 0.8)]
     res = search_weights([same, same], ["1"], decode, step=0.5)
     assert res.wer == 0.0 and res.weights == [0.5, 0.5]  # [1, 0] and [0, 1] score the same
+
+
+def test_forward_selection_fuses_complementary_members_and_drops_the_weak_one():
+    from ekd_compress.ensemble.tune import forward_select
+
+    refs = ["1", "1", "2"]
+    # a: sure and right on utterances 0-1, unsure and wrong on 2; b the mirror image; c confidently wrong
+    a = [frames([1], 0.9), frames([1], 0.9), frames([1], 0.6)]
+    b = [frames([2], 0.6), frames([1], 0.9), frames([2], 0.9)]
+    c = [frames([2], 0.9), frames([2], 0.9), frames([1], 0.9)]
+    sel = forward_select([a, b, c], refs, decode, rounds=4, drop_ratio=1.5)
+    assert sel.member_wers == pytest.approx([100 / 3, 100 / 3, 100.0])
+    assert sel.dropped == [2]            # 100 % > 1.5 x 33.3 %
+    assert sel.picks[0] == 0             # starts from the best member (ties: the first)
+    assert sel.wer == 0.0                # a + b: each one's sure frames outvote the other's unsure ones
+    assert sel.weights[2] == 0.0 and sel.weights[0] > 0 and sel.weights[1] > 0
+    assert sum(sel.weights) == pytest.approx(1.0)
+    assert sel.round_wers[0] == pytest.approx(100 / 3) and min(sel.round_wers) == 0.0
+    assert sel.uniform_wer > 0.0         # equal weights let c spoil the average
+
+
+def test_forward_selection_keeps_the_best_member_alone_when_fusion_does_not_help():
+    from ekd_compress.ensemble.tune import forward_select
+
+    good = [frames([1], 0.9), frames([2], 0.9)]
+    bad = [frames([2], 0.95), frames([1], 0.95)]  # within the drop ratio is impossible: 100 % vs 0 %
+    sel = forward_select([good, bad], ["1", "2"], decode, rounds=3, drop_ratio=10.0)
+    assert sel.weights == [1.0, 0.0] and sel.wer == 0.0
+    with pytest.raises(ValueError, match="rounds"):
+        forward_select([good], ["1", "2"], decode, rounds=0)

@@ -1,0 +1,49 @@
+"""The verdict table: ratios computed from scored rows, targets, the split it is read on."""
+import pytest
+
+from ekd_compress.pipeline.verdict import TARGETS, verdict, verdict_markdown, verdict_split
+
+
+def rows(**wers):
+    kinds = {"gru": "member", "lstm": "member", "ensemble": "ensemble", "baseline": "baseline",
+             "baseline_s1": "baseline", "student": "student", "student_s1": "student", "essence_k1": "student",
+             "kd_all": "kd", "control_baseline_teacher": "kd"}
+    return [{"name": n, "kind": kinds[n], "wer": w} for n, w in wers.items()]
+
+
+SCORES = rows(gru=10.0, lstm=8.0, ensemble=6.0, baseline=10.0, baseline_s1=14.0, student=4.0, student_s1=5.0,
+              essence_k1=4.0, kd_all=5.0, control_baseline_teacher=6.0)
+
+
+def test_ratios_and_targets_by_hand():
+    v = {r["claim"]: r for r in verdict(SCORES, "1")}
+    assert v["ensemble vs best member"]["ratio"] == pytest.approx(6 / 8)            # 0.75 <= 0.85
+    assert v["ensemble vs best member"]["met"]
+    assert v["student vs ensemble"]["ratio"] == pytest.approx(4.5 / 6)              # 0.75 <= 0.8
+    assert v["student vs baseline (seed mean)"]["ratio"] == pytest.approx(4.5 / 12)
+    assert v["student vs baseline (best seed)"]["ratio"] == pytest.approx(4.5 / 10)
+    assert v["student vs control"]["ratio"] == pytest.approx(4.5 / 6)               # 0.75 <= 0.9
+    assert v["best essence k vs KD-all"]["ratio"] == pytest.approx(4 / 5)
+    assert all(r["met"] for r in v.values())
+    assert {r["target"] for r in v.values()} <= set(TARGETS.values())
+
+
+def test_a_claim_that_fails_is_marked_and_missing_models_are_left_out():
+    worse = rows(gru=10.0, ensemble=9.0, baseline=10.0, student=9.5)
+    v = {r["claim"]: r for r in verdict(worse, "all")}
+    assert not v["ensemble vs best member"]["met"]  # 0.9 > 0.85
+    assert not v["student vs ensemble"]["met"]
+    assert "student vs control" not in v and "best essence k vs KD-all" not in v  # no control, k = all
+
+
+def test_verdict_is_read_on_the_test_split_and_says_so():
+    assert verdict_split({"dev": {}, "test": {}, "test_noisy10db": {}}) == "test"
+    assert verdict_split({"dev": {}, "dev_noisy10db": {}}) == "dev"
+    results = {"tests": {"dev": {"models": SCORES}, "test": {"models": SCORES}, "test_noisy10db": {"models": SCORES}},
+               "chosen_k": "1",
+               "restarts": {"baseline_s1": [{"seed": 1, "epoch": 4, "dev_wer": 100.0, "dev_blank": 1.0,
+                                              "reason": "all blank"}]}}
+    md = verdict_markdown(results)
+    assert "Verdict on `test`:" in md and "Verdict on `test_noisy10db`" in md and "Verdict on `dev`" not in md
+    assert "| student vs ensemble | 4.50 | 6.00 | 0.750 | <= 0.8 | yes |" in md
+    assert "baseline_s1: seed 1 stopped at epoch 4" in md
