@@ -4,6 +4,7 @@ Re-exported by `serve.server`."""
 from __future__ import annotations
 
 import hmac
+import logging
 import mimetypes
 import os
 import time
@@ -15,7 +16,33 @@ from urllib.parse import parse_qs, urlsplit
 from serve.metrics import rss_mb
 from serve.protocol import _json
 
+log = logging.getLogger("serve")
+
 STATIC_DIR = Path(__file__).parent / "static"
+# The files the page may ask for, listed once: request paths are looked up here and never reach
+# the filesystem (a path longer than NAME_MAX used to raise OSError and answer 500).
+STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file()) if STATIC_DIR.is_dir() else frozenset()
+
+
+class BadRequest(Exception):
+    """A malformed HTTP request: answered 400 with this message, logged on one line."""
+
+
+def single_header(request, name: str) -> str:
+    """The value of header `name` ("" when absent). A header sent twice is ambiguous
+    (which Authorization counts?): BadRequest, never websockets' MultipleValuesError."""
+    values = request.headers.get_all(name)
+    if len(values) > 1:
+        raise BadRequest(f"the {name} header was sent {len(values)} times; send it once")
+    return values[0] if values else ""
+
+
+def _peer(connection) -> str:
+    """The client's address for log lines ("?" when unknown)."""
+    try:
+        return str(connection.remote_address[0])
+    except (AttributeError, IndexError, TypeError):
+        return "?"
 
 
 class HTTPRoutes:
@@ -27,7 +54,7 @@ class HTTPRoutes:
         if not token:
             return True
         given = ""
-        auth = request.headers.get("Authorization", "")
+        auth = single_header(request, "Authorization")
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         else:
@@ -52,14 +79,23 @@ class HTTPRoutes:
                 "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "pid": os.getpid()}
 
     def _process_request(self, connection, request):
+        try:
+            return self._route(connection, request)
+        except BadRequest as e:
+            self.metrics.rejected.labels("bad_request").inc()
+            log.info("400 for %s: %s", _peer(connection), e)
+            return self._respond(connection, HTTPStatus.BAD_REQUEST, f"{e}\n", "text/plain; charset=utf-8")
+
+    def _route(self, connection, request):
         url = urlsplit(request.path)
         path = url.path
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        shown = path if len(path) <= 100 else path[:97] + "..."  # never echo a 5 KB path
+        upgrade = "websocket" in single_header(request, "Upgrade").lower()
         if upgrade:
             if path not in ("/", "/ws"):
                 self.metrics.rejected.labels("not_found").inc()
                 return self._respond(connection, HTTPStatus.NOT_FOUND,
-                                     f"no websocket endpoint at {path}; connect to /ws (native) or / (Vosk)\n",
+                                     f"no websocket endpoint at {shown}; connect to /ws (native) or / (Vosk)\n",
                                      "text/plain; charset=utf-8")
             if not self._authorized(request):
                 self.metrics.rejected.labels("unauthorized").inc()
@@ -94,10 +130,10 @@ class HTTPRoutes:
             stats.update(streams=self.active, rss_mb=round(rss_mb()[0], 1))
             return self._respond(connection, HTTPStatus.OK, _json(stats), "application/json")
         name = path.lstrip("/")
-        if name and "/" not in name and (STATIC_DIR / name).is_file():
+        if name in STATIC_FILES:
             return self._static(connection, name)
         self.metrics.rejected.labels("not_found").inc()
-        return self._respond(connection, HTTPStatus.NOT_FOUND, f"{path} not found; try / (page), /health, /metrics\n",
+        return self._respond(connection, HTTPStatus.NOT_FOUND, f"{shown} not found; try / (page), /health, /metrics\n",
                              "text/plain; charset=utf-8")
 
     def _static(self, connection, name: str):

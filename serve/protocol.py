@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,37 @@ class ClientError(Exception):
 # ============================================================================ messages
 def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: error messages never echo a whole hostile message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; send finite numbers")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers beyond float range (1e400) are refused, and so is
+    input nested too deeply or with integers too long to convert (Python's 4,300-digit limit).
+    Raises ValueError with a short reason for any of these, and for malformed JSON."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at char {e.pos}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(str(e)[:80]) from None
 
 
 def _words_native(seg: Segment) -> list[dict[str, Any]]:
@@ -60,18 +92,17 @@ class _Session:
 
     def _rate(self, value: Any) -> int:
         c = self.cfg
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-                or not c.min_sample_rate <= value <= c.max_sample_rate:
-            raise ClientError("bad_sample_rate", f"sample_rate {value!r} is not supported; send an integer rate in Hz "
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value != int(value) or not c.min_sample_rate <= value <= c.max_sample_rate:
+            raise ClientError("bad_sample_rate", f"sample_rate {_short(value)} is not supported; send an integer rate in Hz "
                                                  f"between {c.min_sample_rate} and {c.max_sample_rate}, e.g. 16000")
         return int(value)
 
     def _parse(self, text: str) -> dict[str, Any]:
         try:
-            msg = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ClientError("bad_json", f"malformed JSON ({e.msg} at char {e.pos}); send one JSON object "
-                                          "per text message") from None
+            msg = parse_json(text)
+        except ValueError as e:
+            raise ClientError("bad_json", f"malformed JSON ({e}); send one JSON object per text message") from None
         if not isinstance(msg, dict):
             raise ClientError("bad_message", "expected a JSON object")
         return msg
@@ -165,7 +196,7 @@ class _Session:
                 await self.ws.close(1000, "end")
                 return
             else:
-                raise ClientError("bad_message", f"unknown message type {kind!r}; use start, binary audio, end")
+                raise ClientError("bad_message", f"unknown message type {_short(kind)}; use start, binary audio, end")
 
     # ------------------------------------------------------------------ Vosk
     async def _run_vosk(self) -> None:

@@ -33,7 +33,11 @@ Native protocol (`/ws`):
     server -> {"type": "error", "error": CODE, "message": "..."} then a close with a
               websocket close code: bad_json / bad_message / bad_sample_rate (1007),
               not_started / already_started / idle_timeout / unauthorized (1008),
-              too_big (1009), busy (1013), internal (1011).
+              too_big (1009), busy (1013), internal (1011). bad_json covers malformed JSON
+              and JSON Python would accept but the protocol does not: NaN, Infinity,
+              numbers beyond float range (1e400), integers over 4,300 digits, nesting too
+              deep. Each such close is logged on one line (code, close code, client
+              address), never with a traceback; 1011 is kept for server bugs.
 
 Vosk-compatible protocol (`/`): text `{"config": {"sample_rate": 8000}}` (optional, before audio;
 other config keys are accepted and ignored), binary int16 PCM frames, then text `{"eof" : 1}`.
@@ -41,6 +45,10 @@ Exactly one reply per binary frame: `{"partial": "..."}`, or at an endpoint
 `{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (`{"text": ""}` when the
 segment had no words). After eof: the final result, then the server closes. Errors: `{"error": "..."}`
 and a close as above.
+
+HTTP: an ambiguous request (the Upgrade or Authorization header sent twice) gets 400; any
+path that is not a route or a file of serve/static gets 404 (request paths never reach the
+filesystem, and are echoed back cut to 100 characters).
 
 Limits: max connections (beyond it, the HTTP upgrade gets 503 with a hint and Retry-After),
 max message size (error too_big), idle timeout (no message for idle_timeout_s), optional bearer
@@ -63,7 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from serve.http_routes import STATIC_DIR, HTTPRoutes  # noqa: F401 (re-exported)
+from serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
 from serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
 from serve.protocol import ClientError, _json, _Session, _vosk_result, _words_native  # noqa: F401 (re-exported)
 from serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
@@ -159,6 +167,7 @@ class RecognitionServer(HTTPRoutes):
             await session.run()
         except ClientError as e:
             self.metrics.errors.labels(e.code).inc()
+            log.info("closing %s stream from %s: %s (%d): %s", protocol, _peer(ws), e.code, e.close_code, e.message)
             await self._error(ws, protocol, e)
         except ConnectionClosed:
             pass  # the client went away: nothing to report to

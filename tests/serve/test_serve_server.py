@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -195,7 +197,7 @@ def _bad_native(srv, first, then=None):
 START = json.dumps({"type": "start", "sample_rate": 16000})
 
 
-@pytest.mark.parametrize("case, first, then, code, close", [
+BAD_NATIVE = [
     ("malformed_json", "{not json", None, "bad_json", 1007),
     ("not_an_object", "[1, 2]", None, "bad_message", 1007),
     ("audio_before_start", b"\x00\x01" * 800, None, "not_started", 1008),
@@ -205,14 +207,92 @@ START = json.dumps({"type": "start", "sample_rate": 16000})
     ("oversized_frame", START, b"\x00" * 100_000, "too_big", 1009),
     ("unknown_type", START, json.dumps({"type": "dance"}), "bad_message", 1007),
     ("double_start", START, START, "already_started", 1008),
-])
-def test_bad_native_input_other_stream_unharmed(server, case, first, then, code, close):
+    # hostile JSON: a clean protocol error, never 1011 "internal" with a traceback (issue 14, item 1)
+    ("deep_json", "[" * 30_000 + "]" * 30_000, None, "bad_json", 1007),
+    ("huge_int", '{"type": "start", "sample_rate": ' + "9" * 5000 + "}", None, "bad_json", 1007),
+    ("sample_rate_nan", '{"type": "start", "sample_rate": NaN}', None, "bad_json", 1007),
+    ("sample_rate_infinity", '{"type": "start", "sample_rate": Infinity}', None, "bad_json", 1007),
+    ("sample_rate_1e400", '{"type": "start", "sample_rate": 1e400}', None, "bad_json", 1007),
+    ("sample_rate_float_huge", '{"type": "start", "sample_rate": 1e300}', None, "bad_sample_rate", 1007),
+]
+
+
+@pytest.mark.parametrize("case, first, then, code, close", BAD_NATIVE, ids=[c[0] for c in BAD_NATIVE])
+def test_bad_native_input_other_stream_unharmed(server, case, first, then, code, close, caplog):
     good = GoodStream(server)
     assert good.half_sent.wait(10)
-    msgs, close_code = _bad_native(server, first, then)
+    with caplog.at_level(logging.INFO, logger="serve"):
+        msgs, close_code = _bad_native(server, first, then)
     assert msgs[-1]["type"] == "error" and msgs[-1]["error"] == code and msgs[-1]["message"]
+    assert len(msgs[-1]["message"]) < 300  # never the hostile message echoed back
     assert close_code == close
     good.finish()
+    assert not [r for r in caplog.records if r.exc_info], "a client error logged a traceback"
+    lines = [r.getMessage() for r in caplog.records if code in r.getMessage()]
+    assert lines and all("\n" not in m and len(m) < 400 for m in lines), lines
+
+
+def test_sample_rate_rate_check_is_total():
+    """_Session._rate never raises anything but ClientError, whatever JSON gave it."""
+    from serve.protocol import ClientError, _Session
+
+    sess = _Session.__new__(_Session)
+    sess.cfg = ServerConfig()
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -5, 7999.5, "16000", None, [16000], True):
+        with pytest.raises(ClientError) as e:
+            sess._rate(bad)
+        assert e.value.code == "bad_sample_rate"
+    assert sess._rate(16000.0) == 16000
+
+
+@pytest.mark.parametrize("bad", ["[" * 30_000 + "]" * 30_000, '{"config": {"sample_rate": NaN}}',
+                                 '{"config": {"sample_rate": 1e400}}', '{"config": ' + "1" * 5000 + "}"],
+                         ids=["deep", "nan", "1e400", "huge_int"])
+def test_hostile_vosk_json_is_a_clean_error(server, bad):
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(bad)
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "bad_json" and ws.protocol.close_code == 1007
+
+
+def _raw_http(srv, head: str) -> tuple[int, str]:
+    """Send a hand-written HTTP request (duplicate headers, overlong paths) and read the status line."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    status_line = data.split(b"\r\n", 1)[0].decode()
+    return int(status_line.split()[1]), data.decode(errors="replace")
+
+
+UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+HOSTILE_HTTP = [
+    ("overlong_static_path", "GET /" + "x" * 5000 + " HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("overlong_ws_path", UPGRADE.format(path="/" + "y" * 5000, extra="Upgrade: websocket\r\n"), 404),
+    ("double_upgrade", UPGRADE.format(path="/ws", extra="Upgrade: websocket\r\nUpgrade: websocket\r\n"), 400),
+    ("double_authorization", UPGRADE.format(
+        path="/ws", extra="Upgrade: websocket\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n"), 400),
+    ("double_authorization_metrics",
+     "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("case, head, status", HOSTILE_HTTP, ids=[c[0] for c in HOSTILE_HTTP])
+def test_hostile_http_is_4xx_not_500(recognizer, case, head, status, caplog):
+    with ServerThread(recognizer, ServerConfig(port=0, token="s3cret")) as srv, \
+            caplog.at_level(logging.INFO, logger="serve"):
+        code, text = _raw_http(srv, head)
+        assert code == status, text[:300]
+        assert len(text) < 2000  # the 5 KB path is not echoed back
+        assert http(srv, "/health")[0] == 200  # still up
+    assert not [r for r in caplog.records if r.exc_info], "a bad request logged a traceback"
 
 
 @pytest.mark.parametrize("bad", ["{oops", json.dumps({"config": {"sample_rate": -5}}), json.dumps({"hello": 1})])
