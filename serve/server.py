@@ -51,7 +51,10 @@ path that is not a route or a file of serve/static gets 404 (request paths never
 filesystem, and are echoed back cut to 100 characters).
 
 Limits: max connections (beyond it, the HTTP upgrade gets 503 with a hint and Retry-After),
-max message size (error too_big), idle timeout (no message for idle_timeout_s), optional bearer
+max message size (websockets' max_size is the limit itself: a larger message is refused while
+it arrives, with close 1009 and a reason naming the limit, no JSON error first), max_queue
+frames buffered per connection before reading pauses (so a connection holds at most about
+max_queue + 1 messages' worth of memory), idle timeout (no message for idle_timeout_s), optional bearer
 token (`Authorization: Bearer TOKEN` or `?token=TOKEN`; the page and /health stay open).
 A client's errors close only its own connection.
 
@@ -90,7 +93,8 @@ class ServerConfig:
     max_connections: int = 64
     max_batch: int = 16  # streams per model call
     max_wait_ms: float = 5.0  # wait after the first ready chunk for more to batch
-    max_message_bytes: int = 1 << 20  # 1 MiB = 32 s of 16 kHz int16
+    max_message_bytes: int = 1 << 20  # 1 MiB = 32 s of 16 kHz int16; larger messages are refused while received
+    max_queue: int = 2  # incoming frames buffered per connection before reading pauses (TCP backpressure)
     idle_timeout_s: float = 30.0
     token: str | None = None
     min_sample_rate: int = 8000
@@ -98,7 +102,7 @@ class ServerConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_batch", "max_message_bytes"):
+        for name in ("max_connections", "max_batch", "max_message_bytes", "max_queue"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
@@ -128,7 +132,7 @@ class RecognitionServer(HTTPRoutes):
         self._scheduler.start()
         self._server = await serve(
             self._handle, c.host, c.port, process_request=self._process_request,
-            max_size=4 * c.max_message_bytes + 1024, compression=None, ping_interval=20, ping_timeout=20,
+            max_size=c.max_message_bytes, max_queue=c.max_queue, compression=None, ping_interval=20, ping_timeout=20,
             close_timeout=2, logger=logging.getLogger("serve.websockets"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -169,8 +173,11 @@ class RecognitionServer(HTTPRoutes):
             self.metrics.errors.labels(e.code).inc()
             log.info("closing %s stream from %s: %s (%d): %s", protocol, _peer(ws), e.code, e.close_code, e.message)
             await self._error(ws, protocol, e)
-        except ConnectionClosed:
-            pass  # the client went away: nothing to report to
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == 1009:  # websockets refused a message over max_size
+                self.metrics.errors.labels("too_big").inc()
+                log.info("closing %s stream from %s: too_big (1009): %s", protocol, _peer(ws), e.sent.reason)
+            # else: the client went away: nothing to report to
         except Exception:
             log.exception("stream failed")
             self.metrics.errors.labels("internal").inc()

@@ -33,7 +33,10 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--max-batch", default=16, show_default=True, type=int, help="Streams decoded per model call.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=float,
               help="Wait after the first ready chunk for more streams to batch.")
-@click.option("--max-message-kb", default=1024, show_default=True, type=int, help="Largest accepted message.")
+@click.option("--max-message-kb", default=1024, show_default=True, type=int,
+              help="Largest accepted message; larger ones are refused while they arrive (close 1009).")
+@click.option("--max-queue", default=2, show_default=True, type=int,
+              help="Incoming frames buffered per connection before reading pauses.")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=float, help="Close clients silent this long (s).")
 @click.option("--token", envvar="EKD_SERVE_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN (env EKD_SERVE_TOKEN).")
@@ -50,7 +53,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
               help="Endpoint after this much trailing blank following speech (s).")
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
-          max_message_kb: int, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
+          max_message_kb: int, max_queue: int, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
           decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
@@ -64,7 +67,8 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     if lm_path:
         decoder = "beam"
     cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
-                    max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, idle_timeout_s=idle_timeout,
+                    max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
+                    idle_timeout_s=idle_timeout,
                     token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
                                                          max_utterance_s=max_utterance))
 

@@ -204,7 +204,6 @@ BAD_NATIVE = [
     ("sample_rate_zero", json.dumps({"type": "start", "sample_rate": 0}), None, "bad_sample_rate", 1007),
     ("sample_rate_text", json.dumps({"type": "start", "sample_rate": "fast"}), None, "bad_sample_rate", 1007),
     ("sample_rate_huge", json.dumps({"type": "start", "sample_rate": 10**7}), None, "bad_sample_rate", 1007),
-    ("oversized_frame", START, b"\x00" * 100_000, "too_big", 1009),
     ("unknown_type", START, json.dumps({"type": "dance"}), "bad_message", 1007),
     ("double_start", START, START, "already_started", 1008),
     # hostile JSON: a clean protocol error, never 1011 "internal" with a traceback (issue 14, item 1)
@@ -230,6 +229,30 @@ def test_bad_native_input_other_stream_unharmed(server, case, first, then, code,
     assert not [r for r in caplog.records if r.exc_info], "a client error logged a traceback"
     lines = [r.getMessage() for r in caplog.records if code in r.getMessage()]
     assert lines and all("\n" not in m and len(m) < 400 for m in lines), lines
+
+
+def test_oversized_message_refused_while_received(server):
+    """websockets' max_size is the message limit itself (not 4x), and at most max_queue frames wait
+    per connection: memory held for a message that will be refused is bounded (issue 14, item 3)."""
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    limit = server.server.config.max_message_bytes
+    with connect(url(server), open_timeout=5, max_size=None) as ws:
+        ws.send(START)
+        assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+        conns = server.server._server.connections
+        assert conns and all(c.protocol.max_message_size == limit and c.max_queue_high == server.server.config.max_queue
+                             for c in conns)
+        ws.send(b"\x00" * limit)  # exactly the limit: accepted
+        assert json.loads(ws.recv(timeout=5))["type"] == "partial"
+        ws.send(b"\x00" * (limit + 2))  # over it: refused by websockets while receiving
+        recv_all(ws)
+    assert ws.protocol.close_code == 1009 and str(limit) in (ws.protocol.close_reason or "")
+    good.finish()
+    deadline = time.time() + 5
+    while 'client_errors_total{error="too_big"}' not in http(server, "/metrics")[2] and time.time() < deadline:
+        time.sleep(0.05)
+    assert 'ekd_serve_client_errors_total{error="too_big"}' in http(server, "/metrics")[2]
 
 
 def test_sample_rate_rate_check_is_total():
