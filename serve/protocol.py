@@ -83,6 +83,7 @@ class _Session:
         self.stream: Stream | None = None
         self.carry = b""  # odd byte of int16 PCM left from the previous message
         self.sent_chunks = 0
+        self.configs = 0  # Vosk config messages so far (capped: each may build a stream)
 
     async def recv(self):
         try:
@@ -107,9 +108,13 @@ class _Session:
             raise ClientError("bad_message", "expected a JSON object")
         return msg
 
-    def _new_stream(self, rate: int, endpointing: bool = True) -> None:
+    async def _new_stream(self, rate: int, endpointing: bool = True) -> None:
+        """A new Stream at `rate`, built off the event loop (its resampler's filters take tens of
+        ms at unusual rates the first time; `serve.resample` caches them per rate pair)."""
         ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
-        self.stream = self.server.rec.create_stream(rate, endpoint=ep)
+        create = self.server.rec.create_stream
+        self.stream = await asyncio.get_running_loop().run_in_executor(
+            self.server._feat_pool, lambda: create(rate, endpoint=ep))
 
     async def _audio(self, data: bytes) -> int:
         """Feed int16 PCM to the stream and decode what became ready; returns chunks decoded."""
@@ -180,7 +185,7 @@ class _Session:
                 endpointing = m.get("endpointing", True)
                 if not isinstance(endpointing, bool):
                     raise ClientError("bad_message", "endpointing must be true or false")
-                self._new_stream(rate, endpointing)
+                await self._new_stream(rate, endpointing)
                 await self.send({"type": "ready", "sample_rate": rate, "model_sample_rate": b.sample_rate,
                                  "chunk_ms": round(b.chunk_seconds * 1000)})
             elif kind == "end":
@@ -205,7 +210,7 @@ class _Session:
             msg = await self.recv()
             if isinstance(msg, bytes):
                 if self.stream is None:
-                    self._new_stream(b.sample_rate)  # Vosk: config is optional
+                    await self._new_stream(b.sample_rate)  # Vosk: config is optional
                 await self._audio(msg)
                 segs = self.stream.pop_segments()
                 if segs:
@@ -222,14 +227,23 @@ class _Session:
                 conf = m["config"]
                 if not isinstance(conf, dict):
                     raise ClientError("bad_message", 'config must be an object, e.g. {"config": {"sample_rate": 16000}}')
+                self.configs += 1
+                if self.configs > self.cfg.max_configs:
+                    raise ClientError("too_many_configs", f"more than {self.cfg.max_configs} config messages on one "
+                                                          "connection; send config once, before the audio", 1008)
                 if "sample_rate" in conf:
                     rate = self._rate(conf["sample_rate"])
-                    if self.stream is not None and self.stream.samples_in and rate != self.stream.sample_rate:
-                        raise ClientError("bad_sample_rate", "sample_rate cannot change after audio was sent", 1007)
-                    self._new_stream(rate)
+                    if self.stream is not None and rate == self.stream.sample_rate:
+                        pass  # a repeated config: keep the stream and the audio so far
+                    elif self.stream is not None and self.stream.samples_in:
+                        raise ClientError("bad_sample_rate", f"sample_rate cannot change after audio was sent "
+                                                             f"(from {self.stream.sample_rate} to {rate}); open a new "
+                                                             "connection for audio at another rate", 1007)
+                    else:
+                        await self._new_stream(rate)
             elif "eof" in m:
                 if self.stream is None:
-                    self._new_stream(b.sample_rate)
+                    await self._new_stream(b.sample_rate)
                 segs = await self._finish()
                 self.server.metrics.finals.inc()
                 await self.send(_vosk_result(segs))

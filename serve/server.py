@@ -40,7 +40,9 @@ Native protocol (`/ws`):
               address), never with a traceback; 1011 is kept for server bugs.
 
 Vosk-compatible protocol (`/`): text `{"config": {"sample_rate": 8000}}` (optional, before audio;
-other config keys are accepted and ignored), binary int16 PCM frames, then text `{"eof" : 1}`.
+other config keys are accepted and ignored; a repeated config at the same rate keeps the stream
+and its audio, another rate after audio is bad_sample_rate; more than max_configs config
+messages on one connection close it with too_many_configs, 1008), binary int16 PCM frames, then text `{"eof" : 1}`.
 Exactly one reply per binary frame: `{"partial": "..."}`, or at an endpoint
 `{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (`{"text": ""}` when the
 segment had no words). After eof: the final result, then the server closes. Errors: `{"error": "..."}`
@@ -95,6 +97,7 @@ class ServerConfig:
     max_wait_ms: float = 5.0  # wait after the first ready chunk for more to batch
     max_message_bytes: int = 1 << 20  # 1 MiB = 32 s of 16 kHz int16; larger messages are refused while received
     max_queue: int = 2  # incoming frames buffered per connection before reading pauses (TCP backpressure)
+    max_configs: int = 8  # Vosk config messages per connection
     idle_timeout_s: float = 30.0
     token: str | None = None
     min_sample_rate: int = 8000
@@ -102,7 +105,7 @@ class ServerConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_batch", "max_message_bytes", "max_queue"):
+        for name in ("max_connections", "max_batch", "max_message_bytes", "max_queue", "max_configs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:

@@ -167,6 +167,44 @@ def test_vosk_without_config_defaults_to_model_rate(server):
         assert json.loads(ws.recv(timeout=5))["text"] == "a"
 
 
+def test_vosk_repeated_config_keeps_the_audio_so_far(server):
+    """A config at the same rate mid-stream is a no-op: the tone before it is still recognised
+    (it used to build a new stream and drop it: issue 14, item 5)."""
+    tone_pcm, rest = to_pcm16(np.concatenate([silence(0.2), tone(0.5)])), to_pcm16(silence(0.3))
+    config = json.dumps({"config": {"sample_rate": 16000}})
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(config)
+        ws.send(tone_pcm)
+        ws.recv(timeout=5)
+        ws.send(config)
+        ws.send(rest)
+        ws.recv(timeout=5)
+        ws.send('{"eof" : 1}')
+        assert json.loads(ws.recv(timeout=5))["text"] == "a"
+    with connect(url(server, "/"), open_timeout=5) as ws:  # another rate after audio: a clear error
+        ws.send(config)
+        ws.send(tone_pcm)
+        ws.recv(timeout=5)
+        ws.send(json.dumps({"config": {"sample_rate": 8000}}))
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "bad_sample_rate" and "16000 to 8000" in msgs[-1]["error"]
+
+
+def test_vosk_configs_per_connection_capped(server):
+    """Each config may build a stream (and a resampler): more than max_configs closes the
+    connection with too_many_configs (1008) instead of burning the event loop (issue 14, item 4)."""
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    cap = server.server.config.max_configs
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        for i in range(cap + 1):
+            ws.send(json.dumps({"config": {"sample_rate": 95_999 - i}}))
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "too_many_configs" and ws.protocol.close_code == 1008
+    good.finish()
+    assert 'ekd_serve_client_errors_total{error="too_many_configs"} 1.0' in http(server, "/metrics")[2]
+
+
 # ----------------------------------------------------------------------------- HTTP side
 def test_http_endpoints(server):
     status, headers, body = http(server, "/")
