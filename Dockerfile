@@ -16,6 +16,10 @@
 # The serve image's arguments (CMD) follow `ekd-compress serve`; host and port come from the
 # entrypoint (0.0.0.0, $EKD_PORT, default 2700: change the port with -e EKD_PORT=N -p N:N, which the
 # HEALTHCHECK reads too). EKD_SERVE_TOKEN=... requires a bearer token on the websockets, not on /health.
+# Stopping: `docker stop` sends SIGTERM; the server then drains (every open stream gets its final
+# result, then close 1001) for at most --drain-grace seconds (default 8) and exits 0. Docker kills
+# the container after its stop timeout (10 s by default): for a longer --drain-grace raise it too,
+# e.g. `docker stop -t 40` or `docker run --stop-timeout 40` (compose: stop_grace_period: 40s).
 #
 # Versions are pinned here and tests/test_dockerfile.py checks them against pyproject.toml: change
 # both together. Every CUDA-bound piece is the CUDA 13 build: PyPI's torch 2.13.0 Linux wheel (it

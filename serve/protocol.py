@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from serve.server import RecognitionServer
 
 
+class SessionOver(Exception):
+    """The session was ended by the server on purpose (shutdown drain): results were sent and
+    the connection closed; nothing more to report."""
+
+
 class ClientError(Exception):
     """A client mistake: reported to that client, then its connection is closed."""
 
@@ -84,12 +89,59 @@ class _Session:
         self.carry = b""  # odd byte of int16 PCM left from the previous message
         self.sent_chunks = 0
         self.configs = 0  # Vosk config messages so far (capped: each may build a stream)
+        self._drain = asyncio.Event()
+
+    def drain(self) -> None:
+        """Server shutdown: at its next wait for a message this session sends the final result
+        of the audio so far (native: reason "shutdown"), then closes with 1001."""
+        self._drain.set()
 
     async def recv(self):
+        """The next message; meanwhile watch the idle timeout and a shutdown drain."""
+        if self._drain.is_set():
+            await self._shutdown()
+        receive = asyncio.ensure_future(self.ws.recv())
+        drained = asyncio.ensure_future(self._drain.wait())
         try:
-            return await asyncio.wait_for(self.ws.recv(), self.cfg.idle_timeout_s)
-        except asyncio.TimeoutError:
-            raise ClientError("idle_timeout", f"no message for {self.cfg.idle_timeout_s:g} s; closing", 1008) from None
+            done, _ = await asyncio.wait({receive, drained}, timeout=self.cfg.idle_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not receive.done():
+                receive.cancel()  # websockets: cancelling recv() loses no message
+        if receive in done:
+            return receive.result()
+        try:
+            await receive
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 (the connection's fate is handled below)
+            pass
+        if self._drain.is_set():
+            await self._shutdown()
+        raise ClientError("idle_timeout", f"no message for {self.cfg.idle_timeout_s:g} s; closing", 1008)
+
+    async def _shutdown(self) -> None:
+        """Drain: the final result(s) of the audio so far, then close 1001; raises SessionOver."""
+        await self._flush("shutdown")
+        await self.ws.close(1001, "server shutting down")
+        raise SessionOver()
+
+    async def _flush(self, reason: str) -> None:
+        """No more audio: send the remaining results (native: every closed segment with text, then
+        the last segment with `reason`; Vosk: one result). Nothing when no stream was started."""
+        if self.stream is None:
+            return
+        segs = await self._finish()
+        if self.protocol == "native":
+            t = self.stream.seconds
+            last = segs.pop() if segs and segs[-1].reason == "end" else Segment("", [], t, t, "end")
+            last.reason = reason
+            for seg in segs:
+                if seg.text:
+                    await self._send_final(seg)
+            await self._send_final(last)
+        else:
+            self.server.metrics.finals.inc()
+            await self.send(_vosk_result(segs))
 
     def _rate(self, value: Any) -> int:
         c = self.cfg
@@ -191,13 +243,7 @@ class _Session:
             elif kind == "end":
                 if self.stream is None:
                     raise ClientError("not_started", "end before start", 1008)
-                segs = await self._finish()
-                t = self.stream.seconds
-                last = segs.pop() if segs and segs[-1].reason == "end" else Segment("", [], t, t, "end")
-                for seg in segs:
-                    if seg.text:
-                        await self._send_final(seg)
-                await self._send_final(last)
+                await self._flush("end")
                 await self.ws.close(1000, "end")
                 return
             else:
@@ -244,9 +290,7 @@ class _Session:
             elif "eof" in m:
                 if self.stream is None:
                     await self._new_stream(b.sample_rate)
-                segs = await self._finish()
-                self.server.metrics.finals.inc()
-                await self.send(_vosk_result(segs))
+                await self._flush("end")
                 await self.ws.close(1000, "eof")
                 return
             else:

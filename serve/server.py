@@ -26,7 +26,7 @@ Native protocol (`/ws`):
     server -> {"type": "partial", "text": "...", "start": s}  after each audio message that
               completed one or more model chunks (chunk_ms of audio); text of the open segment.
     server -> {"type": "final", "text": "...", "words": [{"word", "start", "end", "conf"}],
-               "start": s, "end": s, "reason": "trailing_silence" | "max_length" | "end"}
+               "start": s, "end": s, "reason": "trailing_silence" | "max_length" | "end" | "shutdown"}
               when an endpoint rule closes a segment with text, and once after "end" (the
               last one, possibly empty text, reason "end"); then the server closes (1000).
               Times are seconds from the start of the stream.
@@ -60,6 +60,14 @@ max_queue + 1 messages' worth of memory), idle timeout (no message for idle_time
 token (`Authorization: Bearer TOKEN` or `?token=TOKEN`; the page and /health stay open).
 A client's errors close only its own connection.
 
+Shutdown (graceful drain): on SIGTERM or Ctrl-C the server stops listening (upgrades still in
+flight get 503), and every open stream gets the final result of the audio it sent so far (native:
+the closed segments, then the last one with reason "shutdown"; Vosk: one result), then a close
+1001 "server shutting down". Streams still open after the grace period (`--drain-grace`, 8 s by
+default) are closed 1001 as they are; then the process exits 0. In Docker, `docker stop` sends
+SIGTERM and kills the container 10 s later (`docker stop -t N`, compose `stop_grace_period`):
+keep --drain-grace a little below that. Clients should reconnect on 1001.
+
 Batching: each connection feeds audio into its `Stream`; ready chunks are queued, and one
 worker task gathers up to max_batch streams (waiting at most max_wait_ms after the first) and
 runs `Recognizer.decode_batch` in a worker thread, one chunk per stream per model call.
@@ -78,7 +86,7 @@ from urllib.parse import urlsplit
 
 from serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
 from serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
-from serve.protocol import ClientError, _json, _Session, _vosk_result, _words_native  # noqa: F401 (re-exported)
+from serve.protocol import ClientError, SessionOver, _json, _Session, _vosk_result, _words_native  # noqa: F401
 from serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
 from serve.scheduler import BatchScheduler
 
@@ -98,6 +106,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20  # 1 MiB = 32 s of 16 kHz int16; larger messages are refused while received
     max_queue: int = 2  # incoming frames buffered per connection before reading pauses (TCP backpressure)
     max_configs: int = 8  # Vosk config messages per connection
+    drain_grace_s: float = 8.0  # shutdown: time for open streams to get their final results (< docker stop's 10 s)
     idle_timeout_s: float = 30.0
     token: str | None = None
     min_sample_rate: int = 8000
@@ -110,6 +119,8 @@ class ServerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
+        if not self.drain_grace_s >= 0:
+            raise ValueError(f"drain_grace_s={self.drain_grace_s!r}: must be >= 0 seconds (0: close at once)")
 
 
 class RecognitionServer(HTTPRoutes):
@@ -125,6 +136,9 @@ class RecognitionServer(HTTPRoutes):
         self._scheduler: BatchScheduler | None = None
         self._feat_pool = ThreadPoolExecutor(1, thread_name_prefix="ekd-features")
         self.port: int | None = None
+        self.sessions: set[_Session] = set()
+        self.draining = False
+        self._stopped = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> "RecognitionServer":
@@ -143,12 +157,39 @@ class RecognitionServer(HTTPRoutes):
         return self
 
     async def stop(self) -> None:
+        """Close every connection with 1001 at once (see `drain` for a graceful shutdown)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
         if self._scheduler is not None:
             await self._scheduler.stop()
         self._feat_pool.shutdown(wait=True)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: stop accepting (new upgrades get 503), give every open stream the
+        final result of its audio so far and close it with 1001, waiting at most `grace_s`
+        (default config.drain_grace_s); streams still open then are closed with 1001 as they
+        are. Then `stop()`."""
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        self.draining = True
+        if self._server is not None:
+            log.info("draining: %d open streams get their final results (grace %g s)", len(self.sessions), grace)
+            self._server.close(close_connections=False)  # stop listening; opening handshakes get 503
+            for session in list(self.sessions):
+                session.drain()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), grace)
+            except asyncio.TimeoutError:
+                left = self._server.connections
+                log.warning("drain grace of %g s over: closing %d streams without their final results", grace,
+                            len(left))
+                if left:
+                    await asyncio.wait([asyncio.ensure_future(c.close(1001, "server shutting down")) for c in left],
+                                       timeout=5)
+        await self.stop()
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -164,14 +205,21 @@ class RecognitionServer(HTTPRoutes):
         protocol = "native" if urlsplit(ws.request.path).path == "/ws" else "vosk"
         self.active += 1
         self.metrics.active.set(self.active)
+        session: _Session | None = None
         try:
+            if self.draining:  # the upgrade raced the start of a drain
+                await ws.close(1001, "server shutting down")
+                return
             if self.active > self.config.max_connections:  # lost a race with another handshake
                 self.metrics.rejected.labels("busy").inc()
                 await self._error(ws, protocol, ClientError("busy", "server busy; retry in a few seconds", 1013))
                 return
             self.metrics.connections.labels(protocol).inc()
             session = _Session(self, ws, protocol)
+            self.sessions.add(session)
             await session.run()
+        except SessionOver:
+            pass  # drained: results sent, connection closed
         except ClientError as e:
             self.metrics.errors.labels(e.code).inc()
             log.info("closing %s stream from %s: %s (%d): %s", protocol, _peer(ws), e.code, e.close_code, e.message)
@@ -186,6 +234,8 @@ class RecognitionServer(HTTPRoutes):
             self.metrics.errors.labels("internal").inc()
             await self._error(ws, protocol, ClientError("internal", "internal server error", 1011))
         finally:
+            if session is not None:
+                self.sessions.discard(session)
             self.active -= 1
             self.metrics.active.set(self.active)
 
@@ -230,6 +280,14 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def drain(self, grace_s: float | None = None) -> None:
+        """`RecognitionServer.drain` (graceful shutdown), then end the thread."""
+        if self._thread.is_alive():
+            grace = self.server.config.drain_grace_s if grace_s is None else grace_s
+            asyncio.run_coroutine_threadsafe(self.server.drain(grace), self._loop).result(grace + 30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
     def __enter__(self) -> "ServerThread":
         return self.start()
 
@@ -260,6 +318,7 @@ def run_server(bundle: str | Path, config: ServerConfig | None = None, provider:
                 pass
         try:
             await stop
+            await server.drain()  # SIGTERM / Ctrl-C: final results for open streams, then exit 0
         finally:
             await server.stop()
 

@@ -39,6 +39,9 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
               help="Incoming frames buffered per connection before reading pauses.")
 @click.option("--max-configs", default=8, show_default=True, type=int,
               help="Vosk config messages allowed per connection.")
+@click.option("--drain-grace", default=8.0, show_default=True, type=float,
+              help="On SIGTERM/Ctrl-C: seconds open streams get to receive their final results before "
+                   "the server exits (keep it under Docker's stop timeout, 10 s by default).")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=float, help="Close clients silent this long (s).")
 @click.option("--token", envvar="EKD_SERVE_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN (env EKD_SERVE_TOKEN).")
@@ -56,7 +59,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int,
-          idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
+          drain_grace: float, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
           decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
@@ -71,7 +74,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
         decoder = "beam"
     cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
-                    max_configs=max_configs, idle_timeout_s=idle_timeout,
+                    max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
                     token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
                                                          max_utterance_s=max_utterance))
 

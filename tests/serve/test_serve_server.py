@@ -3,6 +3,7 @@ HTTP endpoints, limits, and bad input that must never disturb another stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -421,6 +422,59 @@ def test_bearer_token(recognizer):
         assert http(srv, "/metrics")[0] == 401
         assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
         assert http(srv, "/health")[0] == 200 and http(srv, "/")[0] == 200
+
+
+# ----------------------------------------------------------------------------- shutdown
+def test_drain_gives_every_open_stream_its_final_result(recognizer):
+    """Graceful shutdown: each open stream (native and Vosk) gets the final result of its audio
+    so far, then close 1001; new connections are refused (issue 14, item 6)."""
+    pcm = to_pcm16(np.concatenate([silence(0.3), tone(0.5), silence(0.2)]))
+    stack = contextlib.ExitStack()
+    srv = ServerThread(recognizer, ServerConfig(port=0, idle_timeout_s=20, drain_grace_s=10)).start()
+    clients = []
+    try:
+        for path in ("/ws", "/ws", "/"):
+            ws = stack.enter_context(connect(url(srv, path), open_timeout=5))
+            if path == "/ws":
+                ws.send(START)
+                assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+            ws.send(pcm)
+            assert json.loads(ws.recv(timeout=5))  # a partial: the audio is in
+            clients.append((path, ws))
+        t0 = time.time()
+        drainer = threading.Thread(target=srv.drain, daemon=True)
+        drainer.start()
+        for path, ws in clients:
+            msgs = recv_all(ws)
+            assert ws.protocol.close_code == 1001, (path, msgs)
+            if path == "/ws":
+                assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("a", "shutdown")], msgs
+            else:
+                assert msgs[-1]["text"] == "a" and msgs[-1]["result"], msgs
+        drainer.join(15)
+        assert not drainer.is_alive() and time.time() - t0 < 10
+        with pytest.raises(OSError):  # not listening any more
+            connect(url(srv), open_timeout=2)
+    finally:
+        stack.close()
+        srv.stop()
+
+
+def test_drain_grace_over_closes_the_rest(recognizer):
+    """A stream that cannot finish within the grace period is closed (1001) when it runs out."""
+    srv = ServerThread(recognizer, ServerConfig(port=0, idle_timeout_s=20, drain_grace_s=0.5)).start()
+    try:
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            next(iter(srv.server.sessions)).drain = lambda: None  # a session that ignores the drain request
+            t0 = time.time()
+            srv.drain()
+            assert time.time() - t0 < 5
+            recv_all(ws, timeout=5)
+        assert ws.protocol.close_code == 1001
+    finally:
+        srv.stop()
 
 
 # ----------------------------------------------------------------------------- batching
