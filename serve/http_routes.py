@@ -6,7 +6,6 @@ from __future__ import annotations
 import hmac
 import logging
 import mimetypes
-import os
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -63,20 +62,25 @@ class HTTPRoutes:
 
     def _respond(self, connection, status: HTTPStatus, body: str, content_type: str, extra: dict | None = None):
         resp = connection.respond(status, body)
-        for k, v in {"Content-Type": content_type, "Cache-Control": "no-store", **(extra or {})}.items():
+        headers = {"Content-Type": content_type, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        for k, v in {**headers, **(extra or {})}.items():
             if k in resp.headers:
                 del resp.headers[k]  # websockets' Headers is a multi-dict: assignment would append
             resp.headers[k] = v
         return resp
 
-    def health(self) -> dict[str, Any]:
+    def health(self, authorized: bool = True) -> dict[str, Any]:
+        """/health: only {"status": "ok"} for a client without the token (when one is set);
+        the details (model, load, memory) to the others. Never the bundle path or the PID."""
+        if not authorized:
+            return {"status": "ok"}
         rss, peak = rss_mb()
         b = self.rec.bundle
-        return {"status": "ok", "model": b.name, "bundle": str(b.path), "provider": self.rec.provider,
+        return {"status": "ok", "model": b.name, "provider": self.rec.provider,
                 "int8": self.rec.use_int8, "sample_rate": b.sample_rate, "chunk_ms": round(b.chunk_seconds * 1000),
                 "streams": self.active, "max_connections": self.config.max_connections,
                 "chunks_decoded": self.rec.chunks_decoded, "uptime_s": round(time.time() - self.started, 1),
-                "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "pid": os.getpid()}
+                "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
     def _process_request(self, connection, request):
         try:
@@ -102,6 +106,16 @@ class HTTPRoutes:
                 return self._respond(connection, HTTPStatus.UNAUTHORIZED,
                                      "missing or wrong token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
                                      "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            cap, addr = self.config.max_per_address, _peer(connection)
+            if cap and self.per_address.get(addr, 0) >= cap:
+                self.metrics.rejected.labels("per_address").inc()
+                log.info("429 for %s: %d connections open from it (--max-per-address %d)", addr,
+                         self.per_address.get(addr, 0), cap)
+                return self._respond(
+                    connection, HTTPStatus.TOO_MANY_REQUESTS,
+                    f"{self.per_address.get(addr, 0)} connections already open from {addr} (max {cap}); close one "
+                    "and retry, or start the server with a higher --max-per-address\n",
+                    "text/plain; charset=utf-8", {"Retry-After": "5"})
             if self.active >= self.config.max_connections:
                 self.metrics.rejected.labels("busy").inc()
                 return self._respond(
@@ -113,7 +127,8 @@ class HTTPRoutes:
         if path in ("/", "/index.html"):
             return self._static(connection, "index.html")
         if path == "/health":
-            return self._respond(connection, HTTPStatus.OK, _json(self.health()), "application/json")
+            return self._respond(connection, HTTPStatus.OK, _json(self.health(self._authorized(request))),
+                                 "application/json")
         if path in ("/metrics", "/stats"):
             if not self._authorized(request):
                 self.metrics.rejected.labels("unauthorized").inc()

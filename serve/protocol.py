@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,6 +91,8 @@ class _Session:
         self.sent_chunks = 0
         self.configs = 0  # Vosk config messages so far (capped: each may build a stream)
         self._drain = asyncio.Event()
+        self.started = time.monotonic()
+        self.window_start, self.window_bytes = self.started, 0  # minimum data rate, per rate_window_s
 
     def drain(self) -> None:
         """Server shutdown: at its next wait for a message this session sends the final result
@@ -97,27 +100,57 @@ class _Session:
         self._drain.set()
 
     async def recv(self):
-        """The next message; meanwhile watch the idle timeout and a shutdown drain."""
-        if self._drain.is_set():
-            await self._shutdown()
-        receive = asyncio.ensure_future(self.ws.recv())
-        drained = asyncio.ensure_future(self._drain.wait())
-        try:
-            done, _ = await asyncio.wait({receive, drained}, timeout=self.cfg.idle_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            drained.cancel()
-            if not receive.done():
-                receive.cancel()  # websockets: cancelling recv() loses no message
-        if receive in done:
-            return receive.result()
-        try:
-            await receive
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 (the connection's fate is handled below)
-            pass
-        if self._drain.is_set():
-            await self._shutdown()
-        raise ClientError("idle_timeout", f"no message for {self.cfg.idle_timeout_s:g} s; closing", 1008)
+        """The next message. Meanwhile watch the idle timeout, the session length, the minimum
+        data rate and a shutdown drain: each ends the session with its final results first."""
+        c = self.cfg
+        while True:
+            if self._drain.is_set():
+                await self._shutdown()
+            now = time.monotonic()
+            await self._check_limits(now)
+            timeout, idle = c.idle_timeout_s, True
+            if c.max_session_s and self.started + c.max_session_s - now < timeout:
+                timeout, idle = self.started + c.max_session_s - now, False
+            if c.min_bytes_per_s and self.window_start + c.rate_window_s - now < timeout:
+                timeout, idle = self.window_start + c.rate_window_s - now, False
+            receive = asyncio.ensure_future(self.ws.recv())
+            drained = asyncio.ensure_future(self._drain.wait())
+            try:
+                done, _ = await asyncio.wait({receive, drained}, timeout=max(timeout, 0.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                drained.cancel()
+                if not receive.done():
+                    receive.cancel()  # websockets: cancelling recv() loses no message
+            if receive in done:
+                msg = receive.result()
+                self.window_bytes += len(msg)
+                return msg
+            try:
+                await receive
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 (the connection's fate is handled below)
+                pass
+            if idle and not self._drain.is_set():
+                raise ClientError("idle_timeout", f"no message for {c.idle_timeout_s:g} s; closing", 1008)
+
+    async def _check_limits(self, now: float) -> None:
+        """Session length and minimum data rate: on a breach send the final results of the audio
+        so far, then raise the ClientError (1008) that closes the connection."""
+        c = self.cfg
+        error = None
+        if c.max_session_s and now - self.started >= c.max_session_s:
+            error = ClientError("session_too_long", f"session longer than {c.max_session_s:g} s (the server's "
+                                                    "--max-session); open a new connection to go on", 1008)
+        elif c.min_bytes_per_s and now - self.window_start >= c.rate_window_s:
+            need = c.min_bytes_per_s * c.rate_window_s
+            if self.window_bytes < need:
+                error = ClientError("too_slow", f"{self.window_bytes} bytes in {c.rate_window_s:g} s, under the "
+                                                f"server's minimum data rate of {c.min_bytes_per_s:g} bytes/s "
+                                                "(--min-data-rate); stream audio in real time", 1008)
+            self.window_start, self.window_bytes = now, 0
+        if error is not None:
+            await self._flush(error.code)
+            raise error
 
     async def _shutdown(self) -> None:
         """Drain: the final result(s) of the audio so far, then close 1001; raises SessionOver."""

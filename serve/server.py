@@ -9,6 +9,7 @@ Endpoints (one port):
                             and FreeSWITCH integrations connect to
     GET  /                  (plain HTTP) the browser demo page: microphone -> live text
     GET  /health            JSON: {"status": "ok", "model", "streams", "max_connections", "rss_mb", ...}
+                            (only {"status": "ok"} without the token, when one is set)
     GET  /metrics           Prometheus text format (prometheus-client)
     GET  /stats?since=N     JSON: exact per-chunk compute latency quantiles of chunks N.. (bench)
 
@@ -52,12 +53,35 @@ HTTP: an ambiguous request (the Upgrade or Authorization header sent twice) gets
 path that is not a route or a file of serve/static gets 404 (request paths never reach the
 filesystem, and are echoed back cut to 100 characters).
 
-Limits: max connections (beyond it, the HTTP upgrade gets 503 with a hint and Retry-After),
-max message size (websockets' max_size is the limit itself: a larger message is refused while
-it arrives, with close 1009 and a reason naming the limit, no JSON error first), max_queue
-frames buffered per connection before reading pauses (so a connection holds at most about
-max_queue + 1 messages' worth of memory), idle timeout (no message for idle_timeout_s), optional bearer
-token (`Authorization: Bearer TOKEN` or `?token=TOKEN`; the page and /health stay open).
+Limits (each a `serve` option; 0 turns the optional ones off):
+  --max-connections 64   beyond it the HTTP upgrade gets 503 with a hint and Retry-After.
+  --max-per-address 16   open connections per client address; beyond it 429 with Retry-After
+                         (behind a reverse proxy every client shares its address: raise or 0).
+  --max-message-kb 1024  websockets' max_size is the limit itself: a larger message is refused
+                         while it arrives, with close 1009 and a reason naming the limit (no
+                         JSON error first).
+  --max-queue 2          frames buffered per connection before reading pauses, so a connection
+                         holds about max_queue + 1 messages' worth of memory at most.
+  --max-configs 8        Vosk config messages per connection (too_many_configs, 1008).
+  --idle-timeout 30      no message for this long: idle_timeout (1008).
+  --max-session 3600     session length (s): the stream gets the final result of its audio,
+                         then session_too_long (1008).
+  --min-data-rate 1000   bytes/s a client must send over each 10 s window (real-time 16 kHz
+                         int16 is 32,000): else the final result, then too_slow (1008).
+Native finals sent because of a limit carry the error code as their reason.
+
+Authentication (optional): a bearer token (`Authorization: Bearer TOKEN` or `?token=TOKEN`),
+compared in constant time (hmac.compare_digest), read from --token-file or EKD_SERVE_TOKEN
+(`--token` still works but shows in the process list). An empty token is an error, never an
+open server. With a token set, the websockets, /metrics and /stats need it, and /health answers
+only {"status": "ok"} without it (the details with it); the page stays open. Every HTTP answer
+carries X-Content-Type-Options: nosniff.
+
+Metrics: ekd_serve_rejected_total{reason} counts refused HTTP requests (not_found,
+unauthorized, bad_request, busy, per_address) and ekd_serve_client_errors_total{error} closed
+websockets by error code (the codes above, too_big, too_many_configs, too_slow,
+session_too_long, internal); every label is listed from the start at 0.
+
 A client's errors close only its own connection.
 
 Shutdown (graceful drain): on SIGTERM or Ctrl-C the server stops listening (upgrades still in
@@ -91,7 +115,7 @@ from serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F
 from serve.scheduler import BatchScheduler
 
 __all__ = ["BatchScheduler", "ClientError", "Metrics", "RecognitionServer", "ServerConfig", "ServerThread", "main",
-           "rss_mb", "run_server"]
+           "resolve_token", "rss_mb", "run_server"]
 
 log = logging.getLogger("serve")
 
@@ -108,7 +132,11 @@ class ServerConfig:
     max_configs: int = 8  # Vosk config messages per connection
     drain_grace_s: float = 8.0  # shutdown: time for open streams to get their final results (< docker stop's 10 s)
     idle_timeout_s: float = 30.0
-    token: str | None = None
+    max_session_s: float = 3600.0  # longest session (0: unlimited); a slot cannot be held forever
+    min_bytes_per_s: float = 1000.0  # minimum data rate over each rate_window_s (0: none); real time is 16,000+
+    rate_window_s: float = 10.0
+    max_per_address: int = 16  # open connections per client address (0: unlimited; behind a proxy all share one)
+    token: str | None = None  # None: no authentication; never "" (see resolve_token)
     min_sample_rate: int = 8000
     max_sample_rate: int = 96000
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
@@ -119,6 +147,14 @@ class ServerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
+        for name in ("max_session_s", "min_bytes_per_s", "max_per_address"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0 (0 turns the limit off)")
+        if not self.rate_window_s > 0:
+            raise ValueError(f"rate_window_s={self.rate_window_s!r}: must be > 0 seconds")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the token is empty: authentication would be off without saying so; set a non-empty "
+                             "token (--token-file or EKD_SERVE_TOKEN), or unset EKD_SERVE_TOKEN for an open server")
         if not self.drain_grace_s >= 0:
             raise ValueError(f"drain_grace_s={self.drain_grace_s!r}: must be >= 0 seconds (0: close at once)")
 
@@ -137,6 +173,7 @@ class RecognitionServer(HTTPRoutes):
         self._feat_pool = ThreadPoolExecutor(1, thread_name_prefix="ekd-features")
         self.port: int | None = None
         self.sessions: set[_Session] = set()
+        self.per_address: dict[str, int] = {}  # open connections per client address
         self.draining = False
         self._stopped = False
 
@@ -203,7 +240,9 @@ class RecognitionServer(HTTPRoutes):
         from websockets.exceptions import ConnectionClosed
 
         protocol = "native" if urlsplit(ws.request.path).path == "/ws" else "vosk"
+        addr = _peer(ws)
         self.active += 1
+        self.per_address[addr] = self.per_address.get(addr, 0) + 1
         self.metrics.active.set(self.active)
         session: _Session | None = None
         try:
@@ -213,6 +252,12 @@ class RecognitionServer(HTTPRoutes):
             if self.active > self.config.max_connections:  # lost a race with another handshake
                 self.metrics.rejected.labels("busy").inc()
                 await self._error(ws, protocol, ClientError("busy", "server busy; retry in a few seconds", 1013))
+                return
+            cap = self.config.max_per_address
+            if cap and self.per_address[addr] > cap:  # lost a race with a handshake from the same address
+                self.metrics.rejected.labels("per_address").inc()
+                await self._error(ws, protocol, ClientError(
+                    "busy", f"more than {cap} connections from {addr}; close one and retry", 1013))
                 return
             self.metrics.connections.labels(protocol).inc()
             session = _Session(self, ws, protocol)
@@ -236,6 +281,9 @@ class RecognitionServer(HTTPRoutes):
         finally:
             if session is not None:
                 self.sessions.discard(session)
+            self.per_address[addr] -= 1
+            if not self.per_address[addr]:
+                del self.per_address[addr]
             self.active -= 1
             self.metrics.active.set(self.active)
 
@@ -252,6 +300,38 @@ class RecognitionServer(HTTPRoutes):
 
 
 # ============================================================================ running
+def resolve_token(token: str | None = None, token_file: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> str | None:
+    """The bearer token from --token-file, --token (deprecated: visible in the process list) or
+    EKD_SERVE_TOKEN, in that order of the arguments given; None for an open server (none set).
+    An empty token (an empty file, EKD_SERVE_TOKEN="") is an error, never a silent open server."""
+    environ = os.environ if environ is None else environ
+    if token is not None and token_file is not None:
+        raise ValueError("both --token and --token-file given; use --token-file alone")
+    if token_file is not None:
+        try:
+            value = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--token-file {token_file}: cannot read it ({e})") from None
+        if not value:
+            raise ValueError(f"--token-file {token_file} is empty; write the token into it")
+        return value
+    if token is not None:
+        if not token.strip():
+            raise ValueError("--token is empty; give a token (better: --token-file or EKD_SERVE_TOKEN, which "
+                             "stay out of the process list)")
+        log.warning("--token is visible to every user in the process list; prefer --token-file or EKD_SERVE_TOKEN")
+        return token.strip()
+    if "EKD_SERVE_TOKEN" in environ:
+        value = environ["EKD_SERVE_TOKEN"].strip()
+        if not value:
+            raise ValueError("EKD_SERVE_TOKEN is set but empty, which would turn authentication off; set a token, "
+                             "or unset the variable for an open server")
+        return value
+    return None
+
+
+
 class ServerThread:
     """A RecognitionServer on its own event loop in a daemon thread (tests, in-process bench).
 
@@ -336,7 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-connections", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--token", default=os.environ.get("EKD_SERVE_TOKEN"))
+    p.add_argument("--token", default=None, help="deprecated (visible in the process list): --token-file or "
+                                                  "EKD_SERVE_TOKEN")
+    p.add_argument("--token-file", default=None, help="file holding the bearer token (else EKD_SERVE_TOKEN)")
     p.add_argument("--int8", action="store_true")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument("--threads", type=int, default=1)
@@ -344,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ServerConfig(host=a.host, port=a.port, max_connections=a.max_connections, max_batch=a.max_batch,
-                       max_wait_ms=a.max_wait_ms, token=a.token)
+                       max_wait_ms=a.max_wait_ms, token=resolve_token(a.token, a.token_file))
 
     def ready(server: RecognitionServer) -> None:
         if a.port_file:

@@ -43,8 +43,17 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
               help="On SIGTERM/Ctrl-C: seconds open streams get to receive their final results before "
                    "the server exits (keep it under Docker's stop timeout, 10 s by default).")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=float, help="Close clients silent this long (s).")
-@click.option("--token", envvar="EKD_SERVE_TOKEN", default=None,
-              help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN (env EKD_SERVE_TOKEN).")
+@click.option("--max-session", default=3600.0, show_default=True, type=float,
+              help="Longest session (s), 0: unlimited; the stream gets its final result, then close 1008.")
+@click.option("--min-data-rate", default=1000.0, show_default=True, type=float,
+              help="Bytes/s a client must send over each 10 s (real-time 16 kHz audio is 32,000), 0: none.")
+@click.option("--max-per-address", default=16, show_default=True, type=int,
+              help="Open connections per client address (HTTP 429 beyond), 0: unlimited (e.g. behind a proxy).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN, TOKEN read from this file "
+                   "(else from env EKD_SERVE_TOKEN; neither: no authentication).")
+@click.option("--token", default=None,
+              help="Deprecated: the token on the command line shows in the process list; use --token-file.")
 @click.option("--int8", is_flag=True, help="Serve the bundle's INT8 model (model.int8.onnx).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="onnxruntime execution provider.")
@@ -59,7 +68,8 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int,
-          drain_grace: float, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
+          drain_grace: float, idle_timeout: float, max_session: float, min_data_rate: float, max_per_address: int,
+          token_file: Path | None, token: str | None, int8: bool, provider: str, threads: int,
           decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
@@ -67,7 +77,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     import logging
 
     from serve.runtime import EndpointConfig
-    from serve.server import ServerConfig, run_server
+    from serve.server import ServerConfig, resolve_token, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if lm_path:
@@ -75,7 +85,9 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
                     max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
-                    token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
+                    max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
+                    token=_friendly(resolve_token, token, token_file),
+                    endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
                                                          max_utterance_s=max_utterance))
 
     def ready(server) -> None:

@@ -87,6 +87,36 @@ def test_sigterm_drains_open_streams_and_exits_0(energy_bundle):
             proc.wait(10)
 
 
+def test_token_from_file_or_env_never_empty(energy_bundle, tmp_path):
+    """The token comes from --token-file or EKD_SERVE_TOKEN (not the process list); an empty
+    one is refused with a clear error instead of silently serving without authentication."""
+    from serve.server import resolve_token
+
+    env = {k: v for k, v in os.environ.items() if k != "EKD_SERVE_TOKEN"}
+    r = CliRunner().invoke(serve, [str(energy_bundle)], env={"EKD_SERVE_TOKEN": ""})
+    assert r.exit_code != 0 and "EKD_SERVE_TOKEN is set but empty" in r.output
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    r = CliRunner().invoke(serve, [str(energy_bundle), "--token-file", str(empty)])
+    assert r.exit_code != 0 and "is empty" in r.output
+    assert resolve_token(environ={"EKD_SERVE_TOKEN": " t0k "}) == "t0k" and resolve_token(environ={}) is None
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert resolve_token(token_file=secret, environ={"EKD_SERVE_TOKEN": "other"}) == "s3cret"
+
+    proc, port = _start_serve(energy_bundle, "--token-file", str(secret), env=env)
+    try:
+        assert port, "the serve command did not report its port"
+        assert "s3cret" not in " ".join(proc.args)
+        base = f"http://127.0.0.1:{port}"
+        assert json.loads(urllib.request.urlopen(base + "/health", timeout=5).read()) == {"status": "ok"}
+        req = urllib.request.Request(base + "/health", headers={"Authorization": "Bearer s3cret"})
+        assert json.loads(urllib.request.urlopen(req, timeout=5).read())["model"] == "energy"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_serve_command_rejects_bad_bundle(tmp_path):
     r = CliRunner().invoke(serve, [str(tmp_path)])
     assert r.exit_code != 0 and "bundle.json is missing" in r.output

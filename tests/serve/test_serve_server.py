@@ -422,6 +422,85 @@ def test_bearer_token(recognizer):
         assert http(srv, "/metrics")[0] == 401
         assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
         assert http(srv, "/health")[0] == 200 and http(srv, "/")[0] == 200
+        # /health says only that it is alive unless authorised (issue 14, item 8)
+        assert json.loads(http(srv, "/health")[2]) == {"status": "ok"}
+        assert json.loads(http(srv, "/health?token=wrong")[2]) == {"status": "ok"}
+        full = json.loads(http(srv, "/health", {"Authorization": "Bearer s3cret"})[2])
+        assert full["model"] == "energy" and "pid" not in full and "bundle" not in full
+
+
+def test_empty_token_refused():
+    with pytest.raises(ValueError, match="empty"):
+        ServerConfig(token="")
+    with pytest.raises(ValueError, match="empty"):
+        ServerConfig(token="  ")
+
+
+def test_every_refusal_reason_is_a_metric(server):
+    """/metrics lists a counter for every refusal reason from the start (issue 14, item 6 of the brief)."""
+    from serve.metrics import ERROR_CODES, REJECT_REASONS
+
+    body = http(server, "/metrics")[2]
+    for reason in REJECT_REASONS:
+        assert f'ekd_serve_rejected_total{{reason="{reason}"}}' in body, reason
+    for code in ERROR_CODES + ("too_slow", "session_too_long", "too_many_configs", "bad_request"):
+        assert code in body, code
+
+
+def test_nosniff_on_every_http_answer(server):
+    for path in ("/", "/app.js", "/health", "/metrics", "/stats", "/nope"):
+        assert http(server, path)[1]["X-Content-Type-Options"] == "nosniff", path
+
+
+def test_connections_per_address_capped(recognizer):
+    with ServerThread(recognizer, ServerConfig(port=0, max_per_address=2)) as srv:
+        with connect(url(srv), open_timeout=5), connect(url(srv, "/"), open_timeout=5):
+            with pytest.raises(InvalidStatus) as e:
+                connect(url(srv), open_timeout=5)
+            resp = e.value.response
+            assert resp.status_code == 429 and b"max-per-address" in resp.body and resp.headers["Retry-After"]
+        deadline = time.time() + 5
+        while srv.server.per_address and time.time() < deadline:
+            time.sleep(0.02)
+        with connect(url(srv), open_timeout=5) as c:  # slots free again
+            c.send(START)
+            assert json.loads(c.recv(timeout=5))["type"] == "ready"
+        assert 'ekd_serve_rejected_total{reason="per_address"} 1.0' in http(srv, "/metrics")[2]
+
+
+def test_session_length_capped_with_final_result(recognizer):
+    """A session cannot hold a slot forever: at max_session_s it gets the final result of its
+    audio so far, then session_too_long (1008) (issue 14, item 7)."""
+    with ServerThread(recognizer, ServerConfig(port=0, max_session_s=1.0, min_bytes_per_s=0)) as srv:
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            ws.send(to_pcm16(np.concatenate([silence(0.3), tone(0.5), silence(0.2)])))
+            msgs = recv_all(ws, timeout=5)
+        assert ws.protocol.close_code == 1008
+        assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("a", "session_too_long")]
+        assert msgs[-1]["error"] == "session_too_long"
+
+
+def test_minimum_data_rate(recognizer):
+    """2 bytes now and then no longer keep a slot: under min_bytes_per_s over a rate window the
+    connection is closed with too_slow (1008) (issue 14, item 7)."""
+    cfg = ServerConfig(port=0, min_bytes_per_s=1000, rate_window_s=0.5, idle_timeout_s=20)
+    with ServerThread(recognizer, cfg) as srv:
+        t0 = time.time()
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            msgs = []
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(40):  # at most 4 s
+                    ws.send(b"\x00\x00")
+                    time.sleep(0.1)
+            msgs = recv_all(ws, timeout=5)
+        assert msgs[-1]["error"] == "too_slow" and ws.protocol.close_code == 1008, msgs
+        assert time.time() - t0 < 3
+        # a real-time client is not affected
+        assert native_session(srv, to_pcm16(AUDIO), piece=3200)[-1]["type"] == "final"
 
 
 # ----------------------------------------------------------------------------- shutdown
