@@ -7,6 +7,7 @@ import hmac
 import logging
 import mimetypes
 import time
+from collections import deque
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def _peer(connection) -> str:
 
 class HTTPRoutes:
     """HTTP request handling mixed into `RecognitionServer` (uses its rec, config, metrics,
-    active and started attributes)."""
+    active, per_address and started attributes)."""
+
+    _auth_failures: dict[str, deque]  # client address -> times of its recent wrong tokens
 
     def _authorized(self, request) -> bool:
         token = self.config.token
@@ -59,6 +62,37 @@ class HTTPRoutes:
         else:
             given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), token.encode())
+
+    def _check_token(self, connection, request):
+        """None when the request may go on; else the response refusing it: 401 for a missing or
+        wrong token, 429 while its address has had max_auth_failures failures within
+        auth_window_s (guessing is slowed to that many tries per window per address)."""
+        if not self.config.token:
+            return None
+        addr, now = _peer(connection), time.monotonic()
+        window, limit = self.config.auth_window_s, self.config.max_auth_failures
+        fails = self._auth_failures.setdefault(addr, deque())
+        while fails and now - fails[0] > window:
+            fails.popleft()
+        if limit and len(fails) >= limit:
+            self.metrics.rejected.labels("auth_throttled").inc()
+            wait = max(1, int(window - (now - fails[0])) + 1)
+            return self._respond(connection, HTTPStatus.TOO_MANY_REQUESTS,
+                                 f"{len(fails)} wrong tokens from {addr} in {window:g} s; retry in {wait} s\n",
+                                 "text/plain; charset=utf-8", {"Retry-After": str(wait)})
+        if self._authorized(request):
+            if not fails:
+                del self._auth_failures[addr]
+            return None
+        fails.append(now)
+        if len(self._auth_failures) > 10_000:  # many addresses: forget the ones with no recent failure
+            for a in [a for a, f in self._auth_failures.items() if not f or now - f[-1] > window]:
+                del self._auth_failures[a]
+        self.metrics.rejected.labels("unauthorized").inc()
+        log.info("401 for %s: missing or wrong token (%d in %g s)", addr, len(fails), window)
+        return self._respond(connection, HTTPStatus.UNAUTHORIZED,
+                             "missing or wrong token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
+                             "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
 
     def _respond(self, connection, status: HTTPStatus, body: str, content_type: str, extra: dict | None = None):
         resp = connection.respond(status, body)
@@ -101,11 +135,9 @@ class HTTPRoutes:
                 return self._respond(connection, HTTPStatus.NOT_FOUND,
                                      f"no websocket endpoint at {shown}; connect to /ws (native) or / (Vosk)\n",
                                      "text/plain; charset=utf-8")
-            if not self._authorized(request):
-                self.metrics.rejected.labels("unauthorized").inc()
-                return self._respond(connection, HTTPStatus.UNAUTHORIZED,
-                                     "missing or wrong token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
-                                     "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            refused = self._check_token(connection, request)
+            if refused is not None:
+                return refused
             cap, addr = self.config.max_per_address, _peer(connection)
             if cap and self.per_address.get(addr, 0) >= cap:
                 self.metrics.rejected.labels("per_address").inc()
@@ -130,10 +162,9 @@ class HTTPRoutes:
             return self._respond(connection, HTTPStatus.OK, _json(self.health(self._authorized(request))),
                                  "application/json")
         if path in ("/metrics", "/stats"):
-            if not self._authorized(request):
-                self.metrics.rejected.labels("unauthorized").inc()
-                return self._respond(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong token\n",
-                                     "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            refused = self._check_token(connection, request)
+            if refused is not None:
+                return refused
             if path == "/metrics":
                 return self._respond(connection, HTTPStatus.OK, self.metrics.exposition().decode(),
                                      "text/plain; version=0.0.4; charset=utf-8")

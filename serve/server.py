@@ -73,12 +73,13 @@ Native finals sent because of a limit carry the error code as their reason.
 Authentication (optional): a bearer token (`Authorization: Bearer TOKEN` or `?token=TOKEN`),
 compared in constant time (hmac.compare_digest), read from --token-file or EKD_SERVE_TOKEN
 (`--token` still works but shows in the process list). An empty token is an error, never an
-open server. With a token set, the websockets, /metrics and /stats need it, and /health answers
+open server. After 10 wrong tokens within 60 s an address gets 429 (Retry-After) until the
+oldest falls out of the window. With a token set, the websockets, /metrics and /stats need it, and /health answers
 only {"status": "ok"} without it (the details with it); the page stays open. Every HTTP answer
 carries X-Content-Type-Options: nosniff.
 
 Metrics: ekd_serve_rejected_total{reason} counts refused HTTP requests (not_found,
-unauthorized, bad_request, busy, per_address) and ekd_serve_client_errors_total{error} closed
+unauthorized, auth_throttled, bad_request, busy, per_address) and ekd_serve_client_errors_total{error} closed
 websockets by error code (the codes above, too_big, too_many_configs, too_slow,
 session_too_long, internal); every label is listed from the start at 0.
 
@@ -137,6 +138,8 @@ class ServerConfig:
     rate_window_s: float = 10.0
     max_per_address: int = 16  # open connections per client address (0: unlimited; behind a proxy all share one)
     token: str | None = None  # None: no authentication; never "" (see resolve_token)
+    max_auth_failures: int = 10  # wrong tokens per address per auth_window_s, then 429 (0: no throttle)
+    auth_window_s: float = 60.0
     min_sample_rate: int = 8000
     max_sample_rate: int = 96000
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
@@ -147,11 +150,12 @@ class ServerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
-        for name in ("max_session_s", "min_bytes_per_s", "max_per_address"):
+        for name in ("max_session_s", "min_bytes_per_s", "max_per_address", "max_auth_failures"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0 (0 turns the limit off)")
-        if not self.rate_window_s > 0:
-            raise ValueError(f"rate_window_s={self.rate_window_s!r}: must be > 0 seconds")
+        for name in ("rate_window_s", "auth_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0 seconds")
         if self.token is not None and not self.token.strip():
             raise ValueError("the token is empty: authentication would be off without saying so; set a non-empty "
                              "token (--token-file or EKD_SERVE_TOKEN), or unset EKD_SERVE_TOKEN for an open server")
@@ -174,6 +178,7 @@ class RecognitionServer(HTTPRoutes):
         self.port: int | None = None
         self.sessions: set[_Session] = set()
         self.per_address: dict[str, int] = {}  # open connections per client address
+        self._auth_failures = {}
         self.draining = False
         self._stopped = False
 

@@ -52,6 +52,8 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN, TOKEN read from this file "
                    "(else from env EKD_SERVE_TOKEN; neither: no authentication).")
+@click.option("--max-auth-failures", default=10, show_default=True, type=int,
+              help="Wrong tokens per client address per minute before it gets HTTP 429, 0: no limit.")
 @click.option("--token", default=None,
               help="Deprecated: the token on the command line shows in the process list; use --token-file.")
 @click.option("--int8", is_flag=True, help="Serve the bundle's INT8 model (model.int8.onnx).")
@@ -69,7 +71,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int,
           drain_grace: float, idle_timeout: float, max_session: float, min_data_rate: float, max_per_address: int,
-          token_file: Path | None, token: str | None, int8: bool, provider: str, threads: int,
+          token_file: Path | None, max_auth_failures: int, token: str | None, int8: bool, provider: str, threads: int,
           decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
@@ -86,7 +88,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
                     max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
                     max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
                     max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
-                    token=_friendly(resolve_token, token, token_file),
+                    token=_friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
                     endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
                                                          max_utterance_s=max_utterance))
 

@@ -429,6 +429,24 @@ def test_bearer_token(recognizer):
         assert full["model"] == "energy" and "pid" not in full and "bundle" not in full
 
 
+def test_wrong_token_guesses_slowed_per_address(recognizer):
+    """After max_auth_failures wrong tokens in auth_window_s an address gets 429 (even with the
+    right token) until the window passes (issue 14, item 8: 8,659 guesses in 5 s were not slowed)."""
+    cfg = ServerConfig(port=0, token="s3cret", max_auth_failures=3, auth_window_s=1.0)
+    with ServerThread(recognizer, cfg) as srv:
+        codes = [http(srv, "/metrics", {"Authorization": f"Bearer guess{i}"})[0] for i in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        status, headers, _ = http(srv, "/metrics", {"Authorization": "Bearer s3cret"})
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        with pytest.raises(InvalidStatus) as e:
+            connect(url(srv) + "?token=s3cret", open_timeout=5)
+        assert e.value.response.status_code == 429
+        time.sleep(1.1)
+        assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
+        assert 'ekd_serve_rejected_total{reason="auth_throttled"} 4.0' in \
+            http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[2]
+
+
 def test_empty_token_refused():
     with pytest.raises(ValueError, match="empty"):
         ServerConfig(token="")
