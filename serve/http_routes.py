@@ -63,6 +63,15 @@ class HTTPRoutes:
             given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), token.encode())
 
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """A browser's upgrade (it sends Origin) is allowed from this server's own page (Origin's
+        host:port equals the Host header) or an origin listed in config.allowed_origins ("*":
+        any). Stops other web sites from using a visitor's browser to reach the server."""
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin.rstrip("/") in allowed:
+            return True
+        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
     def _check_token(self, connection, request):
         """None when the request may go on; else the response refusing it: 401 for a missing or
         wrong token, 429 while its address has had max_auth_failures failures within
@@ -134,6 +143,14 @@ class HTTPRoutes:
                 self.metrics.rejected.labels("not_found").inc()
                 return self._respond(connection, HTTPStatus.NOT_FOUND,
                                      f"no websocket endpoint at {shown}; connect to /ws (native) or / (Vosk)\n",
+                                     "text/plain; charset=utf-8")
+            origin = single_header(request, "Origin")
+            if origin and not self._origin_allowed(origin, single_header(request, "Host")):
+                self.metrics.rejected.labels("bad_origin").inc()
+                log.info("403 for %s: websocket from origin %s", _peer(connection), origin[:100])
+                return self._respond(connection, HTTPStatus.FORBIDDEN,
+                                     f"websocket connections from the page at {origin[:100]} are not allowed; "
+                                     "start the server with --allowed-origin ORIGIN to allow it\n",
                                      "text/plain; charset=utf-8")
             refused = self._check_token(connection, request)
             if refused is not None:

@@ -11,7 +11,7 @@ import numpy as np
 
 
 # Why the HTTP side refuses a request (ekd_serve_rejected_total{reason=...}).
-REJECT_REASONS = ("not_found", "unauthorized", "auth_throttled", "bad_request", "busy", "per_address")
+REJECT_REASONS = ("not_found", "unauthorized", "auth_throttled", "bad_origin", "bad_request", "busy", "per_address")
 # Why a websocket is closed by the server (ekd_serve_client_errors_total{error=...}): the protocol's codes.
 ERROR_CODES = ("bad_json", "bad_message", "bad_sample_rate", "not_started", "already_started", "idle_timeout",
                "too_big", "too_many_configs", "too_slow", "session_too_long", "busy", "internal")

@@ -76,10 +76,11 @@ compared in constant time (hmac.compare_digest), read from --token-file or EKD_S
 open server. After 10 wrong tokens within 60 s an address gets 429 (Retry-After) until the
 oldest falls out of the window. With a token set, the websockets, /metrics and /stats need it, and /health answers
 only {"status": "ok"} without it (the details with it); the page stays open. Every HTTP answer
-carries X-Content-Type-Options: nosniff.
+carries X-Content-Type-Options: nosniff. A browser's websocket upgrade (it sends Origin) is
+refused with 403 unless it comes from the server's own page or an --allowed-origin, token or not.
 
 Metrics: ekd_serve_rejected_total{reason} counts refused HTTP requests (not_found,
-unauthorized, auth_throttled, bad_request, busy, per_address) and ekd_serve_client_errors_total{error} closed
+unauthorized, auth_throttled, bad_origin, bad_request, busy, per_address) and ekd_serve_client_errors_total{error} closed
 websockets by error code (the codes above, too_big, too_many_configs, too_slow,
 session_too_long, internal); every label is listed from the start at 0.
 
@@ -138,6 +139,7 @@ class ServerConfig:
     rate_window_s: float = 10.0
     max_per_address: int = 16  # open connections per client address (0: unlimited; behind a proxy all share one)
     token: str | None = None  # None: no authentication; never "" (see resolve_token)
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides the server's own page ("*": any)
     max_auth_failures: int = 10  # wrong tokens per address per auth_window_s, then 429 (0: no throttle)
     auth_window_s: float = 60.0
     min_sample_rate: int = 8000
@@ -153,6 +155,7 @@ class ServerConfig:
         for name in ("max_session_s", "min_bytes_per_s", "max_per_address", "max_auth_failures"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0 (0 turns the limit off)")
+        self.allowed_origins = tuple(o.rstrip("/") for o in self.allowed_origins)
         for name in ("rate_window_s", "auth_window_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0 seconds")

@@ -52,6 +52,9 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN, TOKEN read from this file "
                    "(else from env EKD_SERVE_TOKEN; neither: no authentication).")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              help="Let browser pages from ORIGIN (e.g. https://app.example.com) open websockets; repeatable, "
+                   "'*' for any. The server's own page is always allowed.")
 @click.option("--max-auth-failures", default=10, show_default=True, type=int,
               help="Wrong tokens per client address per minute before it gets HTTP 429, 0: no limit.")
 @click.option("--token", default=None,
@@ -71,7 +74,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int,
           drain_grace: float, idle_timeout: float, max_session: float, min_data_rate: float, max_per_address: int,
-          token_file: Path | None, max_auth_failures: int, token: str | None, int8: bool, provider: str, threads: int,
+          token_file: Path | None, allowed_origins: tuple[str, ...], max_auth_failures: int, token: str | None, int8: bool, provider: str, threads: int,
           decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
@@ -89,6 +92,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
                     max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
                     max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
                     token=_friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
+                    allowed_origins=allowed_origins,
                     endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
                                                          max_utterance_s=max_utterance))
 

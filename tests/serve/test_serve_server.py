@@ -447,6 +447,20 @@ def test_wrong_token_guesses_slowed_per_address(recognizer):
             http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[2]
 
 
+def test_browser_origin_checked(recognizer):
+    """A web page elsewhere cannot use a visitor's browser to stream to the server: an upgrade
+    with a foreign Origin gets 403 (token or not); the server's own page and --allowed-origin pass."""
+    with ServerThread(recognizer, ServerConfig(port=0, allowed_origins=("https://app.example",))) as srv:
+        with pytest.raises(InvalidStatus) as e:
+            connect(url(srv), origin="https://evil.example", open_timeout=5)
+        assert e.value.response.status_code == 403 and b"--allowed-origin" in e.value.response.body
+        for origin in (f"http://127.0.0.1:{srv.port}", "https://app.example", None):
+            with connect(url(srv), origin=origin, open_timeout=5) as ws:
+                ws.send(START)
+                assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+        assert 'ekd_serve_rejected_total{reason="bad_origin"} 1.0' in http(srv, "/metrics")[2]
+
+
 def test_empty_token_refused():
     with pytest.raises(ValueError, match="empty"):
         ServerConfig(token="")
