@@ -72,10 +72,10 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
               help="Endpoint after this much trailing blank following speech (s).")
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
-          max_message_kb: int, max_queue: int, max_configs: int,
-          drain_grace: float, idle_timeout: float, max_session: float, min_data_rate: float, max_per_address: int,
-          token_file: Path | None, allowed_origins: tuple[str, ...], max_auth_failures: int, token: str | None, int8: bool, provider: str, threads: int,
-          decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
+          max_message_kb: int, max_queue: int, max_configs: int, drain_grace: float, idle_timeout: float,
+          max_session: float, min_data_rate: float, max_per_address: int, token_file: Path | None,
+          allowed_origins: tuple[str, ...], max_auth_failures: int, token: str | None, int8: bool, provider: str,
+          threads: int, decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
     at http://HOST:PORT/, /health and /metrics."""
@@ -93,8 +93,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
                     max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
                     token=_friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
                     allowed_origins=allowed_origins,
-                    endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
-                                                         max_utterance_s=max_utterance))
+                    endpoint=EndpointConfig(trailing_silence_s=trailing_silence, max_utterance_s=max_utterance))
 
     def ready(server) -> None:
         click.echo(f"serving {server.rec.bundle.name}: page http://{host}:{server.port}/  "
