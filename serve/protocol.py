@@ -199,7 +199,7 @@ class _Session:
         ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
         create = self.server.rec.create_stream
         self.stream = await asyncio.get_running_loop().run_in_executor(
-            self.server._feat_pool, lambda: create(rate, endpoint=ep))
+            self.server._stream_pool, lambda: create(rate, endpoint=ep))
 
     async def _audio(self, data: bytes) -> int:
         """Feed int16 PCM to the stream and decode what became ready; returns chunks decoded."""

@@ -178,6 +178,9 @@ class RecognitionServer(HTTPRoutes):
         self._server = None
         self._scheduler: BatchScheduler | None = None
         self._feat_pool = ThreadPoolExecutor(1, thread_name_prefix="ekd-features")
+        # New streams (resampler filters: tens of ms at an unusual rate) are built here, off the event
+        # loop and away from the features of good clients' audio in _feat_pool.
+        self._stream_pool = ThreadPoolExecutor(1, thread_name_prefix="ekd-streams")
         self.port: int | None = None
         self.sessions: set[_Session] = set()
         self.per_address: dict[str, int] = {}  # open connections per client address
@@ -212,6 +215,7 @@ class RecognitionServer(HTTPRoutes):
         if self._scheduler is not None:
             await self._scheduler.stop()
         self._feat_pool.shutdown(wait=True)
+        self._stream_pool.shutdown(wait=True)
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Graceful shutdown: stop accepting (new upgrades get 503), give every open stream the

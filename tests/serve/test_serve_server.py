@@ -191,6 +191,26 @@ def test_vosk_repeated_config_keeps_the_audio_so_far(server):
     assert msgs[-1]["code"] == "bad_sample_rate" and "16000 to 8000" in msgs[-1]["error"]
 
 
+def test_streams_built_off_the_event_loop(recognizer, monkeypatch):
+    """Building a stream (its resampler: tens of ms at 95,999 Hz) never runs on the event loop,
+    so config floods cannot stall other clients' results (issue 14, item 4)."""
+    threads = []
+    create = recognizer.create_stream
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "create_stream", spy)
+    with ServerThread(recognizer, ServerConfig(port=0)) as srv:
+        with connect(url(srv, "/"), open_timeout=5) as ws:
+            ws.send(json.dumps({"config": {"sample_rate": 95_999}}))
+            ws.send('{"eof" : 1}')
+            assert json.loads(ws.recv(timeout=5))["text"] == ""
+        native_session(srv, to_pcm16(silence(0.2)))
+    assert len(threads) == 2 and all(t.startswith("ekd-streams") for t in threads), threads
+
+
 def test_vosk_configs_per_connection_capped(server):
     """Each config may build a stream (and a resampler): more than max_configs closes the
     connection with too_many_configs (1008) instead of burning the event loop (issue 14, item 4)."""
