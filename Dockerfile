@@ -15,7 +15,13 @@
 #   docker run -d --gpus all -p 2700:2700 -v "$PWD/exp/fsdd/bundles/student:/bundle:ro" ekd-compress:serve /bundle --provider tensorrt
 # The serve image's arguments (CMD) follow `ekd-compress serve`; host and port come from the
 # entrypoint (0.0.0.0, $EKD_PORT, default 2700: change the port with -e EKD_PORT=N -p N:N, which the
-# HEALTHCHECK reads too). EKD_SERVE_TOKEN=... requires a bearer token on the websockets, not on /health.
+# HEALTHCHECK reads too). EKD_SERVE_TOKEN=... (or --token-file /run/secrets/token) requires a bearer
+# token on the websockets and /metrics; /health then answers only {"status": "ok"} without it, which
+# is all the HEALTHCHECK needs. An empty EKD_SERVE_TOKEN is refused at start.
+# Stopping: `docker stop` sends SIGTERM; the server then drains (every open stream gets its final
+# result, then close 1001) for at most --drain-grace seconds (default 8) and exits 0. Docker kills
+# the container after its stop timeout (10 s by default): for a longer --drain-grace raise it too,
+# e.g. `docker stop -t 40` or `docker run --stop-timeout 40` (compose: stop_grace_period: 40s).
 #
 # Versions are pinned here and tests/test_dockerfile.py checks them against pyproject.toml: change
 # both together. Every CUDA-bound piece is the CUDA 13 build: PyPI's torch 2.13.0 Linux wheel (it

@@ -270,7 +270,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
               log=lambda m: None) -> ModelResult:
     """Run the whole benchmark against a running server at ws://HOST:PORT."""
     url = url.rstrip("/")
-    health = _http_json(url, "/health")
+    health = _http_json(url, "/health", cfg.token)  # without the token /health says only that it is alive
     chunk_s = health["chunk_ms"] / 1000.0
     res = ModelResult(bundle=label, chunk_ms=health["chunk_ms"], mode="realtime" if cfg.realtime else "fast",
                       streams=cfg.streams)
@@ -324,7 +324,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
         res.max_realtime_streams_capped = res.max_realtime_streams == cfg.max_streams
 
     # 4. memory
-    h = _http_json(url, "/health")
+    h = _http_json(url, "/health", cfg.token)
     res.rss_mb = h.get("peak_rss_mb") or h.get("rss_mb")
 
     # 5. the runtime alone (no server, no websocket), when the bundle is on this machine

@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 
 
+# Why the HTTP side refuses a request (ekd_serve_rejected_total{reason=...}).
+REJECT_REASONS = ("not_found", "unauthorized", "auth_throttled", "bad_origin", "bad_request", "busy", "per_address")
+# Why a websocket is closed by the server (ekd_serve_client_errors_total{error=...}): the protocol's codes.
+ERROR_CODES = ("bad_json", "bad_message", "bad_sample_rate", "not_started", "already_started", "idle_timeout",
+               "too_big", "too_many_configs", "too_slow", "session_too_long", "busy", "internal")
+
+
 def rss_mb() -> tuple[float, float]:
     """(current, peak) resident memory of this process in MiB."""
     try:
@@ -35,8 +42,14 @@ class Metrics:
         p = "ekd_serve_"
         self.active = Gauge(p + "connections_active", "Open websocket streams", registry=r)
         self.connections = Counter(p + "connections", "Accepted websocket connections", ["protocol"], registry=r)
-        self.rejected = Counter(p + "rejected", "Refused requests", ["reason"], registry=r)
-        self.errors = Counter(p + "client_errors", "Connections closed for a client error", ["error"], registry=r)
+        self.rejected = Counter(p + "rejected", "Refused HTTP requests and upgrades, by reason", ["reason"],
+                                registry=r)
+        self.errors = Counter(p + "client_errors", "Connections closed for a client error or a limit, by error code",
+                              ["error"], registry=r)
+        for reason in REJECT_REASONS:  # every reason shows up (at 0) before it first happens
+            self.rejected.labels(reason)
+        for code in ERROR_CODES:
+            self.errors.labels(code)
         self.audio = Counter(p + "audio_seconds", "Audio received, seconds", registry=r)
         self.chunks = Counter(p + "chunks", "Model chunks decoded", registry=r)
         self.partials = Counter(p + "partials", "Partial results sent", registry=r)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +15,11 @@ from serve.runtime import EndpointConfig, Segment, Stream
 
 if TYPE_CHECKING:
     from serve.server import RecognitionServer
+
+
+class SessionOver(Exception):
+    """The session was ended by the server on purpose (shutdown drain): results were sent and
+    the connection closed; nothing more to report."""
 
 
 class ClientError(Exception):
@@ -26,6 +33,37 @@ class ClientError(Exception):
 # ============================================================================ messages
 def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: error messages never echo a whole hostile message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; send finite numbers")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers beyond float range (1e400) are refused, and so is
+    input nested too deeply or with integers too long to convert (Python's 4,300-digit limit).
+    Raises ValueError with a short reason for any of these, and for malformed JSON."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at char {e.pos}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(str(e)[:80]) from None
 
 
 def _words_native(seg: Segment) -> list[dict[str, Any]]:
@@ -51,34 +89,117 @@ class _Session:
         self.stream: Stream | None = None
         self.carry = b""  # odd byte of int16 PCM left from the previous message
         self.sent_chunks = 0
+        self.configs = 0  # Vosk config messages so far (capped: each may build a stream)
+        self._drain = asyncio.Event()
+        self.started = time.monotonic()
+        self.window_start, self.window_bytes = self.started, 0  # minimum data rate, per rate_window_s
+
+    def drain(self) -> None:
+        """Server shutdown: at its next wait for a message this session sends the final result
+        of the audio so far (native: reason "shutdown"), then closes with 1001."""
+        self._drain.set()
 
     async def recv(self):
-        try:
-            return await asyncio.wait_for(self.ws.recv(), self.cfg.idle_timeout_s)
-        except asyncio.TimeoutError:
-            raise ClientError("idle_timeout", f"no message for {self.cfg.idle_timeout_s:g} s; closing", 1008) from None
+        """The next message. Meanwhile watch the idle timeout, the session length, the minimum
+        data rate and a shutdown drain: each ends the session with its final results first."""
+        c = self.cfg
+        while True:
+            if self._drain.is_set():
+                await self._shutdown()
+            now = time.monotonic()
+            await self._check_limits(now)
+            timeout, idle = c.idle_timeout_s, True
+            if c.max_session_s and self.started + c.max_session_s - now < timeout:
+                timeout, idle = self.started + c.max_session_s - now, False
+            if c.min_bytes_per_s and self.window_start + c.rate_window_s - now < timeout:
+                timeout, idle = self.window_start + c.rate_window_s - now, False
+            receive = asyncio.ensure_future(self.ws.recv())
+            drained = asyncio.ensure_future(self._drain.wait())
+            try:
+                done, _ = await asyncio.wait({receive, drained}, timeout=max(timeout, 0.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                drained.cancel()
+                if not receive.done():
+                    receive.cancel()  # websockets: cancelling recv() loses no message
+            if receive in done:
+                msg = receive.result()
+                self.window_bytes += len(msg)
+                return msg
+            try:
+                await receive
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 (the connection's fate is handled below)
+                pass
+            if idle and not self._drain.is_set():
+                raise ClientError("idle_timeout", f"no message for {c.idle_timeout_s:g} s; closing", 1008)
+
+    async def _check_limits(self, now: float) -> None:
+        """Session length and minimum data rate: on a breach send the final results of the audio
+        so far, then raise the ClientError (1008) that closes the connection."""
+        c = self.cfg
+        error = None
+        if c.max_session_s and now - self.started >= c.max_session_s:
+            error = ClientError("session_too_long", f"session longer than {c.max_session_s:g} s (the server's "
+                                                    "--max-session); open a new connection to go on", 1008)
+        elif c.min_bytes_per_s and now - self.window_start >= c.rate_window_s:
+            need = c.min_bytes_per_s * c.rate_window_s
+            if self.window_bytes < need:
+                error = ClientError("too_slow", f"{self.window_bytes} bytes in {c.rate_window_s:g} s, under the "
+                                                f"server's minimum data rate of {c.min_bytes_per_s:g} bytes/s "
+                                                "(--min-data-rate); stream audio in real time", 1008)
+            self.window_start, self.window_bytes = now, 0
+        if error is not None:
+            await self._flush(error.code)
+            raise error
+
+    async def _shutdown(self) -> None:
+        """Drain: the final result(s) of the audio so far, then close 1001; raises SessionOver."""
+        await self._flush("shutdown")
+        await self.ws.close(1001, "server shutting down")
+        raise SessionOver()
+
+    async def _flush(self, reason: str) -> None:
+        """No more audio: send the remaining results (native: every closed segment with text, then
+        the last segment with `reason`; Vosk: one result). Nothing when no stream was started."""
+        if self.stream is None:
+            return
+        segs = await self._finish()
+        if self.protocol == "native":
+            t = self.stream.seconds
+            last = segs.pop() if segs and segs[-1].reason == "end" else Segment("", [], t, t, "end")
+            last.reason = reason
+            for seg in segs:
+                if seg.text:
+                    await self._send_final(seg)
+            await self._send_final(last)
+        else:
+            self.server.metrics.finals.inc()
+            await self.send(_vosk_result(segs))
 
     def _rate(self, value: Any) -> int:
         c = self.cfg
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-                or not c.min_sample_rate <= value <= c.max_sample_rate:
-            raise ClientError("bad_sample_rate", f"sample_rate {value!r} is not supported; send an integer rate in Hz "
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value != int(value) or not c.min_sample_rate <= value <= c.max_sample_rate:
+            raise ClientError("bad_sample_rate", f"sample_rate {_short(value)} is not supported; send an integer rate in Hz "
                                                  f"between {c.min_sample_rate} and {c.max_sample_rate}, e.g. 16000")
         return int(value)
 
     def _parse(self, text: str) -> dict[str, Any]:
         try:
-            msg = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ClientError("bad_json", f"malformed JSON ({e.msg} at char {e.pos}); send one JSON object "
-                                          "per text message") from None
+            msg = parse_json(text)
+        except ValueError as e:
+            raise ClientError("bad_json", f"malformed JSON ({e}); send one JSON object per text message") from None
         if not isinstance(msg, dict):
             raise ClientError("bad_message", "expected a JSON object")
         return msg
 
-    def _new_stream(self, rate: int, endpointing: bool = True) -> None:
+    async def _new_stream(self, rate: int, endpointing: bool = True) -> None:
+        """A new Stream at `rate`, built off the event loop (its resampler's filters take tens of
+        ms at unusual rates the first time; `serve.resample` caches them per rate pair)."""
         ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
-        self.stream = self.server.rec.create_stream(rate, endpoint=ep)
+        create = self.server.rec.create_stream
+        self.stream = await asyncio.get_running_loop().run_in_executor(
+            self.server._stream_pool, lambda: create(rate, endpoint=ep))
 
     async def _audio(self, data: bytes) -> int:
         """Feed int16 PCM to the stream and decode what became ready; returns chunks decoded."""
@@ -149,23 +270,17 @@ class _Session:
                 endpointing = m.get("endpointing", True)
                 if not isinstance(endpointing, bool):
                     raise ClientError("bad_message", "endpointing must be true or false")
-                self._new_stream(rate, endpointing)
+                await self._new_stream(rate, endpointing)
                 await self.send({"type": "ready", "sample_rate": rate, "model_sample_rate": b.sample_rate,
                                  "chunk_ms": round(b.chunk_seconds * 1000)})
             elif kind == "end":
                 if self.stream is None:
                     raise ClientError("not_started", "end before start", 1008)
-                segs = await self._finish()
-                t = self.stream.seconds
-                last = segs.pop() if segs and segs[-1].reason == "end" else Segment("", [], t, t, "end")
-                for seg in segs:
-                    if seg.text:
-                        await self._send_final(seg)
-                await self._send_final(last)
+                await self._flush("end")
                 await self.ws.close(1000, "end")
                 return
             else:
-                raise ClientError("bad_message", f"unknown message type {kind!r}; use start, binary audio, end")
+                raise ClientError("bad_message", f"unknown message type {_short(kind)}; use start, binary audio, end")
 
     # ------------------------------------------------------------------ Vosk
     async def _run_vosk(self) -> None:
@@ -174,7 +289,7 @@ class _Session:
             msg = await self.recv()
             if isinstance(msg, bytes):
                 if self.stream is None:
-                    self._new_stream(b.sample_rate)  # Vosk: config is optional
+                    await self._new_stream(b.sample_rate)  # Vosk: config is optional
                 await self._audio(msg)
                 segs = self.stream.pop_segments()
                 if segs:
@@ -191,17 +306,24 @@ class _Session:
                 conf = m["config"]
                 if not isinstance(conf, dict):
                     raise ClientError("bad_message", 'config must be an object, e.g. {"config": {"sample_rate": 16000}}')
+                self.configs += 1
+                if self.configs > self.cfg.max_configs:
+                    raise ClientError("too_many_configs", f"more than {self.cfg.max_configs} config messages on one "
+                                                          "connection; send config once, before the audio", 1008)
                 if "sample_rate" in conf:
                     rate = self._rate(conf["sample_rate"])
-                    if self.stream is not None and self.stream.samples_in and rate != self.stream.sample_rate:
-                        raise ClientError("bad_sample_rate", "sample_rate cannot change after audio was sent", 1007)
-                    self._new_stream(rate)
+                    if self.stream is not None and rate == self.stream.sample_rate:
+                        pass  # a repeated config: keep the stream and the audio so far
+                    elif self.stream is not None and self.stream.samples_in:
+                        raise ClientError("bad_sample_rate", f"sample_rate cannot change after audio was sent "
+                                                             f"(from {self.stream.sample_rate} to {rate}); open a new "
+                                                             "connection for audio at another rate", 1007)
+                    else:
+                        await self._new_stream(rate)
             elif "eof" in m:
                 if self.stream is None:
-                    self._new_stream(b.sample_rate)
-                segs = await self._finish()
-                self.server.metrics.finals.inc()
-                await self.send(_vosk_result(segs))
+                    await self._new_stream(b.sample_rate)
+                await self._flush("end")
                 await self.ws.close(1000, "eof")
                 return
             else:

@@ -14,9 +14,34 @@ of the stream are zeros. Total output length is floor(N_in * out_rate / in_rate)
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
+
+
+@lru_cache(maxsize=8)
+def _filters(in_rate: int, out_rate: int, zeros: int, rolloff: float) -> tuple[np.ndarray, int, np.ndarray]:
+    """The polyphase filter bank of one rate pair: (first input offset per phase (up,), taps,
+    weights (up, taps) float32). Built once per rate pair and shared, read-only, by every
+    `Resampler` of that pair: at 95,999 -> 16,000 Hz it takes tens of ms and several MB, and a
+    server builds one per stream (8 pairs cached: at most a few tens of MB)."""
+    g = gcd(in_rate, out_rate)
+    up = out_rate // g
+    cutoff = rolloff * 0.5 * min(in_rate, out_rate)  # Hz
+    width = zeros / (2.0 * cutoff)  # seconds on each side of the output time
+    # Phase p (outputs n = m*up + p): inputs k = m*down + first[p] + j, j < taps.
+    t_out = np.arange(up) / out_rate  # (up,) seconds
+    first = np.ceil((t_out - width) * in_rate).astype(np.int64)  # (up,)
+    last = np.floor((t_out + width) * in_rate).astype(np.int64)  # (up,)
+    taps = int((last - first).max()) + 1
+    k = first[:, None] + np.arange(taps)[None, :]  # (up, taps) input indices for m = 0
+    dt = t_out[:, None] - k / in_rate  # (up, taps) seconds between output and input sample
+    window = np.where(np.abs(dt) < width, 0.5 * (1.0 + np.cos(np.pi * dt / width)), 0.0)
+    weights = (window * 2.0 * cutoff * np.sinc(2.0 * cutoff * dt) / in_rate).astype(np.float32)
+    first.flags.writeable = False
+    weights.flags.writeable = False
+    return first, taps, weights
 
 
 class Resampler:
@@ -35,20 +60,7 @@ class Resampler:
         self._buf_start = 0
         if self.up == self.down:
             return
-        cutoff = rolloff * 0.5 * min(in_rate, out_rate)  # Hz
-        width = zeros / (2.0 * cutoff)  # seconds on each side of the output time
-        # Phase p (outputs n = m*up + p): inputs k = m*down + first[p] + j, j < taps.
-        t_out = np.arange(self.up) / out_rate  # (up,) seconds
-        first = np.ceil((t_out - width) * in_rate).astype(np.int64)  # (up,)
-        last = np.floor((t_out + width) * in_rate).astype(np.int64)  # (up,)
-        taps = int((last - first).max()) + 1
-        k = first[:, None] + np.arange(taps)[None, :]  # (up, taps) input indices for m = 0
-        dt = t_out[:, None] - k / in_rate  # (up, taps) seconds between output and input sample
-        window = np.where(np.abs(dt) < width, 0.5 * (1.0 + np.cos(np.pi * dt / width)), 0.0)
-        weights = window * 2.0 * cutoff * np.sinc(2.0 * cutoff * dt) / in_rate
-        self._first = first
-        self._taps = taps
-        self._weights = weights.astype(np.float32)  # (up, taps)
+        self._first, self._taps, self._weights = _filters(in_rate, out_rate, zeros, rolloff)
 
     @property
     def identity(self) -> bool:

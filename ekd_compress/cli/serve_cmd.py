@@ -33,10 +33,32 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--max-batch", default=16, show_default=True, type=int, help="Streams decoded per model call.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=float,
               help="Wait after the first ready chunk for more streams to batch.")
-@click.option("--max-message-kb", default=1024, show_default=True, type=int, help="Largest accepted message.")
+@click.option("--max-message-kb", default=1024, show_default=True, type=int,
+              help="Largest accepted message; larger ones are refused while they arrive (close 1009).")
+@click.option("--max-queue", default=2, show_default=True, type=int,
+              help="Incoming frames buffered per connection before reading pauses.")
+@click.option("--max-configs", default=8, show_default=True, type=int,
+              help="Vosk config messages allowed per connection.")
+@click.option("--drain-grace", default=8.0, show_default=True, type=float,
+              help="On SIGTERM/Ctrl-C: seconds open streams get to receive their final results before "
+                   "the server exits (keep it under Docker's stop timeout, 10 s by default).")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=float, help="Close clients silent this long (s).")
-@click.option("--token", envvar="EKD_SERVE_TOKEN", default=None,
-              help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN (env EKD_SERVE_TOKEN).")
+@click.option("--max-session", default=3600.0, show_default=True, type=float,
+              help="Longest session (s), 0: unlimited; the stream gets its final result, then close 1008.")
+@click.option("--min-data-rate", default=1000.0, show_default=True, type=float,
+              help="Bytes/s a client must send over each 10 s (real-time 16 kHz audio is 32,000), 0: none.")
+@click.option("--max-per-address", default=16, show_default=True, type=int,
+              help="Open connections per client address (HTTP 429 beyond), 0: unlimited (e.g. behind a proxy).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Require 'Authorization: Bearer TOKEN' or ?token=TOKEN, TOKEN read from this file "
+                   "(else from env EKD_SERVE_TOKEN; neither: no authentication).")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              help="Let browser pages from ORIGIN (e.g. https://app.example.com) open websockets; repeatable, "
+                   "'*' for any. The server's own page is always allowed.")
+@click.option("--max-auth-failures", default=10, show_default=True, type=int,
+              help="Wrong tokens per client address per minute before it gets HTTP 429, 0: no limit.")
+@click.option("--token", default=None,
+              help="Deprecated: the token on the command line shows in the process list; use --token-file.")
 @click.option("--int8", is_flag=True, help="Serve the bundle's INT8 model (model.int8.onnx).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="onnxruntime execution provider.")
@@ -50,23 +72,28 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
               help="Endpoint after this much trailing blank following speech (s).")
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
-          max_message_kb: int, idle_timeout: float, token: str | None, int8: bool, provider: str, threads: int,
-          decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
+          max_message_kb: int, max_queue: int, max_configs: int, drain_grace: float, idle_timeout: float,
+          max_session: float, min_data_rate: float, max_per_address: int, token_file: Path | None,
+          allowed_origins: tuple[str, ...], max_auth_failures: int, token: str | None, int8: bool, provider: str,
+          threads: int, decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
           max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
     at http://HOST:PORT/, /health and /metrics."""
     import logging
 
     from serve.runtime import EndpointConfig
-    from serve.server import ServerConfig, run_server
+    from serve.server import ServerConfig, resolve_token, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if lm_path:
         decoder = "beam"
     cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
-                    max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, idle_timeout_s=idle_timeout,
-                    token=token, endpoint=EndpointConfig(trailing_silence_s=trailing_silence,
-                                                         max_utterance_s=max_utterance))
+                    max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
+                    max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
+                    max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
+                    token=_friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
+                    allowed_origins=allowed_origins,
+                    endpoint=EndpointConfig(trailing_silence_s=trailing_silence, max_utterance_s=max_utterance))
 
     def ready(server) -> None:
         click.echo(f"serving {server.rec.bundle.name}: page http://{host}:{server.port}/  "

@@ -149,7 +149,9 @@
 
   $("start").onclick = start;
   $("stop").onclick = stop;
-  fetch("health").then((r) => r.json()).then((h) => {
+  const token = params.get("token");  // /health shows the model only to a client with the token (when one is set)
+  fetch("health" + (token ? "?token=" + encodeURIComponent(token) : "")).then((r) => r.json()).then((h) => {
+    if (!h.model) return;
     $("model").textContent = "model: " + h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + "), " + h.chunk_ms + " ms chunks";
   }).catch(() => {});
   if (params.get("autostart") === "1") start();

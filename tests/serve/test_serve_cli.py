@@ -4,13 +4,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
+import numpy as np
 from click.testing import CliRunner
 from serve_helpers import ROOT
+from websockets.exceptions import ConnectionClosed
 
 from ekd_compress.cli.serve_cmd import bench, serve
 
@@ -31,6 +34,84 @@ def test_serve_command_starts_and_answers(energy_bundle):
         assert port, "the serve command did not report its port"
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
         assert health["model"] == "energy" and health["max_connections"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _start_serve(bundle, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, int | None]:
+    """`ekd-compress serve BUNDLE --port 0 ARGS` in a subprocess; (process, port or None)."""
+    code = "import sys; from ekd_compress.cli.serve_cmd import serve; serve(sys.argv[1:])"
+    env = dict(env if env is not None else os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), "--port", "0", *args], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    port, deadline = None, time.time() + 30
+    while port is None and time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        m = re.search(r"page http://127\.0\.0\.1:(\d+)/", line)
+        port = int(m.group(1)) if m else None
+    return proc, port
+
+
+def test_sigterm_drains_open_streams_and_exits_0(energy_bundle):
+    """SIGTERM: the open stream gets the final result of its audio (reason "shutdown"), then
+    close 1001, and the process exits 0 within the grace period (issue 14, item 6)."""
+    from serve_helpers import silence, to_pcm16, tone
+    from websockets.sync.client import connect
+
+    proc, port = _start_serve(energy_bundle, "--drain-grace", "5")
+    try:
+        assert port, "the serve command did not report its port"
+        msgs = []
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+            ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            ws.recv(timeout=5)
+            ws.send(to_pcm16(np.concatenate([silence(0.3), tone(0.5), silence(0.2)])))
+            msgs.append(json.loads(ws.recv(timeout=5)))
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                while True:
+                    msgs.append(json.loads(ws.recv(timeout=10)))
+            except ConnectionClosed:
+                pass
+        assert ws.protocol.close_code == 1001
+        assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("a", "shutdown")], msgs
+        assert proc.wait(15) == 0 and time.time() - t0 < 10
+        assert "draining: 1 open streams" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_token_from_file_or_env_never_empty(energy_bundle, tmp_path):
+    """The token comes from --token-file or EKD_SERVE_TOKEN (not the process list); an empty
+    one is refused with a clear error instead of silently serving without authentication."""
+    from serve.server import resolve_token
+
+    env = {k: v for k, v in os.environ.items() if k != "EKD_SERVE_TOKEN"}
+    r = CliRunner().invoke(serve, [str(energy_bundle)], env={"EKD_SERVE_TOKEN": ""})
+    assert r.exit_code != 0 and "EKD_SERVE_TOKEN is set but empty" in r.output
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    r = CliRunner().invoke(serve, [str(energy_bundle), "--token-file", str(empty)])
+    assert r.exit_code != 0 and "is empty" in r.output
+    assert resolve_token(environ={"EKD_SERVE_TOKEN": " t0k "}) == "t0k" and resolve_token(environ={}) is None
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert resolve_token(token_file=secret, environ={"EKD_SERVE_TOKEN": "other"}) == "s3cret"
+
+    proc, port = _start_serve(energy_bundle, "--token-file", str(secret), env=env)
+    try:
+        assert port, "the serve command did not report its port"
+        assert "s3cret" not in " ".join(proc.args)
+        base = f"http://127.0.0.1:{port}"
+        assert json.loads(urllib.request.urlopen(base + "/health", timeout=5).read()) == {"status": "ok"}
+        req = urllib.request.Request(base + "/health", headers={"Authorization": "Bearer s3cret"})
+        assert json.loads(urllib.request.urlopen(req, timeout=5).read())["model"] == "energy"
     finally:
         proc.terminate()
         proc.wait(10)

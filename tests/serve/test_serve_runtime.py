@@ -195,6 +195,15 @@ def test_resampler_streaming_matches_oneshot_and_sine(rate):
     assert np.abs(y[100:-100] - ref[100:-100]).max() < 2e-3
 
 
+def test_resampler_filters_built_once_per_rate_pair():
+    """Every stream at one rate shares one read-only filter bank: a client sending config after
+    config no longer costs 43 ms and 6.5 MB each at 95,999 Hz (issue 14, item 4)."""
+    a, b = Resampler(95_999, 16_000), Resampler(95_999, 16_000)
+    assert a._weights is b._weights and not a._weights.flags.writeable
+    x = np.random.default_rng(0).standard_normal(9_600).astype(np.float32)
+    assert np.array_equal(np.concatenate([a.accept(x), a.flush()]), resample(x, 95_999, 16_000))
+
+
 def test_stream_at_8k_equals_resampled_offline(energy_bundle):
     rec = Recognizer(energy_bundle)
     x8 = np.concatenate([silence(0.3, 8000), tone(0.5, 0.3, 8000), silence(1.0, 8000)])

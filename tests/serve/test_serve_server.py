@@ -3,7 +3,10 @@ HTTP endpoints, limits, and bad input that must never disturb another stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -165,6 +168,64 @@ def test_vosk_without_config_defaults_to_model_rate(server):
         assert json.loads(ws.recv(timeout=5))["text"] == "a"
 
 
+def test_vosk_repeated_config_keeps_the_audio_so_far(server):
+    """A config at the same rate mid-stream is a no-op: the tone before it is still recognised
+    (it used to build a new stream and drop it: issue 14, item 5)."""
+    tone_pcm, rest = to_pcm16(np.concatenate([silence(0.2), tone(0.5)])), to_pcm16(silence(0.3))
+    config = json.dumps({"config": {"sample_rate": 16000}})
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(config)
+        ws.send(tone_pcm)
+        ws.recv(timeout=5)
+        ws.send(config)
+        ws.send(rest)
+        ws.recv(timeout=5)
+        ws.send('{"eof" : 1}')
+        assert json.loads(ws.recv(timeout=5))["text"] == "a"
+    with connect(url(server, "/"), open_timeout=5) as ws:  # another rate after audio: a clear error
+        ws.send(config)
+        ws.send(tone_pcm)
+        ws.recv(timeout=5)
+        ws.send(json.dumps({"config": {"sample_rate": 8000}}))
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "bad_sample_rate" and "16000 to 8000" in msgs[-1]["error"]
+
+
+def test_streams_built_off_the_event_loop(recognizer, monkeypatch):
+    """Building a stream (its resampler: tens of ms at 95,999 Hz) never runs on the event loop,
+    so config floods cannot stall other clients' results (issue 14, item 4)."""
+    threads = []
+    create = recognizer.create_stream
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "create_stream", spy)
+    with ServerThread(recognizer, ServerConfig(port=0)) as srv:
+        with connect(url(srv, "/"), open_timeout=5) as ws:
+            ws.send(json.dumps({"config": {"sample_rate": 95_999}}))
+            ws.send('{"eof" : 1}')
+            assert json.loads(ws.recv(timeout=5))["text"] == ""
+        native_session(srv, to_pcm16(silence(0.2)))
+    assert len(threads) == 2 and all(t.startswith("ekd-streams") for t in threads), threads
+
+
+def test_vosk_configs_per_connection_capped(server):
+    """Each config may build a stream (and a resampler): more than max_configs closes the
+    connection with too_many_configs (1008) instead of burning the event loop (issue 14, item 4)."""
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    cap = server.server.config.max_configs
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        for i in range(cap + 1):
+            ws.send(json.dumps({"config": {"sample_rate": 95_999 - i}}))
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "too_many_configs" and ws.protocol.close_code == 1008
+    good.finish()
+    assert 'ekd_serve_client_errors_total{error="too_many_configs"} 1.0' in http(server, "/metrics")[2]
+
+
 # ----------------------------------------------------------------------------- HTTP side
 def test_http_endpoints(server):
     status, headers, body = http(server, "/")
@@ -195,24 +256,125 @@ def _bad_native(srv, first, then=None):
 START = json.dumps({"type": "start", "sample_rate": 16000})
 
 
-@pytest.mark.parametrize("case, first, then, code, close", [
+BAD_NATIVE = [
     ("malformed_json", "{not json", None, "bad_json", 1007),
     ("not_an_object", "[1, 2]", None, "bad_message", 1007),
     ("audio_before_start", b"\x00\x01" * 800, None, "not_started", 1008),
     ("sample_rate_zero", json.dumps({"type": "start", "sample_rate": 0}), None, "bad_sample_rate", 1007),
     ("sample_rate_text", json.dumps({"type": "start", "sample_rate": "fast"}), None, "bad_sample_rate", 1007),
     ("sample_rate_huge", json.dumps({"type": "start", "sample_rate": 10**7}), None, "bad_sample_rate", 1007),
-    ("oversized_frame", START, b"\x00" * 100_000, "too_big", 1009),
     ("unknown_type", START, json.dumps({"type": "dance"}), "bad_message", 1007),
     ("double_start", START, START, "already_started", 1008),
-])
-def test_bad_native_input_other_stream_unharmed(server, case, first, then, code, close):
+    # hostile JSON: a clean protocol error, never 1011 "internal" with a traceback (issue 14, item 1)
+    ("deep_json", "[" * 30_000 + "]" * 30_000, None, "bad_json", 1007),
+    ("huge_int", '{"type": "start", "sample_rate": ' + "9" * 5000 + "}", None, "bad_json", 1007),
+    ("sample_rate_nan", '{"type": "start", "sample_rate": NaN}', None, "bad_json", 1007),
+    ("sample_rate_infinity", '{"type": "start", "sample_rate": Infinity}', None, "bad_json", 1007),
+    ("sample_rate_1e400", '{"type": "start", "sample_rate": 1e400}', None, "bad_json", 1007),
+    ("sample_rate_float_huge", '{"type": "start", "sample_rate": 1e300}', None, "bad_sample_rate", 1007),
+]
+
+
+@pytest.mark.parametrize("case, first, then, code, close", BAD_NATIVE, ids=[c[0] for c in BAD_NATIVE])
+def test_bad_native_input_other_stream_unharmed(server, case, first, then, code, close, caplog):
     good = GoodStream(server)
     assert good.half_sent.wait(10)
-    msgs, close_code = _bad_native(server, first, then)
+    with caplog.at_level(logging.INFO, logger="serve"):
+        msgs, close_code = _bad_native(server, first, then)
     assert msgs[-1]["type"] == "error" and msgs[-1]["error"] == code and msgs[-1]["message"]
+    assert len(msgs[-1]["message"]) < 300  # never the hostile message echoed back
     assert close_code == close
     good.finish()
+    assert not [r for r in caplog.records if r.exc_info], "a client error logged a traceback"
+    lines = [r.getMessage() for r in caplog.records if code in r.getMessage()]
+    assert lines and all("\n" not in m and len(m) < 400 for m in lines), lines
+
+
+def test_oversized_message_refused_while_received(server):
+    """websockets' max_size is the message limit itself (not 4x), and at most max_queue frames wait
+    per connection: memory held for a message that will be refused is bounded (issue 14, item 3)."""
+    good = GoodStream(server)
+    assert good.half_sent.wait(10)
+    limit = server.server.config.max_message_bytes
+    with connect(url(server), open_timeout=5, max_size=None) as ws:
+        ws.send(START)
+        assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+        conns = server.server._server.connections
+        assert conns and all(c.protocol.max_message_size == limit and c.max_queue_high == server.server.config.max_queue
+                             for c in conns)
+        ws.send(b"\x00" * limit)  # exactly the limit: accepted
+        assert json.loads(ws.recv(timeout=5))["type"] == "partial"
+        ws.send(b"\x00" * (limit + 2))  # over it: refused by websockets while receiving
+        recv_all(ws)
+    assert ws.protocol.close_code == 1009 and str(limit) in (ws.protocol.close_reason or "")
+    good.finish()
+    deadline = time.time() + 5
+    while 'client_errors_total{error="too_big"}' not in http(server, "/metrics")[2] and time.time() < deadline:
+        time.sleep(0.05)
+    assert 'ekd_serve_client_errors_total{error="too_big"}' in http(server, "/metrics")[2]
+
+
+def test_sample_rate_rate_check_is_total():
+    """_Session._rate never raises anything but ClientError, whatever JSON gave it."""
+    from serve.protocol import ClientError, _Session
+
+    sess = _Session.__new__(_Session)
+    sess.cfg = ServerConfig()
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -5, 7999.5, "16000", None, [16000], True):
+        with pytest.raises(ClientError) as e:
+            sess._rate(bad)
+        assert e.value.code == "bad_sample_rate"
+    assert sess._rate(16000.0) == 16000
+
+
+@pytest.mark.parametrize("bad", ["[" * 30_000 + "]" * 30_000, '{"config": {"sample_rate": NaN}}',
+                                 '{"config": {"sample_rate": 1e400}}', '{"config": ' + "1" * 5000 + "}"],
+                         ids=["deep", "nan", "1e400", "huge_int"])
+def test_hostile_vosk_json_is_a_clean_error(server, bad):
+    with connect(url(server, "/"), open_timeout=5) as ws:
+        ws.send(bad)
+        msgs = recv_all(ws)
+    assert msgs[-1]["code"] == "bad_json" and ws.protocol.close_code == 1007
+
+
+def _raw_http(srv, head: str) -> tuple[int, str]:
+    """Send a hand-written HTTP request (duplicate headers, overlong paths) and read the status line."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    status_line = data.split(b"\r\n", 1)[0].decode()
+    return int(status_line.split()[1]), data.decode(errors="replace")
+
+
+UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+HOSTILE_HTTP = [
+    ("overlong_static_path", "GET /" + "x" * 5000 + " HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("overlong_ws_path", UPGRADE.format(path="/" + "y" * 5000, extra="Upgrade: websocket\r\n"), 404),
+    ("double_upgrade", UPGRADE.format(path="/ws", extra="Upgrade: websocket\r\nUpgrade: websocket\r\n"), 400),
+    ("double_authorization", UPGRADE.format(
+        path="/ws", extra="Upgrade: websocket\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n"), 400),
+    ("double_authorization_metrics",
+     "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("case, head, status", HOSTILE_HTTP, ids=[c[0] for c in HOSTILE_HTTP])
+def test_hostile_http_is_4xx_not_500(recognizer, case, head, status, caplog):
+    with ServerThread(recognizer, ServerConfig(port=0, token="s3cret")) as srv, \
+            caplog.at_level(logging.INFO, logger="serve"):
+        code, text = _raw_http(srv, head)
+        assert code == status, text[:300]
+        assert len(text) < 2000  # the 5 KB path is not echoed back
+        assert http(srv, "/health")[0] == 200  # still up
+    assert not [r for r in caplog.records if r.exc_info], "a bad request logged a traceback"
 
 
 @pytest.mark.parametrize("bad", ["{oops", json.dumps({"config": {"sample_rate": -5}}), json.dumps({"hello": 1})])
@@ -280,6 +442,170 @@ def test_bearer_token(recognizer):
         assert http(srv, "/metrics")[0] == 401
         assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
         assert http(srv, "/health")[0] == 200 and http(srv, "/")[0] == 200
+        # /health says only that it is alive unless authorised (issue 14, item 8)
+        assert json.loads(http(srv, "/health")[2]) == {"status": "ok"}
+        assert json.loads(http(srv, "/health?token=wrong")[2]) == {"status": "ok"}
+        full = json.loads(http(srv, "/health", {"Authorization": "Bearer s3cret"})[2])
+        assert full["model"] == "energy" and "pid" not in full and "bundle" not in full
+
+
+def test_wrong_token_guesses_slowed_per_address(recognizer):
+    """After max_auth_failures wrong tokens in auth_window_s an address gets 429 (even with the
+    right token) until the window passes (issue 14, item 8: 8,659 guesses in 5 s were not slowed)."""
+    cfg = ServerConfig(port=0, token="s3cret", max_auth_failures=3, auth_window_s=1.0)
+    with ServerThread(recognizer, cfg) as srv:
+        codes = [http(srv, "/metrics", {"Authorization": f"Bearer guess{i}"})[0] for i in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        status, headers, _ = http(srv, "/metrics", {"Authorization": "Bearer s3cret"})
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        with pytest.raises(InvalidStatus) as e:
+            connect(url(srv) + "?token=s3cret", open_timeout=5)
+        assert e.value.response.status_code == 429
+        time.sleep(1.1)
+        assert http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
+        assert 'ekd_serve_rejected_total{reason="auth_throttled"} 4.0' in \
+            http(srv, "/metrics", {"Authorization": "Bearer s3cret"})[2]
+
+
+def test_browser_origin_checked(recognizer):
+    """A web page elsewhere cannot use a visitor's browser to stream to the server: an upgrade
+    with a foreign Origin gets 403 (token or not); the server's own page and --allowed-origin pass."""
+    with ServerThread(recognizer, ServerConfig(port=0, allowed_origins=("https://app.example",))) as srv:
+        with pytest.raises(InvalidStatus) as e:
+            connect(url(srv), origin="https://evil.example", open_timeout=5)
+        assert e.value.response.status_code == 403 and b"--allowed-origin" in e.value.response.body
+        for origin in (f"http://127.0.0.1:{srv.port}", "https://app.example", None):
+            with connect(url(srv), origin=origin, open_timeout=5) as ws:
+                ws.send(START)
+                assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+        assert 'ekd_serve_rejected_total{reason="bad_origin"} 1.0' in http(srv, "/metrics")[2]
+
+
+def test_empty_token_refused():
+    with pytest.raises(ValueError, match="empty"):
+        ServerConfig(token="")
+    with pytest.raises(ValueError, match="empty"):
+        ServerConfig(token="  ")
+
+
+def test_every_refusal_reason_is_a_metric(server):
+    """/metrics lists a counter for every refusal reason from the start (issue 14, item 6 of the brief)."""
+    from serve.metrics import ERROR_CODES, REJECT_REASONS
+
+    body = http(server, "/metrics")[2]
+    for reason in REJECT_REASONS:
+        assert f'ekd_serve_rejected_total{{reason="{reason}"}}' in body, reason
+    for code in ERROR_CODES + ("too_slow", "session_too_long", "too_many_configs", "bad_request"):
+        assert code in body, code
+
+
+def test_nosniff_on_every_http_answer(server):
+    for path in ("/", "/app.js", "/health", "/metrics", "/stats", "/nope"):
+        assert http(server, path)[1]["X-Content-Type-Options"] == "nosniff", path
+
+
+def test_connections_per_address_capped(recognizer):
+    with ServerThread(recognizer, ServerConfig(port=0, max_per_address=2)) as srv:
+        with connect(url(srv), open_timeout=5), connect(url(srv, "/"), open_timeout=5):
+            with pytest.raises(InvalidStatus) as e:
+                connect(url(srv), open_timeout=5)
+            resp = e.value.response
+            assert resp.status_code == 429 and b"max-per-address" in resp.body and resp.headers["Retry-After"]
+        deadline = time.time() + 5
+        while srv.server.per_address and time.time() < deadline:
+            time.sleep(0.02)
+        with connect(url(srv), open_timeout=5) as c:  # slots free again
+            c.send(START)
+            assert json.loads(c.recv(timeout=5))["type"] == "ready"
+        assert 'ekd_serve_rejected_total{reason="per_address"} 1.0' in http(srv, "/metrics")[2]
+
+
+def test_session_length_capped_with_final_result(recognizer):
+    """A session cannot hold a slot forever: at max_session_s it gets the final result of its
+    audio so far, then session_too_long (1008) (issue 14, item 7)."""
+    with ServerThread(recognizer, ServerConfig(port=0, max_session_s=1.0, min_bytes_per_s=0)) as srv:
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            ws.send(to_pcm16(np.concatenate([silence(0.3), tone(0.5), silence(0.2)])))
+            msgs = recv_all(ws, timeout=5)
+        assert ws.protocol.close_code == 1008
+        assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("a", "session_too_long")]
+        assert msgs[-1]["error"] == "session_too_long"
+
+
+def test_minimum_data_rate(recognizer):
+    """2 bytes now and then no longer keep a slot: under min_bytes_per_s over a rate window the
+    connection is closed with too_slow (1008) (issue 14, item 7)."""
+    cfg = ServerConfig(port=0, min_bytes_per_s=1000, rate_window_s=0.5, idle_timeout_s=20)
+    with ServerThread(recognizer, cfg) as srv:
+        t0 = time.time()
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            msgs = []
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(40):  # at most 4 s
+                    ws.send(b"\x00\x00")
+                    time.sleep(0.1)
+            msgs = recv_all(ws, timeout=5)
+        assert msgs[-1]["error"] == "too_slow" and ws.protocol.close_code == 1008, msgs
+        assert time.time() - t0 < 3
+        # a real-time client is not affected
+        assert native_session(srv, to_pcm16(AUDIO), piece=3200)[-1]["type"] == "final"
+
+
+# ----------------------------------------------------------------------------- shutdown
+def test_drain_gives_every_open_stream_its_final_result(recognizer):
+    """Graceful shutdown: each open stream (native and Vosk) gets the final result of its audio
+    so far, then close 1001; new connections are refused (issue 14, item 6)."""
+    pcm = to_pcm16(np.concatenate([silence(0.3), tone(0.5), silence(0.2)]))
+    stack = contextlib.ExitStack()
+    srv = ServerThread(recognizer, ServerConfig(port=0, idle_timeout_s=20, drain_grace_s=10)).start()
+    clients = []
+    try:
+        for path in ("/ws", "/ws", "/"):
+            ws = stack.enter_context(connect(url(srv, path), open_timeout=5))
+            if path == "/ws":
+                ws.send(START)
+                assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+            ws.send(pcm)
+            assert json.loads(ws.recv(timeout=5))  # a partial: the audio is in
+            clients.append((path, ws))
+        t0 = time.time()
+        drainer = threading.Thread(target=srv.drain, daemon=True)
+        drainer.start()
+        for path, ws in clients:
+            msgs = recv_all(ws)
+            assert ws.protocol.close_code == 1001, (path, msgs)
+            if path == "/ws":
+                assert [(m["text"], m["reason"]) for m in msgs if m["type"] == "final"] == [("a", "shutdown")], msgs
+            else:
+                assert msgs[-1]["text"] == "a" and msgs[-1]["result"], msgs
+        drainer.join(15)
+        assert not drainer.is_alive() and time.time() - t0 < 10
+        with pytest.raises(OSError):  # not listening any more
+            connect(url(srv), open_timeout=2)
+    finally:
+        stack.close()
+        srv.stop()
+
+
+def test_drain_grace_over_closes_the_rest(recognizer):
+    """A stream that cannot finish within the grace period is closed (1001) when it runs out."""
+    srv = ServerThread(recognizer, ServerConfig(port=0, idle_timeout_s=20, drain_grace_s=0.5)).start()
+    try:
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(START)
+            ws.recv(timeout=5)
+            next(iter(srv.server.sessions)).drain = lambda: None  # a session that ignores the drain request
+            t0 = time.time()
+            srv.drain()
+            assert time.time() - t0 < 5
+            recv_all(ws, timeout=5)
+        assert ws.protocol.close_code == 1001
+    finally:
+        srv.stop()
 
 
 # ----------------------------------------------------------------------------- batching
