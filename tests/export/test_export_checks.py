@@ -19,6 +19,7 @@ from export.api import export_bundle, load_dev_utterances
 from export.bundle import read_bundle
 from export.quantize import Int8AccuracyError
 from export.verify import VerificationError, verify_onnx
+from onnx_helpers import greedy_texts, word_errors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,55 +78,10 @@ def test_failed_verification_fails_the_export(experiment, tmp_path, monkeypatch)
 
 
 # -------------------------------------------------------------------------------------- INT8
-def _stream_onnx(path: Path, bundle: dict, feats_list: list[np.ndarray]) -> list[np.ndarray]:
-    """Utterances (T_i, F) streamed together as one zero-padded batch through the ONNX graph,
-    chunk by chunk from zero states, with a plain onnxruntime loop written here ->
-    log_probs of each utterance's T_i // subsampling frames."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    C, sub = bundle["streaming"]["chunk_frames"], bundle["streaming"]["subsampling"]
-    names = [s["name"] for s in bundle["states"]]
-    B = len(feats_list)
-    states = [np.zeros([B if d == "B" else d for d in s["shape"]], dtype=s["dtype"]) for s in bundle["states"]]
-    n_chunks = max(-(-f.shape[0] // C) for f in feats_list)
-    padded = np.zeros((B, n_chunks * C, feats_list[0].shape[1]), dtype=np.float32)
-    for b, f in enumerate(feats_list):
-        padded[b, : f.shape[0]] = f
-    outs = []
-    for i in range(n_chunks):
-        log_probs, *states = session.run(None, {"chunk": padded[:, i * C:(i + 1) * C], **dict(zip(names, states))})
-        outs.append(log_probs)
-    out = np.concatenate(outs, axis=1)
-    return [out[b, : f.shape[0] // sub] for b, f in enumerate(feats_list)]
-
-
-def _word_errors(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance between two word lists."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
-def _greedy_texts(path: Path, bundle: dict, feats_list: list[np.ndarray], tokens, one_batch: bool) -> list[str]:
-    """Greedy CTC (argmax, merge repeats, drop blank 0) over `path`, each utterance streamed
-    alone or all of them as one batch -> texts."""
-    outs = _stream_onnx(path, bundle, feats_list) if one_batch else [_stream_onnx(path, bundle, [f])[0]
-                                                                       for f in feats_list]
-    texts = []
-    for lp in outs:
-        best = lp.argmax(-1)
-        texts.append(tokens.decode([int(t) for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]))
-    return texts
-
-
 def _dev_wer(path: Path, bundle: dict, utterances, tokens, one_batch: bool = False) -> float:
     """Dev WER in percent over `path`, scored here with a word edit distance."""
-    hyps = _greedy_texts(path, bundle, [u.feats for u in utterances], tokens, one_batch)
-    errors = sum(_word_errors(u.text.split(), h.split()) for u, h in zip(utterances, hyps))
+    hyps = greedy_texts(path, bundle, [u.feats for u in utterances], tokens, one_batch)
+    errors = sum(word_errors(u.text.split(), h.split()) for u, h in zip(utterances, hyps))
     return 100.0 * errors / sum(len(u.text.split()) for u in utterances)
 
 
@@ -142,7 +98,7 @@ def _dev_set_the_model_half_gets_right(exp: Path, tokens) -> None:
     bundle = read_bundle(probe)
     recipe = load_recipe(exp / "recipe.yaml")
     dev = load_dev_utterances(exp, feature_spec(recipe.features, recipe.data.sample_rate), None)
-    texts = _greedy_texts(probe / "model.onnx", bundle, [u.feats for u in dev], tokens, one_batch=False)
+    texts = greedy_texts(probe / "model.onnx", bundle, [u.feats for u in dev], tokens, one_batch=False)
     hyps = {u.id: t for u, t in zip(dev, texts)}
     path = exp / "features" / "dev_cuts.jsonl.gz"
     cuts = CutSet.from_file(path).to_eager()
