@@ -123,3 +123,80 @@ def test_member_mismatches():
     assert out.shape == (1, 4, 4) and ens.chunk_frames is None
     with pytest.raises(ValueError, match="chunk_frames"):
         ens.initial_state(1)
+
+
+# ------------------------------------------------------------------ unequal fusion weights
+WEIGHTS = [1.0, 4.0]  # normalised to 0.2 / 0.8
+
+
+def _stream(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """feats (B, T, F), T a multiple of chunk_frames -> streamed log_probs (B, T // subsampling, V)."""
+    state = model.initial_state(feats.shape[0])
+    outs = []
+    for start in range(0, feats.shape[1], model.chunk_frames):
+        out, state = model.forward_chunk(feats[:, start:start + model.chunk_frames], state)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
+def _real_members(seed: int = 0) -> list[nn.Module]:
+    """Two tiny real architectures (TDNN, GRU), perturbed so their posteriors differ clearly."""
+    from ekd_compress.models import build_model
+
+    torch.manual_seed(seed)
+    members = [build_model("tdnn", 6, 5, hidden=8, layers=2, chunk_frames=8),
+               build_model("gru", 6, 5, hidden=8, layers=1, chunk_frames=8)]
+    with torch.no_grad():
+        for m in members:
+            for p in m.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+    return [m.eval() for m in members]
+
+
+def test_weighted_streaming_matches_weighted_forward():
+    """With unequal weights, forward_chunk fuses with the same weights as forward; equal
+    weights give a clearly different teacher (so the weights are really used)."""
+    a, b = Accumulator(0), Differ(1)
+    weighted, equal = FusedEnsemble([a, b], WEIGHTS), FusedEnsemble([a, b])
+    feats = torch.randn(2, 12, 3)
+    lengths = torch.tensor([12, 12])
+    full, _ = weighted(feats, lengths)
+    by_hand = (0.2 * a(feats, lengths)[0].exp() + 0.8 * b(feats, lengths)[0].exp()).log()
+    assert torch.allclose(full, by_hand, atol=1e-6), "forward does not fuse with weights 0.2 / 0.8"
+    streamed = _stream(weighted, feats)
+    gap = (streamed - full).abs().max().item()
+    assert gap < 1e-5, f"weighted ensemble: streamed and full forward differ by {gap:.3g}"
+    equal_full, equal_streamed = equal(feats, lengths)[0], _stream(equal, feats)
+    assert (equal_full - full).abs().max() > 1e-2, "equal and 0.2/0.8 weights must give different teachers"
+    assert (equal_streamed - streamed).abs().max() > 1e-2, "streaming ignores the fusion weights"
+
+
+def test_weighted_real_members_stream_and_export_like_forward(tmp_path):
+    """TDNN + GRU fused 0.2 / 0.8: the streamed PyTorch ensemble and the exported ONNX graph
+    (run here with onnxruntime, not through the exporter's own report) match forward."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from export.onnx_export import export_streaming_onnx
+
+    ens = FusedEnsemble(_real_members(), WEIGHTS).eval()
+    feats = torch.randn(2, 32, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = ens(feats, torch.tensor([32, 32]))
+        equal, _ = FusedEnsemble(list(ens.members)).eval()(feats, torch.tensor([32, 32]))
+        streamed = _stream(ens, feats)
+    assert (equal - full).abs().max() > 1e-2, "the example needs members whose weighting matters"
+    assert (streamed - full).abs().max() < 1e-5, "weighted ensemble: streamed != forward"
+
+    spec = export_streaming_onnx(ens, tmp_path / "ensemble.onnx")
+    session = ort.InferenceSession(str(tmp_path / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    names = [s["name"] for s in spec["states"]]
+    states = [s.numpy() for s in ens.initial_state(2)]
+    outs = []
+    for start in range(0, 32, ens.chunk_frames):
+        chunk = feats[:, start:start + ens.chunk_frames].numpy()
+        log_probs, *states = session.run(None, {"chunk": chunk, **dict(zip(names, states))})
+        outs.append(torch.from_numpy(log_probs))
+    onnx_out = torch.cat(outs, dim=1)
+    gap = (onnx_out - full).abs().max().item()
+    assert gap < 1e-4, f"exported 0.2/0.8 ensemble differs from forward by {gap:.3g}"
+    assert (onnx_out - equal).abs().max() > 1e-2, "the exported ensemble fuses with equal weights"

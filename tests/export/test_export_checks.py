@@ -19,6 +19,7 @@ from export.api import export_bundle, load_dev_utterances
 from export.bundle import read_bundle
 from export.quantize import Int8AccuracyError
 from export.verify import VerificationError, verify_onnx
+from onnx_helpers import greedy_texts, word_errors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,18 +78,75 @@ def test_failed_verification_fails_the_export(experiment, tmp_path, monkeypatch)
 
 
 # -------------------------------------------------------------------------------------- INT8
-def test_int8_writes_its_wer_report(experiment, tmp_path):
-    out = export_bundle(experiment, model="baseline", out_dir=tmp_path / "b", int8=True, verify_utterances=2, log=quiet)
+def _dev_wer(path: Path, bundle: dict, utterances, tokens, one_batch: bool = False) -> float:
+    """Dev WER in percent over `path`, scored here with a word edit distance."""
+    hyps = greedy_texts(path, bundle, [u.feats for u in utterances], tokens, one_batch)
+    errors = sum(word_errors(u.text.split(), h.split()) for u, h in zip(utterances, hyps))
+    return 100.0 * errors / sum(len(u.text.split()) for u in utterances)
+
+
+def _dev_set_the_model_half_gets_right(exp: Path, tokens) -> None:
+    """Random models score a constant 100 % WER on real texts, which hides which utterances were
+    scored: re-label every other dev utterance with the fp32 model's own hypothesis, so the WER
+    depends on each utterance and frame. (Exports fp32 once to decode.)"""
+    from lhotse import CutSet
+
+    from ekd_compress.features.fbank import feature_spec
+    from ekd_compress.recipe import load_recipe
+
+    probe = export_bundle(exp, model="tdnn", out_dir=exp / "probe", verify_utterances=1, log=quiet)
+    bundle = read_bundle(probe)
+    recipe = load_recipe(exp / "recipe.yaml")
+    dev = load_dev_utterances(exp, feature_spec(recipe.features, recipe.data.sample_rate), None)
+    texts = greedy_texts(probe / "model.onnx", bundle, [u.feats for u in dev], tokens, one_batch=False)
+    hyps = {u.id: t for u, t in zip(dev, texts)}
+    path = exp / "features" / "dev_cuts.jsonl.gz"
+    cuts = CutSet.from_file(path).to_eager()
+    relabelled = 0
+    for i, cut in enumerate(cuts):
+        if i % 2 == 0 and hyps[cut.id].strip():
+            cut.supervisions[0].text = hyps[cut.id]
+            relabelled += 1
+    assert relabelled >= 2, f"the probe model emitted words for too few dev utterances: {hyps}"
+    cuts.to_file(path)
+
+
+def test_int8_writes_its_wer_report(make_exp, tmp_path):
+    """The INT8 report's WERs are what the two graphs really score on the whole dev set,
+    recomputed here with an independent chunk loop, greedy decoder and word edit distance,
+    on a dev set where that WER is neither 0 nor 100 %."""
+    from ekd_compress.features.fbank import feature_spec
+    from ekd_compress.recipe import load_recipe
+    from ekd_compress.spec.tokens import TokenTable
+
+    experiment = make_exp(tmp_path / "exp", models=["tdnn"])
+    tokens = TokenTable.load(experiment / "tokens.txt")
+    _dev_set_the_model_half_gets_right(experiment, tokens)
+    # a random model may lose to INT8 by many points; this test checks the report, not the threshold
+    out = export_bundle(experiment, model="tdnn", out_dir=tmp_path / "b", int8=True, verify_utterances=2,
+                        max_int8_wer_increase=100.0, log=quiet)
     b = read_bundle(out)
     assert b["files"]["int8"] == "model.int8.onnx" and (out / "model.int8.onnx").is_file()
     r = b["int8"]
-    assert r["method"] == "dynamic" and r["utterances"] == 6
-    for key in ("wer_fp32", "wer_int8", "speedup"):
-        assert isinstance(r[key], float) and r[key] >= 0, key
-    assert r["wer_increase"] == pytest.approx(r["wer_int8"] - r["wer_fp32"])
+    recipe = load_recipe(experiment / "recipe.yaml")
+    dev = load_dev_utterances(experiment, feature_spec(recipe.features, recipe.data.sample_rate), None)
+    assert r["method"] == "dynamic" and r["utterances"] == len(dev) == 6
+    wer_fp32 = _dev_wer(out / "model.onnx", b, dev, tokens)
+    assert 0.0 < wer_fp32 < 100.0, f"the re-labelled dev set must give an informative WER, got {wer_fp32}"
+    assert _dev_wer(out / "model.onnx", b, dev, tokens, one_batch=True) == wer_fp32, "fp32 is batch-independent"
+    # dynamic INT8 quantizes activations with one scale per batch, so its outputs depend on the
+    # batch: the export measures the dev set streamed as one batch (6 utterances < its 16)
+    wer_int8 = _dev_wer(out / "model.int8.onnx", b, dev, tokens, one_batch=True)
+    assert r["wer_fp32"] == pytest.approx(wer_fp32, abs=1e-6), f"report {r['wer_fp32']} vs recomputed {wer_fp32}"
+    assert r["wer_int8"] == pytest.approx(wer_int8, abs=1e-6), f"report {r['wer_int8']} vs recomputed {wer_int8}"
+    assert r["wer_increase"] == pytest.approx(wer_int8 - wer_fp32, abs=1e-6)
+    assert r["latency_ms_fp32"] > 0 and r["latency_ms_int8"] > 0
+    assert r["speedup"] == pytest.approx(r["latency_ms_fp32"] / r["latency_ms_int8"])
     from export.onnx_export import read_metadata
 
     assert read_metadata(out / "model.int8.onnx")["states"] == b["states"]  # metadata survives quantization
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}, f"no quantized op in {sorted(ops)}"
 
 
 def test_int8_static_calibrated(experiment, tmp_path):

@@ -37,14 +37,38 @@ def test_stored_features_match_serving_fbank(tmp_path):
     assert on_the_fly.shape == (100, 40)
 
 
+def _mask_layout(out: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One utterance (T, F) before/after SpecAugment -> (changed (T, F) bool, masked bins (F,) bool,
+    masked frames (T,) bool): a bin is masked when it changed in every frame, a frame when it
+    changed in every bin."""
+    changed = out != feats
+    return changed, changed.all(dim=0), changed.all(dim=1)
+
+
 def test_specaugment_masks_in_training_only():
-    aug = SpecAugment(SpecAugmentConfig(freq_masks=2, freq_width=5, time_masks=2, time_width=10))
+    cfg = SpecAugmentConfig(freq_masks=2, freq_width=5, time_masks=2, time_width=10)
+    aug = SpecAugment(cfg)
     feats = torch.randn(2, 100, 40)
     lengths = torch.tensor([100, 60])
+    before = feats.clone()
     aug.train()
     torch.manual_seed(0)
     out = aug(feats, lengths)
-    assert out.shape == feats.shape and not torch.equal(out, feats)
-    assert torch.equal(feats, feats.clone())  # input untouched
+    assert torch.equal(feats, before), "SpecAugment must not modify its input in place"
+    assert out.shape == feats.shape and not torch.equal(out, feats), "training mode must mask something"
+    for b, n in enumerate(lengths.tolist()):
+        changed, bins, frames = _mask_layout(out[b], feats[b])
+        assert changed.any(), f"utterance {b} was not masked"
+        # every changed value lies in a whole masked band or a whole masked span...
+        assert torch.equal(changed, bins[None, :] | frames[:, None]), f"utterance {b}: masks are not bands/spans"
+        # ...and is set to the utterance's mean over its valid frames
+        mean = feats[b, :n].mean()
+        torch.testing.assert_close(out[b][changed], mean.expand(int(changed.sum())), rtol=0, atol=1e-6)
+        assert int(bins.sum()) <= cfg.freq_masks * cfg.freq_width, f"utterance {b}: {int(bins.sum())} bins masked"
+        max_span = min(cfg.time_width, int(0.2 * n))
+        assert int(frames.sum()) <= cfg.time_masks * max_span, f"utterance {b}: {int(frames.sum())} frames masked"
+        assert not frames[n:].any(), f"utterance {b}: time masks reach into the padding past frame {n}"
     aug.eval()
-    assert torch.equal(aug(feats, lengths), feats)
+    assert torch.equal(aug(feats, lengths), feats), "eval mode must return the features unchanged"
+    off = SpecAugment(SpecAugmentConfig(enabled=False)).train()
+    assert torch.equal(off(feats, lengths), feats), "enabled=False must return the features unchanged"

@@ -122,3 +122,37 @@ def test_distillation_loss_combines_parts():
     assert total.item() == pytest.approx(0.3 * ctc.item() + 0.7 * (KL0 + KL1) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="lam"):
         DistillationLoss(lam=1.5)
+
+
+def _utterance_kd_by_loops(logits: list[list[list[float]]], lengths: list[int],
+                           rows: list[list[list[tuple[int, float]]]], temperature: float) -> float:
+    """T² · Σ_b Σ_{f < len_b} Σ_k p·(log p − log softmax(z_f / T)[id]) / B, with plain Python loops."""
+    total = 0.0
+    for b, utterance in enumerate(logits):
+        for f in range(lengths[b]):
+            scaled = [z / temperature for z in utterance[f]]
+            log_norm = math.log(sum(math.exp(s) for s in scaled))
+            for token, p in rows[b][f]:
+                if p > 0:
+                    total += p * (math.log(p) - (scaled[token] - log_norm))
+    return temperature ** 2 * total / len(logits)
+
+
+def test_utterance_reduction_golden_value_at_t2():
+    """The reduction training uses ("utterance"), at T = 2: the T² factor, the tempered student,
+    padding and the batch mean are all in the number (computed independently with loops)."""
+    temperature = 2.0
+    logits = [[[-0.69, -1.2, -1.6], [-2.3, -0.51, -1.2], [-1.0, -1.0, -1.0]],
+              [[-0.2, -2.0, -3.0], [-1.5, -0.4, -2.2], [-0.3, -0.3, -4.0]]]
+    lengths = [3, 2]  # the second utterance's last frame is padding
+    rows = [[[(0, 0.7), (1, 0.3)], [(1, 0.8), (2, 0.2)], [(2, 0.6), (0, 0.4)]],
+            [[(0, 0.9), (2, 0.1)], [(1, 0.5), (0, 0.5)], [(1, 1.0), (2, 0.0)]]]
+    lp = torch.tensor(logits).log_softmax(-1)  # the student's log-probs, as the model returns them
+    ids = torch.tensor([[[i for i, _ in r] for r in utt] for utt in rows])
+    probs = torch.tensor([[[p for _, p in r] for r in utt] for utt in rows])
+    loss = EssenceKDLoss(temperature=temperature, reduction="utterance")(lp, torch.tensor(lengths), ids, probs)
+    want = _utterance_kd_by_loops(lp.tolist(), lengths, rows, temperature)
+    assert want > 0.01, "the hand-computed example must not be trivially zero"
+    assert loss.item() == pytest.approx(want, rel=1e-5), (
+        f"utterance-reduction KD at T=2 is {loss.item():.6f}, expected {want:.6f} "
+        f"(without T² it would be {want / temperature ** 2:.6f})")

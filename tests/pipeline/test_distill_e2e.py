@@ -1,7 +1,15 @@
-"""A tiny end-to-end distill on synthetic speech: every stage, resume, invalidation, evaluate."""
+"""A tiny end-to-end distill on synthetic speech: every stage, resume, invalidation, evaluate;
+that the students were really distilled (the KD term is in their loss), and that the cached
+essence targets are the selected essence of the fused members."""
 import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ekd_compress.cli.main import cli
@@ -15,21 +23,44 @@ TINY = [
 ]
 
 
-def run(exp, *extra):
+# the shared experiment: unequal fusion weights and T = 2, so the cache check below sees both
+EXP_SETTINGS = ["distill.fusion_weights=[1, 2, 5]", "distill.temperature=2"]
+ESSENCE_STUDENTS = ("essence_k1", "kd_all", "control_baseline_teacher", "student_s1")
+
+
+def run_with_output(exp, *extra):
     args = ["distill", "recipes/demo.yaml", "--out", str(exp), "--no-mlflow"]
     for item in [*TINY, *extra]:
         args += ["--set", item]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return json.loads((exp / "stages" / "last_run.json").read_text())
+    return json.loads((exp / "stages" / "last_run.json").read_text()), result.output
+
+
+def run(exp, *extra):
+    return run_with_output(exp, *extra)[0]
+
+
+@dataclass
+class FirstRun:
+    exp: Path
+    output: str  # everything the first distill printed (one line per training epoch among it)
+    lam: float  # distill.lam of that run (later tests re-run the experiment with another one)
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory):
+def first_run(tmp_path_factory) -> FirstRun:
     exp = tmp_path_factory.mktemp("exp") / "demo"
-    stages = run(exp)
+    from ekd_compress.recipe import load_recipe
+
+    stages, output = run_with_output(exp, *EXP_SETTINGS)
     assert stages["skipped"] == []
-    return exp
+    return FirstRun(exp, output, load_recipe(exp / "recipe.yaml").distill.lam)
+
+
+@pytest.fixture(scope="module")
+def exp(first_run) -> Path:
+    return first_run.exp
 
 
 def test_every_stage_and_results(exp):
@@ -54,13 +85,13 @@ def test_every_stage_and_results(exp):
 
 
 def test_rerun_skips_everything(exp):
-    stages = run(exp)
+    stages = run(exp, *EXP_SETTINGS)
     assert stages["ran"] == []
     assert "baseline" in stages["skipped"] and "evaluate" in stages["skipped"]
 
 
 def test_changed_lambda_reruns_only_students(exp):
-    stages = run(exp, "distill.lam=0.3")
+    stages = run(exp, *EXP_SETTINGS, "distill.lam=0.3")
     assert {"data", "features", "baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])
     assert {"kd_all", "essence_k1", "student_s1", "evaluate"} <= set(stages["ran"])
 
@@ -83,7 +114,7 @@ def test_evaluate_rejects_non_experiment(tmp_path):
 
 
 def test_changed_test_set_rescores_without_retraining(exp):
-    stages = run(exp, "distill.lam=0.3", "data.synthetic.test_hours=0.003")
+    stages = run(exp, *EXP_SETTINGS, "distill.lam=0.3", "data.synthetic.test_hours=0.003")
     assert {"data", "evaluate"} <= set(stages["ran"])
     assert {"baseline", "member_lstm", "kd_all", "student_s1"} <= set(stages["skipped"])
 
@@ -95,3 +126,91 @@ def test_on_the_fly_targets(tmp_path):
     assert not (exp / "essence").exists()
     names = {r["name"] for r in json.loads((exp / "results.json").read_text())["tests"]["dev"]["models"]}
     assert names == {"baseline", "essence_k1", "kd_all", "student"}
+
+
+# ------------------------------------------------------------------ was anything distilled?
+def epoch_metrics(output: str, name: str) -> dict[str, float]:
+    """The metrics of model `name`'s last logged training epoch ("  NAME epoch 1/1 k=v ... (N s)")."""
+    lines = re.findall(rf"^\s+{re.escape(name)} epoch \d+/\d+ (.*) \(\d+ s\)$", output, flags=re.M)
+    assert lines, f"no epoch line for {name!r} in the distill output"
+    return {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", lines[-1])}
+
+
+@pytest.mark.parametrize("name", ESSENCE_STUDENTS)
+def test_students_are_trained_on_lambda_ctc_plus_kd(first_run, name):
+    """Each distilled student logged a finite, positive KD term, and its training loss is
+    lam * CTC + (1 - lam) * KD (epoch means of a linear combination; 3 printed decimals)."""
+    lam = first_run.lam
+    assert 0.0 < lam < 1.0, "the check needs both parts of the loss weighted"
+    m = epoch_metrics(first_run.output, name)
+    assert "train_kd" in m, f"{name} logged no KD term: {m}"
+    assert math.isfinite(m["train_kd"]) and m["train_kd"] > 0, f"{name}: KD term {m['train_kd']}"
+    want = lam * m["train_ctc"] + (1.0 - lam) * m["train_kd"]
+    assert m["train_loss"] == pytest.approx(want, abs=2e-3), (
+        f"{name}: train_loss {m['train_loss']} != {lam} * CTC {m['train_ctc']} + {1 - lam} * KD {m['train_kd']}")
+    assert abs(m["train_loss"] - m["train_ctc"]) > 0.01, f"{name} was trained on CTC alone"
+
+
+def test_baseline_is_ctc_only_and_differs_from_the_student(first_run):
+    from ekd_compress.train.fit import load_model
+
+    m = epoch_metrics(first_run.output, "baseline")
+    assert "train_kd" not in m and m["train_loss"] == pytest.approx(m["train_ctc"], abs=1e-3)
+    baseline = load_model(first_run.exp / "models" / "baseline" / "model.pt")[0].state_dict()
+    student = load_model(first_run.exp / "models" / "kd_all" / "model.pt")[0].state_dict()
+    assert baseline.keys() == student.keys(), "the student has the baseline's architecture"
+    gap = max((baseline[k].float() - student[k].float()).abs().max().item() for k in baseline)
+    assert gap > 1e-6, "the KD student is identical to the CTC-only baseline"
+
+
+# ------------------------------------------------------- cached targets == essence of the fused members
+def fused_teacher_probs(exp: Path, feats: np.ndarray) -> np.ndarray:
+    """Σ_i w_i · softmax(member_i(feats)) computed here from the members' files -> (T', V)."""
+    from ekd_compress.train.fit import load_model
+
+    spec = json.loads((exp / "models" / "ensemble.json").read_text())
+    weights = np.asarray(spec["weights"] or [1.0] * len(spec["members"]), dtype=np.float64)
+    weights = weights / weights.sum()
+    x = torch.from_numpy(feats)[None]
+    fused = 0.0
+    for w, member in zip(weights, spec["members"]):
+        model = load_model(exp / "models" / member)[0].eval()
+        with torch.no_grad():
+            log_probs, _ = model(x, torch.tensor([feats.shape[0]]))
+        fused = fused + w * log_probs[0].double().exp().numpy()
+    return fused
+
+
+def test_cached_targets_are_the_essence_of_the_fused_members(exp):
+    """One training utterance, end to end: features as stored -> every member -> weighted fusion
+    -> temperature -> top-k renorm, by hand, against what the 'essence' stage cached (fp16)."""
+    from lhotse import CutSet
+
+    from ekd_compress.ensemble.cache import EssenceCache
+    from ekd_compress.features.fbank import feature_spec, load_features
+    from ekd_compress.recipe import load_recipe
+
+    recipe = load_recipe(exp / "recipe.yaml")
+    d = recipe.distill
+    assert d.mode == "renorm" and d.temperature == 2.0 and d.fusion_weights == [1, 2, 5], "the settings under test"
+    assert json.loads((exp / "models" / "ensemble.json").read_text())["weights"] is not None
+    cut = next(iter(CutSet.from_file(exp / "features" / "train_cuts.jsonl.gz")))
+    feats = load_features(cut, feature_spec(recipe.features, recipe.data.sample_rate))
+    p = fused_teacher_probs(exp, feats)  # (T', V)
+    tempered = p ** (1.0 / d.temperature)
+    tempered /= tempered.sum(-1, keepdims=True)
+    V = p.shape[1]
+    for label, k in (("k1", 1), ("all", V)):
+        meta = json.loads((exp / "essence" / "teacher" / label / "index.json").read_text())
+        cache = EssenceCache.open(exp / "essence" / "teacher" / label, feature_hash=meta["feature_hash"],
+                                  teacher_hash=meta["teacher_hash"], selection=meta["selection"])
+        ids, probs = cache.read(cut.id, expected_frames=p.shape[0])
+        assert ids.shape == probs.shape == (p.shape[0], k), f"{label}: cached shape {ids.shape}"
+        if k == 1:
+            np.testing.assert_array_equal(ids[:, 0], p.argmax(-1), err_msg="k=1: cached id is not the fused argmax")
+            np.testing.assert_allclose(probs[:, 0], 1.0, atol=1e-3)
+        else:
+            dense = np.zeros_like(tempered)
+            np.put_along_axis(dense, ids, probs, axis=-1)
+            np.testing.assert_allclose(dense, tempered, atol=2e-3, rtol=0,
+                                       err_msg="k=all: cached targets are not softmax(log p_ens / T)")

@@ -122,15 +122,39 @@ def test_serve_command_rejects_bad_bundle(tmp_path):
     assert r.exit_code != 0 and "bundle.json is missing" in r.output
 
 
-def test_bench_json(energy_bundle, gru_bundle):
+def test_bench_json(energy_bundle, gru_bundle, tmp_path):
+    """Both bundles are measured, in order; the printed JSON is the full report's summary; the
+    percentiles are ordered; the ramp tried 1 then 2 streams and max_realtime_streams is the
+    last level held by the report's own rule; one stream sent as fast as possible beats real time."""
+    full_path = tmp_path / "bench.json"
     args = [str(energy_bundle), "--vs", str(gru_bundle), "--streams", "2", "--seconds", "1", "--ramp-seconds", "1",
-            "--max-streams", "2", "--rtf-seconds", "1", "--no-mlflow", "--json"]
+            "--max-streams", "2", "--rtf-seconds", "1", "--no-mlflow", "--json", "--out", str(full_path)]
     r = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
     keys = {"bundle", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
             "max_realtime_streams", "rss_mb"}
     assert [set(m) for m in report["models"]] == [keys, keys]
-    for m in report["models"]:
-        assert m["chunk_ms_p50"] > 0 and m["rtf"] > 0 and m["rss_mb"] > 10 and m["final_ms_p50"] is not None
-        assert 0 <= m["max_realtime_streams"] <= 2
+    assert [m["bundle"] for m in report["models"]] == [str(energy_bundle), str(gru_bundle)]
+    full = json.loads(full_path.read_text())
+    assert [{k: m[k] for k in keys} for m in full["models"]] == report["models"], "--json must summarise --out"
+    assert full["config"]["streams"] == 2 and full["config"]["max_streams"] == 2 and full["audio"] == "synthetic"
+    for m in full["models"]:
+        name = m["bundle"]
+        assert 0 < m["chunk_ms_p50"] <= m["chunk_ms_p95"] <= m["chunk_ms_p99"], (name, m)
+        assert 0 < m["final_ms_p50"] <= m["final_ms_p95"] <= m["final_ms_p99"], (name, m)
+        assert m["first_partial_ms_p50"] is not None and m["first_partial_ms_p50"] > 0, (name, m)
+        assert 0 < m["rtf"] < 1.0, f"{name}: one stream sent as fast as possible took rtf={m['rtf']}"
+        assert m["rss_mb"] > 10, (name, m)
+        assert m["mode"] == "realtime" and m["streams"] == 2 and m["chunk_ms"] > 0
+        ramp = m["ramp"]
+        assert [step["streams"] for step in ramp] in ([1], [1, 2]), f"{name}: ramp levels {ramp}"
+        for step in ramp:
+            rule = (step["failed"] == 0 and step["chunk_ms_p95"] <= m["chunk_ms"]
+                    and step["final_ms_p95"] is not None and step["final_ms_p95"] <= m["chunk_ms"])
+            assert step["held"] == rule, f"{name}: ramp step {step} vs chunk {m['chunk_ms']} ms"
+        assert all(step["held"] for step in ramp[:-1]), f"{name}: the ramp went on after a level failed: {ramp}"
+        assert len(ramp) == 2 or not ramp[0]["held"], f"{name}: the ramp stopped after a level held: {ramp}"
+        held = [step["streams"] for step in ramp if step["held"]]
+        assert m["max_realtime_streams"] == (held[-1] if held else 0), f"{name}: {m['max_realtime_streams']} vs {ramp}"
+        assert m["max_realtime_streams_capped"] == (m["max_realtime_streams"] == 2)
