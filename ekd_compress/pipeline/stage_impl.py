@@ -102,6 +102,7 @@ def stage_train(
     import shutil
 
     from ekd_compress.atomic import write_json_atomic
+    from ekd_compress.train.distributed import barrier, dist_info
     from ekd_compress.train.watchdog import StalledRun, restart_seed
 
     out_dir = ctx.exp_dir / "models" / name
@@ -119,14 +120,14 @@ def stage_train(
             restarts.append(stalled.attempt.to_dict())
             ctx.log(f"WATCHDOG {name}: {stalled}; restarting with seed {restart_seed(seed, attempt + 1)} "
                     f"(restart {attempt + 1} of at most {train_cfg.max_restarts})")
-            for stale in ("checkpoints", "model.pt", "fit.json"):  # the next attempt starts from scratch
-                path = out_dir / stale
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            write_json_atomic(restarts_file, restarts)
+            if dist_info().is_main:  # every rank stalls alike (dev metrics are gathered); rank 0 cleans up
+                for stale in ("checkpoints", "model.pt", "fit.json"):  # the next attempt starts from scratch
+                    path = out_dir / stale
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                write_json_atomic(restarts_file, restarts)
+            barrier()
     if restarts:
         ctx.log(f"{name}: converged with seed {run_seed} after {len(restarts)} restart(s)")
-    from ekd_compress.train.distributed import dist_info
-
     if dist_info().is_main:
         register_model(ctx.exp_dir, name, kind, Path(res["model"]), seed=run_seed,
                        **({"restarts": restarts} if restarts else {}))
