@@ -152,7 +152,8 @@ class ServerProcess:
         root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "serve.server", str(bundle), "--port", "0", "--port-file", str(port_file),
-               "--max-connections", str(max_connections), "--max-batch", str(cfg.max_batch),
+               "--max-connections", str(max_connections), "--max-per-address", "0",  # every client is local
+               "--max-batch", str(cfg.max_batch),
                "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads), "--provider", cfg.provider]
         if cfg.int8:
             cmd.append("--int8")

@@ -426,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2700)
     p.add_argument("--max-connections", type=int, default=64)
+    p.add_argument("--max-per-address", type=int, default=16, help="open connections per client address, 0: any")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--token", default=None, help="deprecated (visible in the process list): --token-file or "
@@ -437,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port-file", help="write the bound port here once listening (for --port 0)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ServerConfig(host=a.host, port=a.port, max_connections=a.max_connections, max_batch=a.max_batch,
+    cfg = ServerConfig(host=a.host, port=a.port, max_connections=a.max_connections,
+                       max_per_address=a.max_per_address, max_batch=a.max_batch,
                        max_wait_ms=a.max_wait_ms, token=resolve_token(a.token, a.token_file))
 
     def ready(server: RecognitionServer) -> None:
