@@ -197,6 +197,21 @@ class StreamStats:
     audio_s: float
     wall_s: float
     error: str | None = None
+    error_kind: str | None = None  # the server's error code (e.g. "busy"), else the exception's class name
+    text: str | None = None  # the non-empty final texts, joined by spaces
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """What the clients send: float samples in [-1, 1] -> little-endian int16 PCM bytes."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+class ServerError(RuntimeError):
+    """An {"type": "error"} message from the server; .code is its error code (e.g. "busy")."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
 
 
 async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, chunk_s: float,
@@ -205,11 +220,12 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
     from websockets.asyncio.client import connect
 
     await asyncio.sleep(delay)
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = pcm16(audio)
     step = int(rate * SEND_MS / 1000) * 2
     headers = {"Authorization": f"Bearer {token}"} if token else None
     first_chunk_bytes = int((chunk_s + 0.015) * rate) * 2  # fbank needs half a window more
     t_first_chunk_sent = t_first_partial = t_end = t_final = None
+    finals: list[str] = []
     try:
         async with connect(url + "/ws", additional_headers=headers, max_size=None, compression=None,
                            open_timeout=30) as ws:
@@ -222,10 +238,13 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
                     m = json.loads(raw)
                     if m.get("type") == "partial" and t_first_partial is None:
                         t_first_partial = time.perf_counter()
-                    elif m.get("type") == "final" and m.get("reason") == "end":
-                        t_final = time.perf_counter()
+                    elif m.get("type") == "final":
+                        if m.get("text"):
+                            finals.append(m["text"])
+                        if m.get("reason") == "end":
+                            t_final = time.perf_counter()
                     elif m.get("type") == "error":
-                        raise RuntimeError(m.get("message"))
+                        raise ServerError(str(m.get("error")), str(m.get("message")))
 
             rx = asyncio.create_task(receiver())
             t0 = time.perf_counter()
@@ -245,10 +264,11 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
             await ws.send(json.dumps({"type": "end"}))
             await asyncio.wait_for(rx, 120)
     except Exception as e:  # noqa: BLE001 - reported per stream
-        return StreamStats(None, None, len(audio) / rate, 0.0, f"{type(e).__name__}: {e}")
+        kind = e.code if isinstance(e, ServerError) else type(e).__name__
+        return StreamStats(None, None, len(audio) / rate, 0.0, f"{type(e).__name__}: {e}", kind)
     fp = (t_first_partial - t_first_chunk_sent) * 1000 if t_first_partial and t_first_chunk_sent else None
     fin = (t_final - t_end) * 1000 if t_final and t_end else None
-    return StreamStats(fp, fin, len(audio) / rate, (t_final or time.perf_counter()) - t0)
+    return StreamStats(fp, fin, len(audio) / rate, (t_final or time.perf_counter()) - t0, text=" ".join(finals))
 
 
 async def run_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], n: int, seconds: float, realtime: bool,
