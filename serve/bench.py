@@ -19,6 +19,9 @@ CPU are its own; `url=` uses a running server instead), then:
    reported with max_realtime_streams_capped=True);
 4. rss_mb: the server's peak resident memory (VmHWM) at the end.
 
+`ekd-compress bench BUNDLE --soak-streams N --soak-seconds S` runs a soak instead (serve/soak.py:
+N real-time streams for S seconds; errors, agreement with offline decoding, latency, server RSS).
+
 Without audio files, synthetic speech-like clips are used (harmonic tones with a moving pitch,
 noise bursts, pauses): compute latency does not depend on what is said.
 Client and server share the machine's cores; the numbers are for that setting.

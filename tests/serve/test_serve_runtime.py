@@ -277,7 +277,7 @@ def test_words_from_hits():
 
 # ----------------------------------------------------------------------------- torch-free
 def test_serve_imports_without_torch():
-    code = ("import sys; import serve.runtime, serve.server, serve.decode, serve.resample, serve.bench, serve.bench_report; "
+    code = ("import sys; import serve.runtime, serve.server, serve.decode, serve.resample, serve.bench, serve.bench_report, serve.soak; "
             "bad = [m for m in ('torch', 'lightning', 'lhotse') if m in sys.modules]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
