@@ -130,13 +130,30 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the full report (ramp included) as JSON here.")
 @click.option("--mlflow/--no-mlflow", default=True, show_default=True,
-              help="Log the numbers to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+              help="Log the numbers to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); not for a soak.")
+@click.option("--soak-streams", type=int, default=None,
+              help="Soak instead: hold this many real-time streams (a connection per utterance) for "
+                   "--soak-seconds; report errors, agreement with offline decoding, latency, server RSS.")
+@click.option("--soak-seconds", type=float, default=None, help="Length of the soak (s) [default: 60].")
+@click.option("--soak-drain-seconds", type=float, default=10.0, show_default=True,
+              help="After the soak, utterances in flight get their length plus this long to finish.")
 def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
           seconds: float, ramp: bool, ramp_seconds: float, max_streams: int, rtf_seconds: float, max_batch: int,
           max_wait_ms: float, threads: int, int8: bool, provider: str, url: str | None, token: str | None,
-          plot_path: Path, out_json: Path | None, mlflow: bool) -> None:
+          plot_path: Path, out_json: Path | None, mlflow: bool, soak_streams: int | None, soak_seconds: float | None,
+          soak_drain_seconds: float) -> None:
     """Stream audio through the server for BUNDLE (and --vs OTHER_BUNDLE): chunk compute,
-    first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory."""
+    first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory.
+    With --soak-streams N: a soak of N streams for --soak-seconds instead (serve/soak.py)."""
+    if soak_streams is not None or soak_seconds is not None:
+        if soak_streams is None:
+            raise _UserError("--soak-seconds needs --soak-streams N (the number of concurrent streams)")
+        if url or other:
+            raise _UserError("a soak starts its own server on BUNDLE (to read its memory); drop --url and --vs")
+        _soak(bundle, soak_streams, 60.0 if soak_seconds is None else soak_seconds, soak_drain_seconds, audio_dir,
+              as_json, out_json, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, int8=int8,
+              provider=provider, token=token)
+        return
     from serve.bench import BenchConfig, bench_bundles
     from serve.bench_report import JSON_KEYS, plot, table
 
@@ -158,6 +175,19 @@ def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None
         return
     click.echo(table(report))
     click.echo(f"plot: {plot_file}")
+
+
+def _soak(bundle: Path, streams: int, seconds: float, drain_s: float, audio_dir: Path | None, as_json: bool,
+          out_json: Path | None, **server: object) -> None:
+    from serve.bench import BenchConfig
+    from serve.soak import soak_bundle, table
+
+    report = _friendly(soak_bundle, bundle, streams, seconds, BenchConfig(**server), audio_dir=audio_dir,
+                       drain_s=drain_s, log=lambda m: click.echo(m, err=True))
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report, indent=2))
+    click.echo(json.dumps(report) if as_json else table(report))
 
 
 def _log_mlflow(report: dict, plot_path: Path | None, log) -> None:
