@@ -113,7 +113,8 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
 
     exp_dir = Path(exp_dir)
     split = verdict_split(results["tests"])
-    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"))
+    dev = results["tests"].get("dev", {}).get("models")
+    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev)
                           for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""

@@ -7,7 +7,8 @@ Each claim compares two WERs on one scored set as a ratio (lower is better for t
   student vs baseline (mean)     student (seed mean) / baseline (seed mean)
   student vs baseline (best)     student (seed mean) / min(baseline seeds)
   student vs control             student (seed mean) / control_baseline_teacher
-  best essence k vs KD-all       essence_k<chosen k> / kd_all
+  best essence k vs KD-all       essence_k<k> / kd_all, k the chosen student's (or, when dev
+                                 chose k = all, the essence k with the best dev WER)
 
 `TARGETS` are the ratios the project aims for (issue "Models that learn"); a claim
 is met when its ratio is at most its target. The verdict is read on the internal test
@@ -33,9 +34,20 @@ def _seeds(by: dict[str, float], prefix: str) -> list[float]:
     return [w for n, w in by.items() if n == prefix or n.startswith(prefix + "_s")]
 
 
-def verdict(models: list[dict[str, Any]], chosen_k: Optional[str]) -> list[dict[str, Any]]:
+def best_essence_k(chosen_k: Optional[str], dev_models: list[dict[str, Any]]) -> Optional[str]:
+    """The essence k (< all) the verdict judges: the chosen student's k, or, when the choice on
+    dev was k = all (ordinary KD), the essence k with the lowest dev WER."""
+    if chosen_k not in (None, "all"):
+        return chosen_k
+    ks = {r["name"][len("essence_k"):]: float(r["wer"]) for r in dev_models if r["name"].startswith("essence_k")}
+    return min(ks, key=ks.get) if ks else None
+
+
+def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
+            dev_models: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
     """models: one scored set's rows ({"name", "kind", "wer"}) -> one row per claim that the
-    experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met"} (WERs in percent)."""
+    experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met"} (WERs in percent).
+    `dev_models` (the dev rows) picks the essence k when the chosen student is k = all."""
     by = {r["name"]: float(r["wer"]) for r in models}
     members = [float(r["wer"]) for r in models if r["kind"] == "member"]
     students, baselines = _seeds(by, "student"), _seeds(by, "baseline")
@@ -47,8 +59,9 @@ def verdict(models: list[dict[str, Any]], chosen_k: Optional[str]) -> list[dict[
         ("student vs baseline (best seed)", student, min(baselines) if baselines else None),
         ("student vs control", student, by.get("control_baseline_teacher")),
     ]
-    if chosen_k not in (None, "all"):
-        pairs.append(("best essence k vs KD-all", by.get(f"essence_k{chosen_k}"), by.get("kd_all")))
+    k = best_essence_k(chosen_k, dev_models or [])
+    if k is not None:
+        pairs.append(("best essence k vs KD-all", by.get(f"essence_k{k}"), by.get("kd_all")))
     rows = []
     for claim, wer, vs in pairs:
         if wer is None or vs is None:
@@ -74,7 +87,7 @@ def verdict_markdown(results: dict[str, Any]) -> str:
     splits = [main] + [t for t in tests if t.startswith(main + "_noisy")]
     out = []
     for split in splits:
-        rows = verdict(tests[split]["models"], results.get("chosen_k"))
+        rows = verdict(tests[split]["models"], results.get("chosen_k"), tests.get("dev", {}).get("models"))
         if not rows:
             continue
         caveat = "" if split != "dev" else " (dev also selected checkpoints, k and fusion weights: flattering)"

@@ -33,7 +33,14 @@ def test_a_claim_that_fails_is_marked_and_missing_models_are_left_out():
     v = {r["claim"]: r for r in verdict(worse, "all")}
     assert not v["ensemble vs best member"]["met"]  # 0.9 > 0.85
     assert not v["student vs ensemble"]["met"]
-    assert "student vs control" not in v and "best essence k vs KD-all" not in v  # no control, k = all
+    assert "student vs control" not in v and "best essence k vs KD-all" not in v  # no control, no essence k
+
+
+def test_when_dev_chose_kd_all_the_best_essence_k_on_dev_is_judged():
+    test = rows(essence_k1=4.0, kd_all=5.0) + [{"name": "essence_k2", "kind": "student", "wer": 3.0}]
+    dev = rows(essence_k1=6.0, kd_all=5.5) + [{"name": "essence_k2", "kind": "student", "wer": 7.0}]
+    v = {r["claim"]: r for r in verdict(test, "all", dev)}
+    assert v["best essence k vs KD-all"]["wer"] == 4.0  # k = 1 is best on dev, whatever test says
 
 
 def test_verdict_is_read_on_the_test_split_and_says_so():
