@@ -292,7 +292,8 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.fusion_tune={d.fusion_tune!r}: use 'none' (fusion_weights, or equal weights), "
                           "'dev' (grid-search the weights on the dev set) or 'select' (forward selection on dev)")
     if d.fusion_tune != "none" and d.fusion_weights is not None:
-        raise RecipeError("distill.fusion_tune=dev searches the weights itself; set distill.fusion_weights=null")
+        raise RecipeError(f"distill.fusion_tune={d.fusion_tune} chooses the weights itself; set distill.fusion_weights=null "
+                          "or distill.fusion_tune=none")
     if not 0.0 < d.fusion_grid <= 0.5 or abs(round(1.0 / d.fusion_grid) * d.fusion_grid - 1.0) > 1e-6:
         raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
     if not 0.0 <= d.coincidence_threshold <= 1.0:

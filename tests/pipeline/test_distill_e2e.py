@@ -24,7 +24,7 @@ TINY = [
 
 
 # the shared experiment: unequal fusion weights and T = 2, so the cache check below sees both
-EXP_SETTINGS = ["distill.fusion_weights=[1, 2, 5]", "distill.temperature=2"]
+EXP_SETTINGS = ["distill.fusion_tune=none", "distill.fusion_weights=[1, 2, 5]", "distill.temperature=2"]
 ESSENCE_STUDENTS = ("essence_k1", "kd_all", "control_baseline_teacher", "student_s1")
 
 
