@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ekd_compress.ensemble.fusion import FusedEnsemble, fuse_posteriors
+from tests.streaming import stream as _stream
 
 
 def lp(rows):
@@ -127,16 +128,6 @@ def test_member_mismatches():
 
 # ------------------------------------------------------------------ unequal fusion weights
 WEIGHTS = [1.0, 4.0]  # normalised to 0.2 / 0.8
-
-
-def _stream(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-    """feats (B, T, F), T a multiple of chunk_frames -> streamed log_probs (B, T // subsampling, V)."""
-    state = model.initial_state(feats.shape[0])
-    outs = []
-    for start in range(0, feats.shape[1], model.chunk_frames):
-        out, state = model.forward_chunk(feats[:, start:start + model.chunk_frames], state)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
 
 
 def _real_members(seed: int = 0) -> list[nn.Module]:

@@ -16,6 +16,7 @@ from ekd_compress.models import (
     model_params,
     register_model,
 )
+from tests.streaming import stream
 
 F_DIM, VOCAB = 80, 30
 ARCHS = ["gru", "lstm", "tdnn", "transformer"]
@@ -41,16 +42,6 @@ def make(name: str, **kwargs) -> StreamingCTCModel:
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-def stream(model: StreamingCTCModel, feats: torch.Tensor) -> torch.Tensor:
-    """Run feats (B, T, F), T a multiple of chunk_frames, chunk by chunk -> log_probs (B, T // 4, V)."""
-    state = model.initial_state(feats.shape[0])
-    outs = []
-    for start in range(0, feats.shape[1], model.chunk_frames):
-        out, state = model.forward_chunk(feats[:, start : start + model.chunk_frames], state)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
 
 
 def test_all_architectures_registered() -> None:

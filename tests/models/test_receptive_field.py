@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ekd_compress.models import StreamingCTCModel, build_model
+from tests.streaming import stream
 
 F_DIM, VOCAB = 6, 7
 CHANGED, UNCHANGED = 1e-4, 1e-6  # |Δ log-prob| thresholds
@@ -30,15 +31,6 @@ def make(name: str, **kwargs) -> StreamingCTCModel:
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return model
-
-
-def stream(model: StreamingCTCModel, feats: torch.Tensor) -> torch.Tensor:
-    state = model.initial_state(feats.shape[0])
-    outs = []
-    for start in range(0, feats.shape[1], model.chunk_frames):
-        out, state = model.forward_chunk(feats[:, start:start + model.chunk_frames], state)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
 
 
 @torch.no_grad()

@@ -1,0 +1,13 @@
+"""Shared test helper: run a streaming model chunk by chunk."""
+import torch
+
+
+def stream(model, feats: torch.Tensor) -> torch.Tensor:
+    """feats (B, T, F), T a multiple of `model.chunk_frames`, fed through `forward_chunk` from
+    `initial_state` -> log_probs (B, T // subsampling, V), to compare with `forward`."""
+    state = model.initial_state(feats.shape[0])
+    outs = []
+    for start in range(0, feats.shape[1], model.chunk_frames):
+        out, state = model.forward_chunk(feats[:, start:start + model.chunk_frames], state)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
