@@ -19,18 +19,8 @@ from ekd_compress.cli.serve_cmd import bench, serve
 
 
 def test_serve_command_starts_and_answers(energy_bundle):
-    code = "import sys; from ekd_compress.cli.serve_cmd import serve; serve(sys.argv[1:])"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(energy_bundle), "--port", "0", "--max-connections", "3"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc, port = _start_serve(energy_bundle, "--max-connections", "3")
     try:
-        port, deadline = None, time.time() + 30
-        while port is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            m = re.search(r"page http://127\.0\.0\.1:(\d+)/", line)
-            port = int(m.group(1)) if m else None
         assert port, "the serve command did not report its port"
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
         assert health["model"] == "energy" and health["max_connections"] == 3
