@@ -96,6 +96,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         log(f"data-parallel: {info.world_size} processes on {info.num_nodes} node(s)")
     runner = StageRunner(exp_dir, log)
     r = recipe
+    status = "FINISHED"
     try:
         ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
         ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
@@ -164,13 +165,19 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
         return results
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"  # a run that stopped on an error must not read FINISHED in MLflow
+        raise
     finally:
         from ekd_compress.pipeline.stages import write_json_atomic
 
         if info.is_main:
             write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
-            ctx.tracker.end()
+            ctx.tracker.end(status)
 
 
 def _quiet(message: str) -> None:
