@@ -94,7 +94,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     ctx.tracker = S.open_tracker(ctx, enabled=tracking and recipe.tracking.enabled and info.is_main)
     if info.enabled:
         log(f"data-parallel: {info.world_size} processes on {info.num_nodes} node(s)")
-    runner = StageRunner(exp_dir, log)
+    runner = StageRunner(exp_dir, log, plan=planned_stages(recipe))
     r = recipe
     status = "FINISHED"
     try:
@@ -213,6 +213,20 @@ def expected_models(r: Recipe) -> list[str]:
     if d.control:
         names.append("control_baseline_teacher")
     return names + ["student", *[f"student_s{s}" for s in d.seeds[1:]]]
+
+
+def planned_stages(r: Recipe) -> list[str]:
+    """The stages a run of `r` goes through, in order (for 'stage n/N')."""
+    d = r.distill
+    stages = ["data", "features", "baseline", *[f"baseline_s{s}" for s in d.seeds[1:]]]
+    if r.members:
+        stages += ["align", *[f"member_{m.name}" for m in r.members], "coincide", "ensemble"]
+    if d.cache != "fly":
+        stages.append("essence")
+    stages += ["kd_all" if k == "all" else f"essence_k{k}" for k in d.ks]
+    if d.control:
+        stages += (["essence_control"] if d.cache != "fly" else []) + ["control_baseline_teacher"]
+    return stages + [f"student_s{s}" for s in d.seeds[1:]] + ["evaluate"]
 
 
 def prune_registry(exp_dir: Path, keep: list[str]) -> list[dict[str, Any]]:
