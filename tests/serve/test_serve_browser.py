@@ -69,7 +69,8 @@ class Page:
         assert page is not None, "the page did not open"
         from websockets.sync.client import connect
 
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self._conn = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self.ws = self._conn.__enter__()
 
     def call(self, method: str, **params):
         self.ids += 1
@@ -102,8 +103,8 @@ class Page:
         return st
 
     def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
+        if getattr(self, "_conn", None) is not None:
+            self._conn.__exit__(None, None, None)
         self.proc.terminate()
         try:
             self.proc.wait(10)

@@ -34,7 +34,7 @@ FIT = textwrap.dedent("""
 
 def test_a_fit_in_a_log_prints_epoch_lines_only(tmp_path):
     proc = subprocess.run([sys.executable, "-c", FIT, str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          timeout=900, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     for noise in ("GPU available", "TPU available", "litlogger", "Tip:", "it/s]", "\r"):
