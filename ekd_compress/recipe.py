@@ -217,16 +217,17 @@ def _valid_keys(node: Any) -> list[str]:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (or the defaults when path is None), apply `a.b=c` overrides, validate."""
+    """Read a YAML recipe (a file, or a bundled recipe's name such as "demo"; the defaults when path
+    is None), apply `a.b=c` overrides, validate (architectures included)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     schema = OmegaConf.structured(Recipe)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise RecipeError(f"recipe {path} does not exist; see recipes/ for examples (demo.yaml, fsdd.yaml)")
+        from ekd_compress.recipe_files import find_recipe
+
+        path = find_recipe(path)  # a file, or a bundled recipe's name (demo, fsdd, ...) from any directory
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -250,14 +251,53 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
             node = getattr(node, part, None)
         raise RecipeError(f"unknown recipe key {key!r}; valid keys here: {_valid_keys(node) or _valid_keys(ModelConfig())}") from None
     except OmegaConfBaseException as e:
-        raise RecipeError(f"invalid recipe value: {e}".split("\n    full_key")[0]) from None
+        raise RecipeError(_value_error(e, overrides, path)) from None
     except TypeError as e:  # e.g. `--set members.0.x=1` (a mapping merged onto a list)
         raise RecipeError(
             f"cannot apply {list(overrides)} ({e}): list entries cannot be set by index; "
             "edit the recipe file or give the whole list, e.g. --set 'distill.ks=[1,2]'"
         ) from None
     validate_recipe(recipe)
+    check_architectures(recipe)  # here, not when the model is built after the data and features stages
     return recipe
+
+
+def _default_of(key: str) -> Any:
+    node: Any = Recipe()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            return None
+        node = getattr(node, part)
+    return None if dataclasses.is_dataclass(node) else node
+
+
+def _value_error(e: Exception, overrides: list[str] | tuple[str, ...], path: Path | None) -> str:
+    """One line naming the key, the bad value, where it came from and what is expected."""
+    key = getattr(e, "full_key", None)
+    detail = str(getattr(e, "msg", None) or e).split("\n")[0]
+    if not key:
+        return f"invalid recipe value: {detail}"
+    given = [ov for ov in overrides if ov.split("=", 1)[0].strip() == key]
+    where = f"--set {given[-1]}" if given else f"{key} in {path}" if path else key
+    default = _default_of(key)
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(default))
+    hint = f"; give {kind}, e.g. --set {key}={json.dumps(default)}" if kind and default is not None else ""
+    return f"{where}: {detail}{hint}"
+
+
+def check_architectures(r: Recipe) -> None:
+    """Every model's `arch` is registered and its `params` are ones that architecture takes (imports torch)."""
+    from ekd_compress.models import model_names, model_params
+
+    models = [("baseline", r.baseline), *[(f"members[{i}] ({m.name})", m) for i, m in enumerate(r.members)]]
+    for where, m in models:
+        if m.arch not in model_names():
+            raise RecipeError(f"{where}.arch={m.arch!r} is not a registered architecture; use one of {model_names()} "
+                              "or register your own (see ekd_compress/models/registry.py)")
+        unknown = sorted(set(m.params) - set(model_params(m.arch)))
+        if unknown:
+            raise RecipeError(f"{where}.params has {unknown}, which {m.arch!r} does not take; "
+                              f"valid parameters: {sorted(model_params(m.arch))}")
 
 
 def validate_recipe(r: Recipe) -> None:

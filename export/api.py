@@ -63,6 +63,20 @@ def parent_run_id(exp_dir: Path) -> Optional[str]:
     return text or None
 
 
+def recorded_tracking_uri(exp_dir: Path) -> Optional[str]:
+    """The tracking URI distill used (mlflow_run.json), or None for experiments made before it was recorded.
+    $MLFLOW_TRACKING_URI, when set, wins (e.g. credentials the recorded URI leaves out)."""
+    import os
+
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return None
+    try:
+        uri = json.loads((exp_dir / "mlflow_run.json").read_text()).get("tracking_uri")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return uri if isinstance(uri, str) and uri else None
+
+
 def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int]) -> list:
     """The first `limit` (None: all) dev cuts of the experiment as `Utterance`s (fbank computed if not stored),
     or [] when the experiment holds no dev set (only its contract: recipe, tokens, models, registry)."""
@@ -328,7 +342,7 @@ def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, 
         return False
     from ekd_compress.tracking import resolve_tracking_uri
 
-    uri = tracking.uri or resolve_tracking_uri()
+    uri = tracking.uri or recorded_tracking_uri(exp_dir) or resolve_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         log(f"MLflow: no tracking store at {uri} (run export where distill ran, or set MLFLOW_TRACKING_URI); "
             "bundle not logged")

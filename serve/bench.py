@@ -84,6 +84,10 @@ class ModelResult:
     ramp: list[dict[str, Any]] = field(default_factory=list)
     mode: str = "realtime"
     streams: int = 0
+    model: str | None = None  # the bundle's model name (bundle.json model.name), else its folder
+    params: int | None = None  # model parameters (bundle.json)
+    size_mb: float | None = None  # the served ONNX file (INT8 with int8=True), MB
+    dev_wer: float | None = None  # the model's dev WER as exported (bundle.json provenance; INT8's with int8=True)
 
 
 # ============================================================================ audio
@@ -297,7 +301,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
     health = _http_json(url, "/health", cfg.token)  # without the token /health says only that it is alive
     chunk_s = health["chunk_ms"] / 1000.0
     res = ModelResult(bundle=label, chunk_ms=health["chunk_ms"], mode="realtime" if cfg.realtime else "fast",
-                      streams=cfg.streams)
+                      streams=cfg.streams, model=health.get("model"))
 
     # 1. latency run
     since = _http_json(url, "/stats", cfg.token)["next"]
@@ -376,6 +380,9 @@ def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg
 def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: str | Path | None = None,
                   url: str | None = None, log=lambda m: None) -> dict[str, Any]:
     """Benchmark each bundle with its own server subprocess (or the server at `url`, one bundle)."""
+    if not url:
+        for b in bundles:  # a folder that is not a bundle: one line now, not a server's traceback later
+            check_bundle(b, cfg.int8)
     clips = load_audio_dir(audio_dir) if audio_dir else synthetic_audio()
     models = []
     if url:
@@ -387,6 +394,42 @@ def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: st
                 models.append(bench_url(srv.url, str(b), clips, cfg, log))
             finally:
                 srv.stop()
-    return {"models": [asdict(m) for m in models], "config": asdict(cfg),
+    for m in models:
+        describe_model(m, cfg.int8)
+    return {"models": [asdict(m) for m in models], "config": public_config(cfg),
             "audio": str(audio_dir) if audio_dir else "synthetic", "clips": len(clips),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+
+
+def public_config(cfg: BenchConfig) -> dict[str, Any]:
+    """The bench settings as recorded in reports and MLflow: the token itself never, only whether one was used."""
+    out = {k: v for k, v in asdict(cfg).items() if k != "token"}
+    out["auth"] = cfg.token is not None
+    return out
+
+
+def check_bundle(bundle: str | Path, int8: bool = False) -> None:
+    """Raise BundleError (one line naming the folder and the fix) unless `bundle` can be served."""
+    from serve.bundle import Bundle, BundleError
+
+    b = Bundle.load(bundle)
+    if int8 and b.file("int8") is None:
+        raise BundleError(f"{bundle} has no INT8 model (files.int8 is null); re-export with "
+                          "`ekd-compress export EXPDIR --int8`, or drop --int8")
+
+
+def describe_model(m: ModelResult, int8: bool = False) -> None:
+    """Fill the model's name, parameters, file size and dev WER from its bundle.json (when m.bundle is a bundle)."""
+    meta_path = Path(m.bundle) / "bundle.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    model = meta.get("model") or {}
+    m.model = str(model.get("name") or Path(m.bundle).name)
+    m.params = model.get("params") if isinstance(model.get("params"), int) else None
+    onnx = (meta.get("files") or {}).get("int8" if int8 else "onnx")
+    if onnx and (Path(m.bundle) / onnx).is_file():
+        m.size_mb = round((Path(m.bundle) / onnx).stat().st_size / 1e6, 3)
+    wer = ((meta.get("int8") or {}).get("wer_int8") if int8 else None) or (meta.get("provenance") or {}).get("dev_wer")
+    m.dev_wer = float(wer) if isinstance(wer, (int, float)) else None

@@ -121,6 +121,7 @@ class HTTPRoutes:
         b = self.rec.bundle
         return {"status": "ok", "model": b.name, "provider": self.rec.provider,
                 "int8": self.rec.use_int8, "sample_rate": b.sample_rate, "chunk_ms": round(b.chunk_seconds * 1000),
+                **model_info(b),
                 "streams": self.active, "max_connections": self.config.max_connections,
                 "chunks_decoded": self.rec.chunks_decoded, "uptime_s": round(time.time() - self.started, 1),
                 "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
@@ -209,3 +210,13 @@ class HTTPRoutes:
             ctype += "; charset=utf-8"
         return self._respond(connection, HTTPStatus.OK, path.read_text(encoding="utf-8"), ctype)
 
+
+def model_info(bundle) -> dict[str, Any]:
+    """What the model knows, for /health and the page: its token set (blank and the word separator
+    left out), their kind, the language when the bundle records one, and the dev WER it was exported with."""
+    meta = bundle.meta
+    symbols = [t for t in bundle.tokens.tokens[1:] if t not in ("|", "▁", "<unk>")]
+    wer = (meta.get("provenance") or {}).get("dev_wer")
+    return {"vocabulary": symbols, "token_kind": meta.get("token_kind", "char"),
+            "language": meta.get("language") or (meta.get("provenance") or {}).get("language"),
+            "dev_wer": round(wer, 2) if isinstance(wer, (int, float)) else None}

@@ -195,11 +195,16 @@ class RecognitionServer(HTTPRoutes):
         c = self.config
         self._scheduler = BatchScheduler(self.rec, c.max_batch, c.max_wait_ms, self.metrics, lambda: self.active)
         self._scheduler.start()
-        self._server = await serve(
-            self._handle, c.host, c.port, process_request=self._process_request,
-            max_size=c.max_message_bytes, max_queue=c.max_queue, compression=None, ping_interval=20, ping_timeout=20,
-            close_timeout=2, logger=logging.getLogger("serve.websockets"),
-        )
+        try:
+            self._server = await serve(
+                self._handle, c.host, c.port, process_request=self._process_request,
+                max_size=c.max_message_bytes, max_queue=c.max_queue, compression=None, ping_interval=20,
+                ping_timeout=20, close_timeout=2, logger=logging.getLogger("serve.websockets"),
+            )
+        except OSError as e:
+            await self._scheduler.stop()
+            self._feat_pool.shutdown(wait=False)
+            raise PortUnavailable(_bind_hint(c.host, c.port, e)) from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving %s on ws://%s:%d (native /ws, Vosk /, page /)", self.rec.bundle.name, c.host, self.port)
         return self
@@ -312,6 +317,23 @@ class RecognitionServer(HTTPRoutes):
 
 
 # ============================================================================ running
+class PortUnavailable(RuntimeError):
+    """The server cannot listen on the configured host and port; the message names the fix."""
+
+
+def _bind_hint(host: str, port: int, error: OSError) -> str:
+    import errno
+
+    if error.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use (another server?); choose another with --port N "
+                "(--port 0 picks a free one) or stop the process listening there")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to listen on port {port} on {host}; use a port above 1023, e.g. --port 2700"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, OSError) and "address" in str(error).lower():
+        return f"cannot listen on {host}:{port} ({error.strerror or error}); use --host 127.0.0.1 or 0.0.0.0"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
 def resolve_token(token: str | None = None, token_file: str | Path | None = None,
                   environ: dict[str, str] | None = None) -> str | None:
     """The bearer token from --token-file, --token (deprecated: visible in the process list) or

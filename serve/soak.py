@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from serve.bench import (BenchConfig, ServerProcess, StreamStats, _http_json, _q, load_audio_dir, pcm16,
-                         stream_client, synthetic_audio)
+from serve.bench import (BenchConfig, ServerProcess, StreamStats, _http_json, _q, check_bundle, load_audio_dir,
+                         pcm16, stream_client, synthetic_audio)
 
 MAX_MISMATCH_EXAMPLES = 5
 ERROR_PAUSE_S = 0.2  # a stream waits this long after a failed utterance (bounds the retries per second)
@@ -123,6 +123,7 @@ def soak_bundle(bundle: str | Path, streams: int, seconds: float, cfg: BenchConf
     if not drain_s >= 0:
         raise ValueError(f"--soak-drain-seconds must be >= 0 (got {drain_s})")
     cfg = cfg or BenchConfig()
+    check_bundle(bundle, cfg.int8)
     clips = load_audio_dir(audio_dir) if audio_dir else synthetic_audio()
     offline = offline_transcripts(bundle, clips, cfg)
     srv = ServerProcess(bundle, cfg, max_connections=streams + 8)

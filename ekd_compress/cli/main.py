@@ -37,17 +37,28 @@ def cli() -> None:
     one streaming student, and evaluate them."""
 
 
+_recipe_arg = click.argument("recipe", metavar="RECIPE")
+_set_opt = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).")
+
+
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_recipe_arg
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Experiment directory (default: the recipe's out_dir).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.epochs=3 (repeatable).")
+@_set_opt
 @click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
 @click.option("--fresh", is_flag=True, help="Delete the experiment directory first instead of resuming.")
-def distill(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...], no_mlflow: bool, fresh: bool) -> None:
-    """Run every stage of RECIPE (data, features, guide, members, ensemble, essence cache,
-    students, evaluation, report); re-running resumes and re-does only what changed."""
+@click.option("--resume", is_flag=True,
+              help="Update an experiment made with a different recipe in place (only the stages the change affects "
+                   "re-run). Without it such a folder is refused; the same recipe always resumes.")
+def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_mlflow: bool, fresh: bool,
+            resume: bool) -> None:
+    """Run every stage of RECIPE (a YAML file, or a bundled recipe's name: demo, fsdd, ...): data,
+    features, guide, members, ensemble, essence cache, students, evaluation, report. Re-running
+    the same recipe resumes and re-does only what is missing."""
     from ekd_compress.pipeline.distill import clean_experiment, run_distill
     from ekd_compress.recipe import load_recipe
+    from ekd_compress.recipe_files import check_out_dir
 
     from ekd_compress.train.distributed import dist_info
 
@@ -55,7 +66,9 @@ def distill(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...], no_m
     target = out_dir or Path(r.out_dir)
     main_rank = dist_info().is_main  # under torchrun: rank 0 deletes and reports; the ranks meet in run_distill
     if fresh and main_rank:
-        clean_experiment(target)
+        _friendly(clean_experiment, target)
+    elif not fresh:
+        _friendly(check_out_dir, r, target, resume=resume)
     _friendly(run_distill, r, target, tracking=not no_mlflow)
     if main_rank:
         click.echo(f"results: {target / 'results.md'}")
@@ -114,8 +127,40 @@ def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_du
         raise UserError("an epoch did not yield every utterance exactly once; see 'complete' in the JSON")
 
 
+@cli.group()
+def recipe() -> None:
+    """Inspect recipes: the bundled ones, and any recipe resolved with its overrides."""
+
+
+@recipe.command("show")
+@_recipe_arg
+@_set_opt
+@click.option("--keys", is_flag=True, help="One line per settable key: key = value (type).")
+def recipe_show(recipe: str, overrides: tuple[str, ...], keys: bool) -> None:
+    """Print RECIPE (a file or a bundled name) fully resolved: defaults filled in, --set applied,
+    ${...} expanded; what `distill` would run."""
+    from ekd_compress.recipe import load_recipe
+    from ekd_compress.recipe_files import show_recipe
+
+    click.echo(show_recipe(_friendly(load_recipe, recipe, overrides), keys=keys))
+
+
+@recipe.command("list")
+def recipe_list() -> None:
+    """The recipes `distill NAME` finds, with their files and first comment line."""
+    from ekd_compress.recipe_files import bundled_recipes
+
+    found = bundled_recipes()
+    if not found:
+        raise UserError("no recipes found; set EKD_RECIPES to a folder of recipe files")
+    width = max(len(n) for n in found)
+    for name, path in found.items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        click.echo(f"{name.ljust(width)}  {path}  {first[:70] + '...' if len(first) > 73 else first}")
+
+
 @cli.command("train-bench")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_recipe_arg
 @click.option("--model", "which", default="baseline", show_default=True,
               help="baseline (the student architecture) or a member's name from the recipe.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -124,7 +169,7 @@ def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_du
 @click.option("--utt-seconds", type=float, default=8.0, show_default=True, help="Length of each utterance.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Timed training steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def train_bench(recipe: Path, which: str, device: str, precision: str, batch_seconds: float | None,
+def train_bench(recipe: str, which: str, device: str, precision: str, batch_seconds: float | None,
                 utt_seconds: float, steps: int, as_json: bool) -> None:
     """Training throughput of one recipe model on random features: input frames per second,
     GPU utilisation and peak GPU memory (on CUDA)."""

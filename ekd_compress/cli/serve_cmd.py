@@ -18,7 +18,7 @@ def _friendly(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise _UserError(str(e)) from e
+        raise _UserError(str(e)) from None
 
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -110,7 +110,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--streams", default=4, show_default=True, type=int, help="Concurrent streams in the latency run.")
 @click.option("--audio", "audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Directory of .wav/.flac files (default: synthetic speech-like clips).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table and a plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--realtime/--fast", default=True, show_default=True,
               help="Latency run at real-time pace, or as fast as possible.")
 @click.option("--seconds", default=4.0, show_default=True, type=float, help="Audio per stream in the latency run.")
@@ -125,12 +125,13 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--url", default=None, help="Use a running server (ws://HOST:PORT) instead of starting one.")
 @click.option("--token", envvar="EKD_SERVE_TOKEN", default=None, help="Bearer token of the server at --url.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.png"),
-              show_default=True, help="Where the plot goes (not with --json).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw latency bars and the capacity ramp into this PNG.")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the full report (ramp included) as JSON here.")
-@click.option("--mlflow/--no-mlflow", default=True, show_default=True,
-              help="Log the numbers to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); not for a soak.")
+@click.option("--mlflow/--no-mlflow", default=False, show_default=True,
+              help="Also log the numbers to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current "
+                   "directory); not for a soak. Off by default: bench writes only the files it is told to.")
 @click.option("--soak-streams", type=int, default=None,
               help="Soak instead: hold this many real-time streams (a connection per utterance) for "
                    "--soak-seconds; report errors, agreement with offline decoding, latency, server RSS.")
@@ -140,7 +141,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
           seconds: float, ramp: bool, ramp_seconds: float, max_streams: int, rtf_seconds: float, max_batch: int,
           max_wait_ms: float, threads: int, int8: bool, provider: str, url: str | None, token: str | None,
-          plot_path: Path, out_json: Path | None, mlflow: bool, soak_streams: int | None, soak_seconds: float | None,
+          plot_path: Path | None, out_json: Path | None, mlflow: bool, soak_streams: int | None, soak_seconds: float | None,
           soak_drain_seconds: float) -> None:
     """Stream audio through the server for BUNDLE (and --vs OTHER_BUNDLE): chunk compute,
     first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory.
@@ -167,14 +168,15 @@ def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2))
-    plot_file = None if as_json else plot(report, plot_path)
+    plot_file = plot(report, plot_path) if plot_path else None
     if mlflow:
         _log_mlflow(report, plot_file, log)
     if as_json:
         click.echo(json.dumps({"models": [{k: m[k] for k in JSON_KEYS} for m in report["models"]]}))
         return
     click.echo(table(report))
-    click.echo(f"plot: {plot_file}")
+    if plot_file:
+        click.echo(f"plot: {plot_file}")
 
 
 def _soak(bundle: Path, streams: int, seconds: float, drain_s: float, audio_dir: Path | None, as_json: bool,
@@ -193,12 +195,14 @@ def _soak(bundle: Path, streams: int, seconds: float, drain_s: float, audio_dir:
 def _log_mlflow(report: dict, plot_path: Path | None, log) -> None:
     """One MLflow run 'bench' with a child run per bundle."""
     from ekd_compress.tracking import Tracker, TrackingError, resolve_tracking_uri
+    from serve.bench_report import model_labels
 
     try:
         tracker = Tracker(resolve_tracking_uri(), "ekd-bench")
+        # report["config"] is serve.bench.public_config: whether a token was used, never the token
         tracker.start_parent("bench", params={"config": report["config"], "audio": report["audio"]})
-        for m in report["models"]:
-            with tracker.child(Path(m["bundle"]).name, params={"bundle": m["bundle"]}) as run:
+        for m, label in zip(report["models"], model_labels(report)):
+            with tracker.child(label, params={"bundle": m["bundle"]}) as run:
                 run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if plot_path is not None:
             tracker.log_artifact(plot_path)

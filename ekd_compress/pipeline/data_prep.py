@@ -40,7 +40,10 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
 
         f = d.fsdd
         if not Path(f.root).exists():
-            raise RecipeError(f"data.fsdd.root={f.root} does not exist; set EKD_DATA or --set data.fsdd.root=PATH")
+            raise RecipeError(
+                f"data.fsdd.root={f.root} does not exist; get FSDD (CC BY-SA 4.0): git clone "
+                "https://github.com/Jakobovski/free-spoken-digit-dataset DIR/fsdd (it holds recordings/"
+                "{digit}_{speaker}_{index}.wav), then set EKD_DATA=DIR or --set data.fsdd.root=DIR/fsdd (README: Data)")
         indices = dict(train_indices=list(f.train_indices), dev_indices=list(f.dev_indices),
                        test_indices=list(f.test_indices))
         dirs = prepare_fsdd(f.root, work / "fsdd", seed=recipe.seed, n_train=f.n_train, n_dev=f.n_dev,

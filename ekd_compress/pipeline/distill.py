@@ -94,8 +94,9 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     ctx.tracker = S.open_tracker(ctx, enabled=tracking and recipe.tracking.enabled and info.is_main)
     if info.enabled:
         log(f"data-parallel: {info.world_size} processes on {info.num_nodes} node(s)")
-    runner = StageRunner(exp_dir, log)
+    runner = StageRunner(exp_dir, log, plan=planned_stages(recipe))
     r = recipe
+    status = "FINISHED"
     try:
         ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
         ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
@@ -164,13 +165,19 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
         return results
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"  # a run that stopped on an error must not read FINISHED in MLflow
+        raise
     finally:
         from ekd_compress.pipeline.stages import write_json_atomic
 
         if info.is_main:
             write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
-            ctx.tracker.end()
+            ctx.tracker.end(status)
 
 
 def _quiet(message: str) -> None:
@@ -206,6 +213,20 @@ def expected_models(r: Recipe) -> list[str]:
     if d.control:
         names.append("control_baseline_teacher")
     return names + ["student", *[f"student_s{s}" for s in d.seeds[1:]]]
+
+
+def planned_stages(r: Recipe) -> list[str]:
+    """The stages a run of `r` goes through, in order (for 'stage n/N')."""
+    d = r.distill
+    stages = ["data", "features", "baseline", *[f"baseline_s{s}" for s in d.seeds[1:]]]
+    if r.members:
+        stages += ["align", *[f"member_{m.name}" for m in r.members], "coincide", "ensemble"]
+    if d.cache != "fly":
+        stages.append("essence")
+    stages += ["kd_all" if k == "all" else f"essence_k{k}" for k in d.ks]
+    if d.control:
+        stages += (["essence_control"] if d.cache != "fly" else []) + ["control_baseline_teacher"]
+    return stages + [f"student_s{s}" for s in d.seeds[1:]] + ["evaluate"]
 
 
 def prune_registry(exp_dir: Path, keep: list[str]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ekd_compress.pipeline.plots import write_plots
 from ekd_compress.pipeline.stages import write_json_atomic
 
 ORDER = {"member": 0, "ensemble": 1, "baseline": 2, "kd": 3, "student": 4}
@@ -18,7 +19,42 @@ def seed_spread(rows: list[dict[str, Any]], prefix: str) -> tuple[float, float, 
     return statistics.mean(wers), (statistics.stdev(wers) if len(wers) > 1 else 0.0), len(wers)
 
 
-def markdown_table(results: dict[str, Any]) -> str:
+LEGEND = {
+    "baseline": "the student's architecture trained on the transcripts alone (CTC); `baseline_sN` are more seeds. "
+                "The best seed on dev is the guide whose spike timings the members follow.",
+    "member": "one ensemble member (an architecture of its own), trained with CTC plus a pull toward the guide's "
+              "alignment.",
+    "ensemble": "the teacher: the members' frame posteriors averaged (with the recipe's or dev-tuned weights).",
+    "kd_all": "a student taught the teacher's whole distribution (k = all: ordinary knowledge distillation).",
+    "essence_kN": "a student taught only the teacher's top-N tokens per frame (the essence), plus CTC.",
+    "control_baseline_teacher": "a student taught by the baseline alone (k = all): how much of the gain comes from "
+                                "frame targets as such rather than from the ensemble.",
+    "student": "the chosen student (the essence k with the best dev WER, or the recipe's student_k); the same model "
+               "as the row it names; `student_sN` are more seeds of it.",
+}
+DIVERGED_RATIO = 1.5  # a seed whose WER is above this times the best seed's is flagged
+
+
+def student_source(results: dict[str, Any]) -> str | None:
+    """The row the `student` row repeats (essence_kN or kd_all), from the chosen k."""
+    k = results.get("chosen_k")
+    return None if k is None else ("kd_all" if str(k) == "all" else f"essence_k{k}")
+
+
+def legend_markdown() -> str:
+    return "What the rows are:\n\n" + "\n".join(f"- `{n}`: {t}" for n, t in LEGEND.items()) + "\n\n"
+
+
+def flagged_seeds(rows: list[dict[str, Any]], prefix: str) -> list[str]:
+    """Seeds of `prefix` whose WER is above DIVERGED_RATIO x the best seed's (diverged or stuck)."""
+    seeds = {r["name"]: r["wer"] for r in rows if r["name"] == prefix or r["name"].startswith(prefix + "_s")}
+    if len(seeds) < 2:
+        return []
+    best = min(seeds.values())
+    return [f"{n} {w:.2f}" for n, w in seeds.items() if w > DIVERGED_RATIO * max(best, 1e-9)]
+
+
+def markdown_table(results: dict[str, Any], temperature: float | None = None) -> str:
     tests = list(results["tests"])
     first = results["tests"][tests[0]]["models"]
     names = [r["name"] for r in sorted(first, key=lambda r: (ORDER[r["kind"]], r["name"]))]
@@ -30,17 +66,24 @@ def markdown_table(results: dict[str, Any]) -> str:
         r0 = by[tests[0]][n]
         cells = [f"{by[t][n]['wer']:.2f} ({by[t][n]['sub']}/{by[t][n]['del']}/{by[t][n]['ins']})" for t in tests]
         train_s = f"{secs[n]:.0f}" if n in secs else ""
-        lines.append(f"| {n} | {r0['kind']} | {r0['params']:,} | " + " | ".join(cells) + f" | {r0['rtf']:.4f} | {train_s} |")
+        shown = f"{n} (= {student_source(results)})" if n == "student" and student_source(results) else n
+        lines.append(f"| {shown} | {r0['kind']} | {r0['params']:,} | " + " | ".join(cells) + f" | {r0['rtf']:.4f} | {train_s} |")
     out = ["\n".join(lines), ""]
-    spread = []
+    spread, flags = [], []
     for prefix in ("baseline", "student"):
         cells = []
         for t in tests:
             s = seed_spread(results["tests"][t]["models"], prefix)
-            cells.append(f"{s[0]:.2f} ± {s[1]:.2f} (n={s[2]})" if s else "")
+            bad = flagged_seeds(results["tests"][t]["models"], prefix)
+            flags += [f"{t}: {b}" for b in bad]
+            cells.append((f"{s[0]:.2f} ± {s[1]:.2f} (n={s[2]})" if s else "")
+                         + (f" ⚠ {', '.join(b.split()[0] for b in bad)}" if bad else ""))
         spread.append(f"| {prefix} | " + " | ".join(cells) + " |")
     out += ["Seed spread (mean ± std of WER %):", "", "| model | " + " | ".join(tests) + " |",
             "|" + " --- |" * (1 + len(tests)), *spread, ""]
+    if flags:
+        out += [f"⚠ Seeds with WER above {DIVERGED_RATIO}x the best seed's (diverged or stuck on the blank "
+                f"plateau; they inflate the mean ± std): {'; '.join(flags)}.", ""]
     if results.get("coincidence"):
         out += ["Spike coincidence with the guide (same token within ±1 frame, dev):", ""]
         out += [f"- {m}: {c['both']:.3f} (member→guide {c['member_to_guide']:.3f}, guide→member {c['guide_to_member']:.3f})"
@@ -49,63 +92,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     ess = results.get("essence", {})
     if ess:
         mass = ess["topk_mass"]
-        out.append(f"Teacher top-1/2/4 mass at T: {mass[0]:.3f} / {mass[min(1, len(mass)-1)]:.3f} / "
+        at_t = f"T = {temperature:g}" if temperature is not None else "T"
+        out.append(f"Teacher top-1/2/4 mass at {at_t}: {mass[0]:.3f} / {mass[min(1, len(mass)-1)]:.3f} / "
                    f"{mass[min(3, len(mass)-1)]:.3f}; blank is top-1 on {ess['blank_top1_share']:.1%} of frames; "
                    "cache bytes per frame: " + ", ".join(f"k={k}: {b:.1f}" for k, b in ess["bytes_per_frame"].items()))
         out.append(f"Chosen student k: {results.get('chosen_k')}")
     return "\n".join(out) + "\n"
-
-
-def write_plots(exp_dir: Path, results: dict[str, Any]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = Path(exp_dir) / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    written = []
-    ess = results.get("essence")
-    if ess:
-        mass = ess["topk_mass"]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(range(1, len(mass) + 1), mass, marker="o")
-        ax.set(xlabel="k", ylabel="average cumulative top-k probability", title="Teacher essence (paper Fig. 1)",
-               xscale="log", ylim=(min(mass) - 0.02, 1.005))
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(plots / "topk_mass.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    vocab = len(ess["topk_mass"]) if ess else 0  # x position of k = all
-    for t, tr in results["tests"].items():
-        pts = []
-        for r in tr["models"]:
-            if r["name"].startswith("essence_k"):
-                pts.append((int(r["name"][len("essence_k"):]), r["wer"]))
-            elif r["name"] == "kd_all" and vocab:
-                pts.append((vocab, r["wer"]))
-        pts.sort()
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
-    ax.set(xlabel="k (top-k essence; last point = all)", ylabel="WER %", title="Student WER against k", xscale="log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(plots / "wer_vs_k.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    if results.get("coincidence"):
-        names = list(results["coincidence"])
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.bar(names, [results["coincidence"][n]["both"] for n in names])
-        ax.set(ylabel="share of spikes matching the guide (±1 frame)", ylim=(0, 1), title="Spike coincidence")
-        fig.tight_layout()
-        written.append(plots / "coincidence.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
-    return written
 
 
 def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
@@ -123,5 +115,9 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
     (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
-                                        + "All models, every scored set:\n\n" + markdown_table(results))
-    write_plots(exp_dir, results)
+                                        + legend_markdown() + "All models, every scored set:\n\n"
+                                        + markdown_table(results, recipe.distill.temperature)
+                                        + "\nPlots: plots/model_wer.png, plots/wer_vs_k.png, plots/topk_mass.png, "
+                                        "plots/coincidence.png\n")
+    write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
+                threshold=recipe.distill.coincidence_threshold)

@@ -17,6 +17,8 @@ def open_tracker(ctx, enabled: bool):
     from ekd_compress.tracking import (
         NullTracker, Tracker, TrackingError, check_tracking_uri, resolve_tracking_uri,
     )
+    from ekd_compress.atomic import write_json_atomic
+    from ekd_compress.tracking.uri import redact_uri
 
     if not enabled:
         return NullTracker()
@@ -32,7 +34,10 @@ def open_tracker(ctx, enabled: bool):
         ctx.log(f"MLflow: starting a new parent run ({e})")
         run_id = tracker.start_parent(ctx.recipe.name, params=params)
     run_file.write_text(run_id)
-    ctx.log(f"MLflow: {uri} run {run_id}")
+    # where the run lives, so `export` logs to it from any directory (credentials never written)
+    write_json_atomic(ctx.exp_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": redact_uri(uri),
+                                                        "experiment": ctx.recipe.tracking.experiment})
+    ctx.log(f"MLflow: {redact_uri(uri)} run {run_id}")
     return tracker
 
 

@@ -22,11 +22,44 @@ from ekd_compress.atomic import write_json_atomic
 
 
 class StageRunner:
-    def __init__(self, exp_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Runs stages in order; each announces itself on one plain line with its place in `plan`
+    (stage n/N), the time since the run started and an estimate of the time left:
+
+        [run ] member_lstm  stage 6/14  elapsed 4:12  eta ~9:30  (key 9d46e5b67219)
+
+    The estimate is the mean time of the training stages (work folder under models/) and of the
+    other stages this run has finished, times how many of each are left; none before a stage of
+    that kind has finished."""
+
+    def __init__(self, exp_dir: Path, log: Callable[[str], None] = print, plan: Optional[list[str]] = None) -> None:
         self.exp_dir = Path(exp_dir)
         self.log = log
         self.ran: list[str] = []
         self.skipped: list[str] = []
+        self.plan: list[str] = list(plan or [])
+        self.started = time.time()
+        self._seconds: dict[bool, list[float]] = {True: [], False: []}  # training stage? -> durations
+
+    @staticmethod
+    def is_training(name: str) -> bool:
+        return name.startswith(("baseline", "member_", "essence_k", "kd_", "student", "control_"))
+
+    def progress(self, name: str) -> str:
+        """'stage n/N  elapsed m:ss  eta ~m:ss' for stage `name` (added to the plan if missing)."""
+        if name not in self.plan:
+            self.plan.append(name)
+        n = self.plan.index(name) + 1
+        left = self.plan[n - 1:]
+        eta = 0.0
+        for training in (True, False):
+            count = sum(1 for s in left if self.is_training(s) == training)
+            if count and not self._seconds[training]:
+                eta = None
+                break
+            if count:
+                eta += count * sum(self._seconds[training]) / len(self._seconds[training])
+        eta_text = "eta ?" if eta is None else f"eta ~{_clock(eta)}"
+        return f"stage {n}/{len(self.plan)}  elapsed {_clock(time.time() - self.started)}  {eta_text}"
 
     def marker(self, name: str) -> Path:
         return self.exp_dir / "stages" / f"{name}.json"
@@ -51,12 +84,14 @@ class StageRunner:
         # skip a stage the others are still running together
         cached = on_main(lambda: self.done(name, key), f"checking stage {name}")
         if cached is not None:
-            self.log(f"[skip] {name} (done, key {key})")
+            if name not in self.plan:
+                self.plan.append(name)
+            self.log(f"[skip] {name}  stage {self.plan.index(name) + 1}/{len(self.plan)}  (done, key {key})")
             self.skipped.append(name)
             return cached
         if work_dir is not None:
             on_main(lambda: self._prepare_work_dir(Path(work_dir), key), f"stage {name}")
-        self.log(f"[run ] {name} (key {key})")
+        self.log(f"[run ] {name}  {self.progress(name)}  (key {key})")
         start = time.time()
 
         def finish(result: dict) -> dict:
@@ -69,6 +104,7 @@ class StageRunner:
         else:
             result = on_main(lambda: finish(fn()), f"stage {name}")
         self.ran.append(name)
+        self._seconds[self.is_training(name)].append(time.time() - start)
         return result
 
     @staticmethod
@@ -78,3 +114,10 @@ class StageRunner:
             shutil.rmtree(work_dir)  # stale outputs of a different configuration
         work_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key)
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss above an hour, else m:ss."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

@@ -108,3 +108,11 @@ def check_tracking_uri(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
             raise TrackingError(f"MLflow tracking URI {uri!r}: database {db} is read-only; make it writable or unset {ENV_URI}")
     elif scheme in ("file", ""):
         _check_writable_dir(Path(parsed.path if scheme == "file" else uri), uri)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without credentials (http://user:secret@host -> http://host), safe to write into an experiment."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return uri

@@ -157,12 +157,14 @@ def fit_model(
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}
+    quiet_lightning()
+    bar = progress_bar()
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=accel, precision=precision, callbacks=callbacks, **distributed,
-        plugins=[AtomicCheckpointIO()],
+        max_epochs=cfg.epochs, accelerator=accel, precision=precision, callbacks=callbacks + ([bar] if bar else []),
+        **distributed, plugins=[AtomicCheckpointIO()],
         logger=logger if logger is not None else False, gradient_clip_val=cfg.grad_clip,
         default_root_dir=str(out_dir), use_distributed_sampler=False, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
+        num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False, enable_progress_bar=bar is not None,
     )
     last = ckpt_dir / "last.ckpt"
     if last.exists():
@@ -184,6 +186,31 @@ def fit_model(
                                         "complete": True, "world_size": info.world_size})
     barrier()
     return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, seconds)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer banners ("GPU available / TPU available", the "Tip: litlogger"
+    advert): informational lines on every model of a run. Its warnings and errors still show."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def progress_bar():
+    """A transient rich bar (cleared after each epoch) when stderr is a terminal; None in a log
+    file or a pipe, where the one plain line per epoch (EpochCheckpoint) is the progress."""
+    import os
+    import sys
+
+    if not sys.stderr.isatty() or os.environ.get("EKD_NO_PROGRESS_BAR") or dist_info().enabled:
+        return None
+    try:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return RichProgressBar(leave=False)
+    except (ImportError, ModuleNotFoundError):  # rich missing: lines only
+        return None
 
 
 def resumed_epoch(checkpoint: Path) -> int:

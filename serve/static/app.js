@@ -1,12 +1,17 @@
-// Microphone -> 16 kHz int16 PCM -> WebSocket (native protocol, /ws) -> live partial/final text.
+// Microphone or an uploaded file -> int16 PCM at the model's sample rate -> WebSocket (native protocol,
+// /ws) -> live partial/final text, with the model's facts, a level meter and latency readouts.
 "use strict";
 (function () {
-  const TARGET_RATE = 16000;
   const SEND_MS = 100; // send audio every 100 ms
+  const FILE_PACE = 4; // an uploaded file is streamed at 4x real time
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
-  const state = { ws: null, ctx: null, media: null, node: null, pending: [], pendingLen: 0, sent: 0, resampler: null };
-  window.ekd = { finals: [], partial: "", samplesSent: 0, errors: [], status: "idle" }; // inspected by tests
+  const token = params.get("token");
+  const state = { ws: null, ctx: null, media: null, node: null, pending: [], pendingLen: 0, resampler: null,
+                  rate: 16000, tAudio: null, tEnd: null, busy: false };
+  // inspected by tests
+  window.ekd = { finals: [], partial: "", samplesSent: 0, errors: [], status: "idle", level: 0, levelMax: 0,
+                 firstPartialMs: null, finalMs: null, copied: null, info: null, source: null };
 
   function setStatus(text) { $("status").textContent = text; window.ekd.status = text; }
 
@@ -52,10 +57,24 @@
     return out;
   }
 
+  function showLevel(f32) {
+    let sum = 0;
+    for (let i = 0; i < f32.length; i++) sum += f32[i] * f32[i];
+    const rms = f32.length ? Math.sqrt(sum / f32.length) : 0;
+    const v = Math.min(1, rms * 4); // speech at -20 dBFS reads about 0.4
+    $("level").value = v; window.ekd.level = v; window.ekd.levelMax = Math.max(window.ekd.levelMax, v);
+  }
+
+  function fmtMs(ms) { return ms == null ? "–" : Math.round(ms) + " ms"; }
+  function showLatency() {
+    $("latency").textContent = "first partial: " + fmtMs(window.ekd.firstPartialMs) + " · final: " + fmtMs(window.ekd.finalMs);
+  }
+
   function onAudio(f32) {
+    showLevel(f32);
     const down = state.resampler(f32);
     state.pending.push(down); state.pendingLen += down.length;
-    if (state.pendingLen >= TARGET_RATE * SEND_MS / 1000) flush();
+    if (state.pendingLen >= state.rate * SEND_MS / 1000) flush();
   }
 
   function flush() {
@@ -64,9 +83,14 @@
     let o = 0;
     for (const p of state.pending) { all.set(p, o); o += p.length; }
     state.pending = []; state.pendingLen = 0;
+    send(all);
+  }
+
+  function send(f32) {
     if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(toInt16(all).buffer);
-      window.ekd.samplesSent += all.length;
+      if (state.tAudio === null) state.tAudio = performance.now();
+      state.ws.send(toInt16(f32).buffer);
+      window.ekd.samplesSent += f32.length;
     }
   }
 
@@ -82,35 +106,57 @@
 
   function onMessage(ev) {
     const msg = JSON.parse(ev.data);
-    if (msg.type === "ready") setStatus("listening (" + msg.chunk_ms + " ms chunks)");
-    else if (msg.type === "partial") { window.ekd.partial = msg.text; render(); }
-    else if (msg.type === "final") {
+    if (msg.type === "ready") setStatus("listening (" + msg.chunk_ms + " ms chunks, " + msg.model_sample_rate / 1000 + " kHz)");
+    else if (msg.type === "partial") {
+      if (window.ekd.firstPartialMs === null && state.tAudio !== null) {
+        window.ekd.firstPartialMs = performance.now() - state.tAudio; showLatency();
+      }
+      window.ekd.partial = msg.text; render();
+    } else if (msg.type === "final") {
       if (msg.text) window.ekd.finals.push(msg.text);
+      if (msg.reason === "end" && state.tEnd !== null) { window.ekd.finalMs = performance.now() - state.tEnd; showLatency(); }
       window.ekd.partial = ""; render();
     } else if (msg.type === "error") {
       window.ekd.errors.push(msg.error); setStatus("error: " + msg.message);
     }
   }
 
+  function setBusy(busy) {
+    state.busy = busy;
+    $("start").disabled = busy; $("file").disabled = busy; $("stop").disabled = !busy;
+  }
+
+  async function openSocket(source) {
+    const info = await loadInfo();
+    state.rate = (info && info.sample_rate) || 16000;
+    state.tAudio = null; state.tEnd = null;
+    window.ekd.firstPartialMs = null; window.ekd.finalMs = null; window.ekd.source = source; showLatency();
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(proto + "//" + location.host + "/ws" + (token ? "?token=" + encodeURIComponent(token) : ""));
+    state.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = onMessage;
+    ws.onclose = (e) => {
+      if (e.code === 1000) setStatus("done: " + window.ekd.finals.length + " final result(s) so far; ready for more");
+      else if (!window.ekd.errors.length) setStatus("connection closed (" + e.code + (e.reason ? ": " + e.reason : "") + ")");
+      stopAudio(); setBusy(false); $("level").value = 0;
+    };
+    ws.onerror = () => setStatus("websocket error");
+    await new Promise((ok, fail) => { ws.onopen = ok; setTimeout(() => fail(new Error("connect timeout")), 5000); });
+    ws.send(JSON.stringify({ type: "start", sample_rate: state.rate }));
+  }
+
   async function start() {
-    $("start").disabled = true;
+    setBusy(true);
     try {
       setStatus("asking for the microphone…");
       state.media = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       });
+      await openSocket("microphone");
       state.ctx = new (window.AudioContext || window.webkitAudioContext)();
-      state.resampler = makeResampler(state.ctx.sampleRate, TARGET_RATE);
+      state.resampler = makeResampler(state.ctx.sampleRate, state.rate);
       const src = state.ctx.createMediaStreamSource(state.media);
-      const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      const token = params.get("token");
-      state.ws = new WebSocket(proto + "//" + location.host + "/ws" + (token ? "?token=" + encodeURIComponent(token) : ""));
-      state.ws.binaryType = "arraybuffer";
-      state.ws.onmessage = onMessage;
-      state.ws.onclose = (e) => { setStatus("closed (" + e.code + (e.reason ? " " + e.reason : "") + ")"); stopAudio(); };
-      state.ws.onerror = () => setStatus("websocket error");
-      await new Promise((ok, fail) => { state.ws.onopen = ok; setTimeout(() => fail(new Error("connect timeout")), 5000); });
-      state.ws.send(JSON.stringify({ type: "start", sample_rate: TARGET_RATE }));
       if (state.ctx.audioWorklet) {
         await state.ctx.audioWorklet.addModule("worklet.js");
         state.node = new AudioWorkletNode(state.ctx, "pcm-tap");
@@ -125,34 +171,100 @@
         src.connect(state.node); state.node.connect(state.ctx.destination);
       }
       if (state.ctx.state === "suspended") await state.ctx.resume();
-      $("stop").disabled = false;
     } catch (err) {
       window.ekd.errors.push(String(err));
       setStatus("could not start: " + err.message + (location.protocol !== "https:" && location.hostname !== "localhost"
         && location.hostname !== "127.0.0.1" ? " (browsers need https for the microphone)" : ""));
-      $("start").disabled = false;
+      stopAudio(); setBusy(false);
     }
+  }
+
+  function sendEnd() {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.tEnd = performance.now();
+      state.ws.send(JSON.stringify({ type: "end" }));
+    }
+  }
+
+  async function uploadFile(file) {
+    if (!file || state.busy) return;
+    setBusy(true);
+    try {
+      setStatus("decoding " + file.name + "…");
+      const decoder = new (window.AudioContext || window.webkitAudioContext)();
+      const audio = await decoder.decodeAudioData(await file.arrayBuffer());
+      decoder.close();
+      await openSocket("file");
+      setStatus("streaming " + file.name + " (" + audio.duration.toFixed(1) + " s)");
+      const x = makeResampler(audio.sampleRate, state.rate)(audio.getChannelData(0));
+      const step = Math.round(state.rate * SEND_MS / 1000);
+      for (let i = 0; i < x.length && state.busy; i += step) {
+        const piece = x.subarray(i, Math.min(x.length, i + step));
+        showLevel(piece); send(piece);
+        await new Promise((ok) => setTimeout(ok, SEND_MS / FILE_PACE));
+      }
+      sendEnd();
+    } catch (err) {
+      window.ekd.errors.push(String(err));
+      setStatus("could not read " + file.name + ": " + err.message + " (use wav, flac, ogg or mp3)");
+      setBusy(false);
+    }
+    $("file").value = "";
   }
 
   function stopAudio() {
     if (state.node) { state.node.disconnect(); state.node = null; }
     if (state.media) { state.media.getTracks().forEach((t) => t.stop()); state.media = null; }
     if (state.ctx) { state.ctx.close(); state.ctx = null; }
-    $("start").disabled = false; $("stop").disabled = true;
   }
 
   function stop() {
-    flush();
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify({ type: "end" }));
+    if (state.resampler && state.media) flush();
+    sendEnd();
     stopAudio();
+    state.busy = false; // an upload in progress stops sending
+  }
+
+  async function copyText() {
+    const text = window.ekd.finals.concat(window.ekd.partial ? [window.ekd.partial] : []).join("\n");
+    try { await navigator.clipboard.writeText(text); } catch (e) {
+      const area = document.createElement("textarea");
+      area.value = text; document.body.appendChild(area); area.select();
+      try { document.execCommand("copy"); } catch (e2) { /* nothing more to try */ }
+      area.remove();
+    }
+    window.ekd.copied = text;
+    setStatus("copied " + text.length + " characters");
+  }
+
+  function clearText() {
+    window.ekd.finals = []; window.ekd.partial = ""; window.ekd.firstPartialMs = null; window.ekd.finalMs = null;
+    render(); showLatency(); setStatus(state.busy ? window.ekd.status : "cleared");
+  }
+
+  let infoPromise = null;
+  function loadInfo() {  // /health shows the model only to a client with the token (when one is set)
+    if (!infoPromise) {
+      infoPromise = fetch("health" + (token ? "?token=" + encodeURIComponent(token) : "")).then((r) => r.json()).then((h) => {
+        if (!h.model) { $("model").textContent = "(details need the token: add ?token=… to the address)"; return null; }
+        window.ekd.info = h;
+        $("model").textContent = h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + ", " + h.chunk_ms + " ms chunks"
+          + (h.dev_wer != null ? ", dev WER " + h.dev_wer + " %" : "") + ")";
+        $("rate").textContent = (h.sample_rate / 1000) + " kHz (audio is resampled to it before sending)";
+        $("language").textContent = h.language || "not recorded in the bundle";
+        const v = h.vocabulary || [];
+        $("vocab").textContent = v.length + (h.token_kind === "bpe" ? " word pieces: " : " characters: ") + v.join(" ");
+        return h;
+      }).catch(() => null);
+    }
+    return infoPromise;
   }
 
   $("start").onclick = start;
   $("stop").onclick = stop;
-  const token = params.get("token");  // /health shows the model only to a client with the token (when one is set)
-  fetch("health" + (token ? "?token=" + encodeURIComponent(token) : "")).then((r) => r.json()).then((h) => {
-    if (!h.model) return;
-    $("model").textContent = "model: " + h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + "), " + h.chunk_ms + " ms chunks";
-  }).catch(() => {});
+  $("file").onchange = (e) => uploadFile(e.target.files[0]);
+  $("copy").onclick = copyText;
+  $("clear").onclick = clearText;
+  loadInfo();
   if (params.get("autostart") === "1") start();
 })();

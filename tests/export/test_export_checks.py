@@ -276,6 +276,33 @@ def test_bundle_is_logged_to_the_parent_mlflow_run(tmp_path, make_exp):
     assert {"bundle.json", "model.onnx", "tokens.txt"} <= logged
 
 
+def test_export_logs_to_the_store_distill_recorded(tmp_path, make_exp, monkeypatch):
+    """The recipe names no tracking URI and the shell has none: export finds the run's store through
+    mlflow_run.json (issue 16), whatever the current directory."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from ekd_compress.recipe import load_recipe, save_recipe
+
+    exp = make_exp(tmp_path / "exp", models=["baseline"])
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("export-uri", artifact_location=(tmp_path / "art").as_uri())).info.run_id
+    (exp / "mlflow_run.txt").write_text(run_id)
+    (exp / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": uri, "experiment": "export-uri"}))
+    recipe = load_recipe(exp / "recipe.yaml")
+    recipe.tracking.enabled, recipe.tracking.uri = True, None
+    save_recipe(recipe, exp / "recipe.yaml")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path / "exp")
+
+    export_bundle(exp, model="baseline", verify_utterances=1, log=quiet)
+    logged = {Path(f.path).name for f in client.list_artifacts(run_id, "bundles/baseline")}
+    assert {"bundle.json", "model.onnx", "tokens.txt"} <= logged
+    assert not (tmp_path / "exp" / "mlflow.db").exists(), "export must not open a store in the current directory"
+
+
 def test_cli_passes_trt_precision(experiment, monkeypatch):
     import export.api as api
     import export.tensorrt_build as tb

@@ -122,10 +122,12 @@ def test_bench_json(energy_bundle, gru_bundle, tmp_path):
     r = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    keys = {"bundle", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
+    keys = {"bundle", "model", "params", "size_mb", "dev_wer", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
             "max_realtime_streams", "rss_mb"}
     assert [set(m) for m in report["models"]] == [keys, keys]
     assert [m["bundle"] for m in report["models"]] == [str(energy_bundle), str(gru_bundle)]
+    assert [m["model"] for m in report["models"]] == ["energy", "tiny-gru"]
+    assert all(m["size_mb"] > 0 for m in report["models"])
     full = json.loads(full_path.read_text())
     assert [{k: m[k] for k in keys} for m in full["models"]] == report["models"], "--json must summarise --out"
     assert full["config"]["streams"] == 2 and full["config"]["max_streams"] == 2 and full["audio"] == "synthetic"

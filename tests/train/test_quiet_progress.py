@@ -1,0 +1,69 @@
+"""Quiet, useful progress: no Lightning banners, adverts or bars in a log; stage n/N, elapsed, ETA (issue 16)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from ekd_compress.pipeline.stages import StageRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FIT = textwrap.dedent("""
+    import sys, torch
+    from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
+    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.train.fit import build, fit_model
+    from ekd_compress.train.module import AsrModule
+
+    tokens = TokenTable.build_chars(["ab", "ba"])
+    V, F, g = len(tokens), 8, torch.Generator().manual_seed(0)
+    def batch():
+        return {"feats": torch.randn(2, 40, F, generator=g), "lengths": torch.full((2,), 40),
+                "targets": torch.randint(1, V, (2, 3), generator=g), "target_lengths": torch.full((2,), 3)}
+    train, dev = [batch() for _ in range(2)], [batch()]
+    cfg = TrainConfig(epochs=2, lr=1e-2, warmup_epochs=0.5, threads=1, accelerator="cpu", select_on="loss")
+    module = AsrModule(build("tdnn", F, V, {"hidden": 8, "layers": 1}), tokens, cfg,
+                       SpecAugmentConfig(enabled=False), steps_per_epoch=2)
+    loaders = [torch.utils.data.DataLoader(b, batch_size=None) for b in (train, dev)]
+    fit_model(module, *loaders, sys.argv[1], cfg, seed=0, log=print)
+""")
+
+
+def test_a_fit_in_a_log_prints_epoch_lines_only(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FIT, str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    for noise in ("GPU available", "TPU available", "litlogger", "Tip:", "it/s]", "\r"):
+        assert noise not in out, f"{noise!r} in the output of a fit:\n{out[-2000:]}"
+    assert len(re.findall(r"epoch \d/2", proc.stdout)) == 2, proc.stdout
+
+
+def test_stage_lines_say_n_of_N_elapsed_and_eta(tmp_path):
+    lines: list[str] = []
+    runner = StageRunner(tmp_path, lines.append, plan=["data", "baseline", "member_a", "evaluate"])
+    runner.run("data", "k1", lambda: {})
+    runner.run("baseline", "k2", lambda: {})
+    runner._seconds = {True: [60.0], False: [2.0]}  # as if baseline took a minute, data 2 s
+    runner.run("member_a", "k3", lambda: {})
+    assert re.match(r"\[run \] data  stage 1/4  elapsed \d+:\d\d  eta \?  \(key k1\)$", lines[0]), lines[0]
+    assert "stage 2/4" in lines[1] and "eta ?" in lines[1], "no training stage has finished yet: no estimate"
+    assert "stage 3/4" in lines[2] and "eta ~1:02" in lines[2], lines[2]  # one training stage (60 s) + evaluate (2 s)
+    again = StageRunner(tmp_path, lines.append, plan=["data", "baseline", "member_a", "evaluate"])
+    again.run("data", "k1", lambda: {})
+    assert lines[-1] == "[skip] data  stage 1/4  (done, key k1)"
+
+
+def test_planned_stages_match_a_run():
+    from ekd_compress.pipeline.distill import expected_models, planned_stages
+    from ekd_compress.recipe import load_recipe
+
+    r = load_recipe("demo", ["distill.seeds=[0,1]"])
+    plan = planned_stages(r)
+    assert plan[:3] == ["data", "features", "baseline"] and plan[-1] == "evaluate"
+    trained = {m for m in expected_models(r) if m not in ("ensemble", "student")}
+    assert trained <= {p.removeprefix("member_") for p in plan}
+    assert len(plan) == len(set(plan))
