@@ -205,6 +205,9 @@ def expected_models(r: Recipe) -> list[str]:
     names += ["kd_all" if k == "all" else f"essence_k{k}" for k in d.ks]
     if d.control:
         names.append("control_baseline_teacher")
+    from ekd_compress.pipeline.students import sweep_name
+
+    names += [sweep_name(s.name) for s in d.student_sizes]
     return names + ["student", *[f"student_s{s}" for s in d.seeds[1:]]]
 
 
