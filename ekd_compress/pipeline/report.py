@@ -122,6 +122,13 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
+    compression = ""
+    if results.get("compression"):
+        from ekd_compress.pipeline.compression import compression_markdown, plot_compression
+
+        compression = "\n" + compression_markdown(results["compression"])
+        plot_compression(results["compression"], exp_dir / "plots" / "compression.png")
     (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
-                                        + "All models, every scored set:\n\n" + markdown_table(results))
+                                        + "All models, every scored set:\n\n" + markdown_table(results)
+                                        + compression)
     write_plots(exp_dir, results)

@@ -188,8 +188,27 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "ensemble": {k: v for k, v in ctx.data.get("ensemble", {}).items() if k != "grid"},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
     }
+    if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
+        results["compression"] = _compression(ctx, models, tests)
     write_report(ctx.exp_dir, results, ctx.recipe)
     return results
+
+
+def _compression(ctx, models: dict, tests: dict[str, Any]) -> dict[str, Any]:
+    from ekd_compress.features.fbank import load_features
+    from ekd_compress.pipeline.compression import measure_compression
+    from ekd_compress.pipeline.verdict import verdict_split
+
+    seconds = ctx.recipe.distill.compression_rtf_seconds
+    feats, total = [], 0.0
+    for cut in ctx.cuts("dev"):
+        feats.append(load_features(cut, ctx.spec))
+        total += cut.duration
+        if total >= seconds:
+            break
+    ctx.log(f"compression: FLOPs and ONNX streaming RTF (1 thread) of every model over {total:.1f} s of dev audio")
+    return measure_compression(models, tests, verdict_split(tests), feats, seconds,
+                               frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log)
 
 
 def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:
