@@ -208,6 +208,9 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     if net.vocab_size != len(tokens):
         raise ValueError(f"model {entry['name']!r} has {net.vocab_size} outputs but tokens.txt has {len(tokens)} tokens")
 
+    from ekd_compress.models.flops import count_chunk_flops
+
+    flops = count_chunk_flops(net, frame_shift_ms=float(spec.frame_shift_ms))
     meta_run = None
     if entry["kind"] != "ensemble":
         import torch
@@ -217,7 +220,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     io["streaming"]["frame_shift_ms"] = float(spec.frame_shift_ms)
     bundle: dict[str, Any] = {
         "format": FORMAT,
-        "model": _model_info(net, entry),
+        "model": {**_model_info(net, entry), "flops_per_audio_second": flops.flops_per_second,
+                  "flops_per_chunk": flops.flops_per_chunk},  # matrix products, batch 1 (models/flops.py)
         "files": {"onnx": ONNX_FILE, "int8": None, "trt": None, "tokens": TOKENS_FILE},
         "features": spec.to_dict(),
         "streaming": io["streaming"],
