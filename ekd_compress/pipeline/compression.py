@@ -6,8 +6,10 @@ For every registered model (members, ensemble, baselines, students, the size swe
     flops_per_audio_second  steady-state streaming FLOPs of the matrix products, batch 1
                             (ekd_compress.models.flops)
     rtf_onnx                measured streaming RTF: the model exported to ONNX and run chunk by
-                            chunk with onnxruntime on 1 thread, batch 1, over dev features
-                            (model compute only: no fbank, no decoding; best of 3 passes)
+                            chunk with onnxruntime on 1 thread, batch 1, over dev features, timed
+                            by the CPU time of the calling thread (onnxruntime computes there with
+                            one intra-op thread), so other processes sharing the machine do not
+                            inflate it (model compute only: no fbank, no decoding; best of 3 passes)
     wer                     per scored set (results.json "tests")
 
 The Pareto front (no other model both cheaper and at most as wrong) is computed on the verdict
@@ -47,7 +49,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, threads: int = 1,
                        frame_shift_ms: float = 10.0, passes: int = 3) -> float:
-    """Streaming RTF of `model` exported to ONNX: compute time / audio time, batch 1.
+    """Streaming RTF of `model` exported to ONNX: compute (CPU) time / audio time, batch 1.
 
     Args:
         model: a streaming CTC model or FusedEnsemble (torch).
@@ -83,9 +85,9 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
             for chunks in utts:
                 states = runner.zero_states(1)
                 for chunk in chunks:
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()
                     _, states = runner.step(chunk, states)
-                    elapsed += time.perf_counter() - t0
+                    elapsed += time.thread_time() - t0
             best = min(best, elapsed)
         return best / total
 
@@ -161,8 +163,8 @@ def compression_markdown(comp: dict[str, Any]) -> str:
                    f"{'met' if sm['met'] else '**not met**'}). One seed per size: read the seed spread above.")
     elif sm:
         out.append(f"No student taught by the ensemble reaches its WER ({sm['ensemble_wer']:.2f} %) on `{split}`.")
-    out += ["", f"RTF: ONNX model compute on 1 thread, batch 1, streamed over {comp['rtf_seconds']:g} s of dev "
-            "audio (no features, no decoding). Pareto front (FLOPs / RTF): F / R.", ""]
+    out += ["", f"RTF: ONNX model compute (CPU time) on 1 thread, batch 1, streamed over {comp['rtf_seconds']:g} s "
+            "of dev audio (no features, no decoding). Pareto front (FLOPs / RTF): F / R.", ""]
     tests = list(comp["rows"][0]["wer"]) if comp["rows"] else []
     out += ["| model | kind | params | MFLOP/s audio | RTF | " + " | ".join(f"{t} WER %" for t in tests) + " | front |",
             "|" + " --- |" * (6 + len(tests))]
