@@ -290,6 +290,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
 
     if int8:
         from export.int8_gate import int8_gate
+        from export.quantize import METHODS
 
         methods = list(METHODS) if int8_method == "both" else [int8_method]
         calib, calib_on = dev[:gate["calibration_utterances"]], "dev"
