@@ -107,13 +107,14 @@ def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: di
     from ekd_compress.models.flops import count_chunk_flops
 
     wers = {t: {r["name"]: float(r["wer"]) for r in tr["models"]} for t, tr in tests.items()}
+    aliases = {entry["same_as"]: name for name, (entry, _) in models.items() if entry.get("same_as")}
     rows = []
     for name, (entry, model) in models.items():
-        if entry.get("same_as"):
+        if entry.get("same_as"):  # e.g. "student", the registry's name for the chosen k's model
             continue
         flops = count_chunk_flops(model, frame_shift_ms=frame_shift_ms)
         rtf = onnx_streaming_rtf(model, dev_feats, rtf_seconds, frame_shift_ms=frame_shift_ms)
-        rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model),
+        rows.append({"name": name, "kind": entry["kind"], "alias": aliases.get(name), "params": count_parameters(model),
                      "flops_per_audio_second": flops.flops_per_second, "rtf_onnx": rtf,
                      "wer": {t: w.get(name) for t, w in wers.items()}})
         log(f"  compression {name:<26} {count_parameters(model):>9,} params  "
@@ -145,7 +146,7 @@ def smallest_matching(rows: Sequence[dict[str, Any]], split: str) -> dict[str, A
         return {**out, "name": None, "met": False}
     best = min(ok, key=lambda r: (r["flops_per_audio_second"], r["wer"][split]))
     flop_saving = ens["flops_per_audio_second"] / best["flops_per_audio_second"]
-    return {**out, "name": best["name"], "wer": best["wer"][split], "params": best["params"],
+    return {**out, "name": best["name"], "alias": best.get("alias"), "wer": best["wer"][split], "params": best["params"],
             "flop_saving": flop_saving, "rtf_saving": ens["rtf_onnx"] / best["rtf_onnx"],
             "param_saving": ens["params"] / best["params"], "met": flop_saving >= TARGET_FLOP_SAVING - 1e-9}
 
@@ -156,7 +157,8 @@ def compression_markdown(comp: dict[str, Any]) -> str:
     sm = comp.get("smallest_matching")
     out = [f"## Compression (WER on `{split}` against compute; plots/compression.png)", ""]
     if sm and sm.get("name"):
-        out.append(f"Smallest student with WER at most the ensemble's ({sm['ensemble_wer']:.2f} %): **{sm['name']}** "
+        out.append(f"Smallest student with WER at most the ensemble's ({sm['ensemble_wer']:.2f} %): **{sm['name']}**"
+                   + (f" (= {sm['alias']})" if sm.get("alias") else "") + " "
                    f"({sm['wer']:.2f} %, {sm['params']:,} parameters): **{sm['flop_saving']:.1f}x** fewer FLOPs per "
                    f"audio second than the ensemble, {sm['rtf_saving']:.1f}x lower measured RTF, "
                    f"{sm['param_saving']:.1f}x fewer parameters (target: >= {sm['target_flop_saving']:g}x FLOPs: "
@@ -171,7 +173,8 @@ def compression_markdown(comp: dict[str, Any]) -> str:
     for r in sorted(comp["rows"], key=lambda r: r["flops_per_audio_second"]):
         front = ("F" if r["name"] in comp["pareto_flops"] else "") + ("R" if r["name"] in comp["pareto_rtf"] else "")
         wers = " | ".join("-" if r["wer"][t] is None else f"{r['wer'][t]:.2f}" for t in tests)
-        out.append(f"| {r['name']} | {r['kind']} | {r['params']:,} | {r['flops_per_audio_second'] / 1e6:.2f} | "
+        name = r["name"] + (f" (= {r['alias']})" if r.get("alias") else "")
+        out.append(f"| {name} | {r['kind']} | {r['params']:,} | {r['flops_per_audio_second'] / 1e6:.2f} | "
                    f"{r['rtf_onnx']:.5f} | {wers} | {front} |")
     return "\n".join(out) + "\n\n"
 
@@ -186,6 +189,7 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - NullFormatter below
 
     split = comp["split"]
     rows = [r for r in comp["rows"] if r["wer"].get(split) is not None]
@@ -204,6 +208,7 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", alpha=0.5, lw=1,
                     label="Pareto front", zorder=2)
         ax.set(xscale="log", xlabel=label, ylabel=f"WER % ({split})")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     sm = comp.get("smallest_matching")
