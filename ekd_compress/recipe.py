@@ -148,6 +148,14 @@ class TrainConfig:
 
 
 @dataclass
+class StudentSize:
+    """One student of the size sweep: the baseline architecture with `params` merged over
+    `baseline.params`, trained like the chosen student (its k, seed = distill.seeds[0])."""
+    name: str = "s64"              # the model is registered as `sweep_<name>`
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DistillConfig:
     temperature: float = 1.0
     lam: float = 0.5               # weight of hard-label CTC; 1 - lam goes to essence KD
@@ -168,6 +176,9 @@ class DistillConfig:
     guide: str = "best"            # best = the baseline seed with the lowest dev WER | first = seed 0
     coincidence_threshold: float = 0.5   # token-matched spike coincidence, both directions
     refuse_below_threshold: bool = True
+    # student-size sweep (compression curve): [] = none, the default recipe's behaviour
+    student_sizes: list[StudentSize] = field(default_factory=list)
+    compression_rtf_seconds: float = 20.0  # dev audio streamed per model to time its ONNX RTF (sweep only)
 
 
 @dataclass
@@ -322,6 +333,14 @@ def validate_recipe(r: Recipe) -> None:
     for n in names:
         if n in RESERVED_NAMES or n.startswith(("baseline_s", "student_s", "essence_k")):
             raise RecipeError(f"member name {n!r} is reserved for a model the pipeline makes; rename it")
+    sizes = [s.name for s in d.student_sizes]
+    if len(set(sizes)) != len(sizes):
+        raise RecipeError(f"distill.student_sizes names must be unique: {sizes}")
+    for n in sizes:
+        if not n or not n.replace("_", "").isalnum():
+            raise RecipeError(f"distill.student_sizes name {n!r}: use letters, digits and '_' (e.g. s64)")
+    if d.compression_rtf_seconds <= 0:
+        raise RecipeError(f"distill.compression_rtf_seconds={d.compression_rtf_seconds}: seconds of dev audio, > 0")
     if d.student_k != "auto" and d.student_k not in d.ks:
         raise RecipeError(f"distill.student_k={d.student_k!r} is not among distill.ks={d.ks}; add it or use 'auto'")
     if d.fusion_weights is not None and (len(d.fusion_weights) != len(r.members) or min(d.fusion_weights) < 0

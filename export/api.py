@@ -8,7 +8,8 @@ Steps (see bundle.py for the layout):
   1. with trt=True, check for a CUDA GPU and tensorrt first, before any work
   2. streaming ONNX with explicit state and metadata (onnx_export.py); tokens.txt beside it
   3. verification on dev utterances: onnxruntime chunk loop vs PyTorch full forward (verify.py)
-  4. INT8 (quantize.py): dev WER fp32 vs INT8 and speedup; too large a WER increase fails
+  4. INT8 (quantize.py, int8_gate.py): dynamic and/or static (calibrated on training audio) INT8,
+     dev WER and speed against fp32; shipped only when it passes the gate, else fp32 and the reason
   5. TensorRT engine (tensorrt_build.py)
   6. bundle.json; the bundle replaces OUT only when every step passed (work happens in
      OUT's sibling `.NAME.partial`, left behind for inspection when a step fails)
@@ -77,20 +78,26 @@ def recorded_tracking_uri(exp_dir: Path) -> Optional[str]:
     return uri if isinstance(uri, str) and uri else None
 
 
-def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int]) -> list:
-    """The first `limit` (None: all) dev cuts of the experiment as `Utterance`s (fbank computed if not stored),
-    or [] when the experiment holds no dev set (only its contract: recipe, tokens, models, registry)."""
+def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = "dev", spread: bool = False) -> list:
+    """The first `limit` (None: all) cuts of a split ("dev", "train") of the experiment as `Utterance`s
+    (fbank computed if not stored), or [] when the experiment holds no such set (only its contract:
+    recipe, tokens, models, registry). `spread`: `limit` cuts evenly spaced over the split instead."""
     from lhotse import CutSet
 
     from ekd_compress.features.fbank import load_features
     from ekd_compress.train.data import cut_text
     from export.verify import Utterance
 
-    path = exp_dir / "features" / "dev_cuts.jsonl.gz"
+    path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
     if not path.exists():
         return []
+    cuts = CutSet.from_file(path)
+    if spread and limit is not None:
+        cuts = cuts.to_eager()
+        step = max(1, len(cuts) // max(limit, 1))
+        cuts = [c for i, c in enumerate(cuts) if i % step == 0]
     out = []
-    for cut in CutSet.from_file(path):
+    for cut in cuts:
         if limit is not None and len(out) >= limit:
             break
         try:
@@ -142,11 +149,14 @@ def export_bundle(
     int8: bool = False,
     trt: bool = False,
     trt_precision: str = "fp16",
-    max_int8_wer_increase: float = 1.0,
+    max_int8_wer_increase: float = 0.3,
     verify_utterances: int = 50,
-    int8_method: str = "dynamic",
+    int8_method: str = "both",
     int8_utterances: Optional[int] = None,
     trt_max_batch: int = 16,
+    min_int8_speedup: float = 1.2,
+    require_int8: bool = False,
+    calibration_utterances: int = 64,
     log: Log = print,
 ) -> Path:
     """Export one model of an experiment as a bundle directory; returns its path.
@@ -155,22 +165,26 @@ def export_bundle(
         exp_dir: an experiment directory written by `ekd-compress distill`.
         model: a name in EXP/models.json ("student", "ensemble", "baseline", ...) or a kind with one model.
         out_dir: the bundle directory (default EXP/bundles/NAME); replaced if it exists.
-        int8: also write model.int8.onnx, with its dev WER change measured.
+        int8: quantize and measure INT8 (export/int8_gate.py); model.int8.onnx is written only when it
+            passes the gate (WER and speed), else bundle.json's "int8" says why fp32 was kept.
         trt: also build model.plan with TensorRT (needs an NVIDIA GPU and `ekd-compress[trt]`).
         trt_precision: "fp16", "int8" or "fp32".
-        max_int8_wer_increase: the largest allowed INT8 dev WER increase, absolute points.
+        max_int8_wer_increase: the largest allowed INT8 dev WER increase, absolute points (gate).
         verify_utterances: dev utterances for the ONNX-vs-PyTorch check.
-        int8_method: "dynamic" or "static" (calibrated on dev features).
+        int8_method: "dynamic", "static" (calibrated on training features) or "both" (the faster that passes).
         int8_utterances: dev utterances for the INT8 WER (None: the whole dev set).
         trt_max_batch: the TensorRT profile's largest batch (streams per call).
+        min_int8_speedup: the INT8 model must be this many times faster per chunk than fp32 (gate).
+        require_int8: fail the export (Int8AccuracyError / Int8SpeedError) instead of keeping fp32.
+        calibration_utterances: training utterances static INT8 calibrates on (dev without training audio).
         log: progress messages.
     """
     from export.quantize import METHODS
     from export.tensorrt_build import PRECISIONS, check_trt_available
 
     exp_dir = Path(exp_dir)
-    if int8_method not in METHODS:
-        raise ValueError(f"INT8 method {int8_method!r} is unknown; use one of {METHODS}")
+    if int8_method not in (*METHODS, "both"):
+        raise ValueError(f"INT8 method {int8_method!r} is unknown; use one of {(*METHODS, 'both')}")
     if trt and trt_precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision {trt_precision!r} is unknown; use one of {PRECISIONS}")
     if verify_utterances < 1:
@@ -187,7 +201,9 @@ def export_bundle(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
 
-    bundle = _build(exp_dir, entry, staging, int8, trt, trt_precision, max_int8_wer_increase, verify_utterances,
+    gate = {"max_wer_increase": max_int8_wer_increase, "min_speedup": min_int8_speedup, "require": require_int8,
+            "calibration_utterances": calibration_utterances}
+    bundle = _build(exp_dir, entry, staging, int8, trt, trt_precision, gate, verify_utterances,
                     int8_method, int8_utterances, trt_max_batch, log)
     write_bundle(staging, bundle)
     if out_dir.exists():
@@ -199,7 +215,7 @@ def export_bundle(
 
 
 def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt: bool, trt_precision: str,
-           max_int8_wer_increase: float, verify_utterances: int, int8_method: str,
+           gate: dict[str, Any], verify_utterances: int, int8_method: str,
            int8_utterances: Optional[int], trt_max_batch: int, log: Log) -> dict[str, Any]:
     import ekd_compress
     from ekd_compress.features.fbank import feature_spec
@@ -222,6 +238,9 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     if net.vocab_size != len(tokens):
         raise ValueError(f"model {entry['name']!r} has {net.vocab_size} outputs but tokens.txt has {len(tokens)} tokens")
 
+    from ekd_compress.models.flops import count_chunk_flops
+
+    flops = count_chunk_flops(net, frame_shift_ms=float(spec.frame_shift_ms))
     meta_run = None
     if entry["kind"] != "ensemble":
         import torch
@@ -231,7 +250,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     io["streaming"]["frame_shift_ms"] = float(spec.frame_shift_ms)
     bundle: dict[str, Any] = {
         "format": FORMAT,
-        "model": _model_info(net, entry),
+        "model": {**_model_info(net, entry), "flops_per_audio_second": flops.flops_per_second,
+                  "flops_per_chunk": flops.flops_per_chunk},  # matrix products, batch 1 (models/flops.py)
         "files": {"onnx": ONNX_FILE, "int8": None, "trt": None, "tokens": TOKENS_FILE},
         "features": spec.to_dict(),
         "streaming": io["streaming"],
@@ -283,19 +303,23 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     log(f"  max |Δ log-prob| {report['max_abs_logprob_diff']:.2e}, transcripts identical")
 
     if int8:
-        from export.quantize import check_int8, measure_int8, quantize_int8
+        from export.int8_gate import int8_gate
+        from export.quantize import METHODS
 
-        log(f"quantizing to INT8 ({int8_method})")
-        quantize_int8(staging / ONNX_FILE, staging / INT8_FILE, bundle, int8_method, calibration=dev[:64])
-        copy_metadata(staging / ONNX_FILE, staging / INT8_FILE)
+        methods = list(METHODS) if int8_method == "both" else [int8_method]
+        calib, calib_on = dev[:gate["calibration_utterances"]], "dev"
+        if "static" in methods:
+            train = load_dev_utterances(exp_dir, spec, gate["calibration_utterances"], split="train", spread=True)
+            if train:
+                calib, calib_on = train, "train"
+            else:
+                log("no training features in the experiment: static INT8 calibrates on dev")
         int8_dev = dev if int8_utterances is None else dev[:int8_utterances]
-        rep = measure_int8(staging / ONNX_FILE, staging / INT8_FILE, bundle, int8_dev, tokens, int8_method)
-        bundle["int8"], bundle["files"]["int8"] = rep, INT8_FILE
-        log(f"  dev WER fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
-            f"speedup x{rep['speedup']:.2f} per chunk (1 thread)")
         try:
-            check_int8(rep, max_int8_wer_increase)
-        except Exception:
+            bundle["int8"] = int8_gate(staging, ONNX_FILE, INT8_FILE, bundle, methods, int8_dev, calib, calib_on,
+                                       tokens, gate["max_wer_increase"], gate["min_speedup"], gate["require"], log)
+        except Exception as e:
+            bundle["int8"] = {"decision": "refused", "reason": str(e)}
             (staging / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, default=str))  # the report, for inspection
             raise
 
@@ -305,7 +329,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
 
         qdq = None
         if trt_precision == "int8":
-            if int8 and int8_method == "static":
+            if int8 and bundle["int8"].get("method") == "static":
                 qdq = staging / INT8_FILE
             else:
                 qdq = quantize_static_int8(staging / ONNX_FILE, staging / "model.qdq.onnx", bundle, dev[:64])
@@ -315,10 +339,6 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
         if qdq is not None and qdq.name == "model.qdq.onnx":
             qdq.unlink(missing_ok=True)
     return bundle
-
-
-def _pct(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x:.2f}%"
 
 
 def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, Any], log: Log) -> bool:
@@ -355,7 +375,8 @@ def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, 
         client.log_artifacts(run_id, str(bundle_dir), f"bundles/{name}")
         metrics = {"max_abs_logprob_diff": bundle["verification"]["max_abs_logprob_diff"]}
         if bundle["int8"]:
-            metrics.update({k: bundle["int8"][k] for k in ("wer_fp32", "wer_int8", "speedup") if bundle["int8"][k] is not None})
+            metrics.update({k: bundle["int8"][k] for k in ("wer_fp32", "wer_int8", "speedup")
+                            if bundle["int8"].get(k) is not None})
         for key, value in metrics.items():
             client.log_metric(run_id, f"export_{name}_{key}", float(value))
     except Exception as e:  # noqa: BLE001 - tracking must not fail an export that succeeded

@@ -57,7 +57,8 @@ def _bundle_dir(path: Path, model: str, log) -> Path:
         from export.api import export_bundle
 
         log(f"no bundle at {bundle_dir}: exporting {name} (with INT8) first")
-        export_bundle(path, model=name, int8=True, max_int8_wer_increase=float("inf"), log=log)
+        export_bundle(path, model=name, int8=True, int8_method="dynamic", max_int8_wer_increase=float("inf"),
+                      min_int8_speedup=0.0, log=log)
     return bundle_dir
 
 

@@ -22,7 +22,7 @@ bundle.json (format "ekd-bundle/1"):
     vocab_size, blank_id, token_kind ("char" | "bpe")
     provenance    {exp_dir, recipe (recipe.yaml text), mlflow_run_id, dev_wer, created, ekd_compress_version}
     verification  {max_abs_logprob_diff, transcripts_identical, utterances}
-    int8          null | {wer_fp32, wer_int8, speedup, method, ...}
+    int8          null | the INT8 gate's report {decision: int8|fp32, reason, method, candidates, ...}
     trt           null | {precision, tensorrt_version, gpu, profiles, ...}
 
 A runtime feeds `chunk` (B, chunk_frames, F) float32 fbank frames plus the states, gets
@@ -71,7 +71,7 @@ SCHEMA: dict[str, Any] = {
         "created": str, "ekd_compress_version": str,
     },
     "verification": {"max_abs_logprob_diff": _NUM, "transcripts_identical": bool, "utterances": int},
-    "int8": ({"wer_fp32": _OPT_NUM, "wer_int8": _OPT_NUM, "speedup": _OPT_NUM, "method": str}, "nullable"),
+    "int8": ({"method": _OPT_STR}, "nullable"),  # the INT8 gate's report; checked in _check_int8
     "trt": ({"precision": str, "tensorrt_version": str, "gpu": str, "profiles": list}, "nullable"),
 }
 
@@ -151,10 +151,31 @@ def _check_consistency(d: dict[str, Any], errors: list[str]) -> None:
         errors.append(f"state names {names} are not unique")
     if not 0 <= d["blank_id"] < d["vocab_size"]:
         errors.append(f"blank_id={d['blank_id']} is outside the vocabulary of {d['vocab_size']}")
-    if (d["files"]["int8"] is None) != (d["int8"] is None):
-        errors.append("files.int8 and the int8 report must be both set or both null")
+    _check_int8(d, errors)
     if (d["files"]["trt"] is None) != (d["trt"] is None):
         errors.append("files.trt and the trt report must be both set or both null")
+
+
+def _check_int8(d: dict[str, Any], errors: list[str]) -> None:
+    """`int8` is null (no --int8), the gate's report {"decision": "int8" | "fp32", "reason", ...}
+    (export/int8_gate.py; files.int8 set exactly when the decision is "int8"), or, in bundles from
+    before the gate, a report {wer_fp32, wer_int8, speedup, method} beside files.int8."""
+    r, f = d["int8"], d["files"]["int8"]
+    if r is None:
+        if f is not None:
+            errors.append("files.int8 is set but there is no int8 report")
+        return
+    if "decision" in r:
+        if r["decision"] not in ("int8", "fp32") or not isinstance(r.get("reason"), str):
+            errors.append(f"int8.decision must be 'int8' or 'fp32' with a reason, got {r.get('decision')!r}")
+        elif (f is not None) != (r["decision"] == "int8"):
+            errors.append(f"files.int8 is {f!r} but int8.decision is {r['decision']!r}: set exactly when INT8 ships")
+        return
+    for key in ("wer_fp32", "wer_int8", "speedup"):
+        if key not in r or not isinstance(r[key], _OPT_NUM):
+            errors.append(f"int8.{key} must be a number or null")
+    if not isinstance(r.get("method"), str) or f is None:
+        errors.append("files.int8 and the int8 report must be both set or both null")
 
 
 def validate_bundle(d: Any, bundle_dir: Path | str | None = None) -> dict[str, Any]:

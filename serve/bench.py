@@ -14,10 +14,21 @@ CPU are its own; `url=` uses a running server instead), then:
    - final_ms: from sending "end" to receiving the last final result;
 2. rtf: one stream sent as fast as possible: wall time / audio duration (rtf_runtime: the same
    without server or websocket, `Recognizer.recognize` in the bench process);
-3. max_realtime_streams: N = 1, 2, 4, ... real-time streams for `ramp_seconds` each, until the
-   p95 chunk latency or the p95 final latency exceeds the chunk duration (or `max_streams`,
-   reported with max_realtime_streams_capped=True);
-4. rss_mb: the server's peak resident memory (VmHWM) at the end.
+   rtf_cpu: the server's CPU time (all its threads) over the same stream / audio duration, which
+   other processes on the machine do not inflate;
+3. max_realtime_streams: N = 1, 2, 4, ... real-time streams for `ramp_seconds` each, until real
+   time breaks (p95 chunk compute or p95 final latency above the chunk duration, or a failed
+   stream), then bisection between the last level held and the first broken one; no ceiling
+   unless `max_streams` (serve/bench_ramp.py, which also says when the clients, not the server,
+   were the limit: `ramp_limit`, `ramp_note`);
+4. rss_mb: the server's peak resident memory (VmHWM) at the end;
+5. the FLOP floor: `flops_per_audio_second` (bundle.json, counted at export) over the machine's
+   single-thread matmul rate (serve/machine.py, measured once per run) is the RTF of the matrix
+   products alone; `rtf_over_floor` = measured RTF / floor (and the same for rtf_cpu, rtf_runtime).
+
+The report's `ratios` compare every bundle with the ensemble bundle (bundle.json kind
+"ensemble"; else the first bundle): chunk compute p50, RTF and FLOPs as reference / bundle,
+real-time streams as bundle / reference, so each is "times cheaper" (serve/bench_report.py).
 
 `ekd-compress bench BUNDLE --soak-streams N --soak-seconds S` runs a soak instead (serve/soak.py:
 N real-time streams for S seconds; errors, agreement with offline decoding, latency, server RSS).
@@ -36,12 +47,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from serve.bench_audio import _fit, load_audio_dir, synthetic_audio  # noqa: F401 - load_audio_dir: serve.soak
 
 SEND_MS = 100
 
@@ -53,7 +65,9 @@ class BenchConfig:
     realtime: bool = True
     ramp: bool = True
     ramp_seconds: float = 3.0
-    max_streams: int = 64
+    max_streams: int | None = None  # None: no ceiling, the ramp goes on until real time breaks
+    ramp_refine: int = 2  # bisection steps after the first level that breaks
+    matmul_seconds: float = 1.0  # CPU seconds per shape of the machine's matmul-rate measurement
     rtf_seconds: float = 10.0  # audio sent for the RTF measurement
     max_batch: int = 16
     max_wait_ms: float = 5.0
@@ -78,8 +92,18 @@ class ModelResult:
     rtf: float | None = None
     max_realtime_streams: int | None = None  # None: not measured (--no-ramp)
     max_realtime_streams_capped: bool = False
+    ramp_limit: str | None = None  # "server" or "clients": who broke real time (None: capped or no ramp)
+    ramp_note: str | None = None
     rss_mb: float | None = None
     rtf_runtime: float | None = None  # Recognizer.recognize in this process, no server: model + features only
+    rtf_cpu: float | None = None  # server CPU seconds / audio seconds of the RTF stream
+    rtf_runtime_cpu: float | None = None  # CPU seconds of Recognizer.recognize / audio seconds
+    kind: str | None = None  # bundle.json model kind (student, ensemble, ...)
+    flops_per_audio_second: float | None = None  # bundle.json (counted at export); None for older bundles
+    rtf_floor: float | None = None  # flops_per_audio_second / the machine's 1-thread matmul FLOP/s
+    rtf_over_floor: float | None = None  # rtf / rtf_floor
+    rtf_cpu_over_floor: float | None = None
+    rtf_runtime_cpu_over_floor: float | None = None
     chunk_ms: float | None = None  # chunk duration
     ramp: list[dict[str, Any]] = field(default_factory=list)
     mode: str = "realtime"
@@ -88,65 +112,6 @@ class ModelResult:
     params: int | None = None  # model parameters (bundle.json)
     size_mb: float | None = None  # the served ONNX file (INT8 with int8=True), MB
     dev_wer: float | None = None  # the model's dev WER as exported (bundle.json provenance; INT8's with int8=True)
-
-
-# ============================================================================ audio
-def load_audio_dir(directory: str | Path, limit: int = 20) -> list[tuple[np.ndarray, int]]:
-    """*.wav (16-bit PCM, any rate; first channel) and, with soundfile installed, *.flac/*.ogg."""
-    directory = Path(directory)
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg"))[:limit]
-    if not files:
-        raise FileNotFoundError(f"no .wav/.flac files under {directory}; pass --audio DIR with some recordings")
-    out = []
-    for p in files:
-        if p.suffix.lower() == ".wav":
-            try:
-                with wave.open(str(p), "rb") as w:
-                    if w.getsampwidth() != 2:
-                        raise ValueError(f"{p}: {8 * w.getsampwidth()}-bit WAV; convert to 16-bit PCM")
-                    x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())[:, 0]
-                    out.append((x.astype(np.float32) / 32768.0, w.getframerate()))
-                    continue
-            except wave.Error:
-                pass
-        import soundfile as sf  # non-PCM wav, flac, ogg
-
-        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
-        out.append((x[:, 0], sr))
-    return out
-
-
-def synthetic_audio(n: int = 4, seconds: float = 4.0, sr: int = 16000, seed: int = 0) -> list[tuple[np.ndarray, int]]:
-    """Speech-like clips: voiced bursts (harmonics of a gliding f0), noise bursts, pauses."""
-    rng = np.random.default_rng(seed)
-    clips = []
-    for _ in range(n):
-        parts, total = [], 0
-        while total < seconds * sr:
-            d = int(rng.uniform(0.15, 0.6) * sr)
-            t = np.arange(d) / sr
-            kind = rng.random()
-            if kind < 0.55:
-                f0 = rng.uniform(90, 220) * (1 + 0.2 * t / t[-1] * rng.uniform(-1, 1))
-                phase = 2 * np.pi * np.cumsum(f0) / sr
-                x = sum(np.sin(k * phase) / k for k in range(1, 12)) * rng.uniform(0.05, 0.3)
-                x *= np.hanning(d)
-            elif kind < 0.8:
-                x = rng.standard_normal(d) * rng.uniform(0.01, 0.08) * np.hanning(d)
-            else:
-                x = rng.standard_normal(d) * 0.001
-            parts.append(x.astype(np.float32))
-            total += d
-        clips.append((np.concatenate(parts)[: int(seconds * sr)], sr))
-    return clips
-
-
-def _fit(clip: tuple[np.ndarray, int], seconds: float) -> tuple[np.ndarray, int]:
-    """Loop or cut a clip to `seconds`."""
-    x, sr = clip
-    n = int(seconds * sr)
-    reps = -(-n // max(len(x), 1))
-    return np.tile(x, reps)[:n], sr
 
 
 # ============================================================================ server handling
@@ -206,6 +171,7 @@ class StreamStats:
     error: str | None = None
     error_kind: str | None = None  # the server's error code (e.g. "busy"), else the exception's class name
     text: str | None = None  # the non-empty final texts, joined by spaces
+    send_lag_ms: float | None = None  # real time only: the latest any message left against its schedule
 
 
 def pcm16(audio: np.ndarray) -> bytes:
@@ -232,6 +198,7 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
     headers = {"Authorization": f"Bearer {token}"} if token else None
     first_chunk_bytes = int((chunk_s + 0.015) * rate) * 2  # fbank needs half a window more
     t_first_chunk_sent = t_first_partial = t_end = t_final = None
+    lag = 0.0
     finals: list[str] = []
     try:
         async with connect(url + "/ws", additional_headers=headers, max_size=None, compression=None,
@@ -260,6 +227,7 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
                     wait = t0 + i * SEND_MS / 1000 - time.perf_counter()
                     if wait > 0:
                         await asyncio.sleep(wait)
+                    lag = max(lag, time.perf_counter() - (t0 + i * SEND_MS / 1000))
                 await ws.send(pcm[start:start + step])
                 if t_first_chunk_sent is None and start + step >= first_chunk_bytes:
                     t_first_chunk_sent = time.perf_counter()
@@ -275,7 +243,8 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
         return StreamStats(None, None, len(audio) / rate, 0.0, f"{type(e).__name__}: {e}", kind)
     fp = (t_first_partial - t_first_chunk_sent) * 1000 if t_first_partial and t_first_chunk_sent else None
     fin = (t_final - t_end) * 1000 if t_final and t_end else None
-    return StreamStats(fp, fin, len(audio) / rate, (t_final or time.perf_counter()) - t0, text=" ".join(finals))
+    return StreamStats(fp, fin, len(audio) / rate, (t_final or time.perf_counter()) - t0, text=" ".join(finals),
+                       send_lag_ms=lag * 1000 if realtime else None)
 
 
 async def run_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], n: int, seconds: float, realtime: bool,
@@ -294,8 +263,19 @@ def _q(vals: Sequence[float | None], p: float) -> float | None:
     return round(float(np.percentile(v, p)), 3) if v else None
 
 
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of every thread of process `pid`, s (Linux /proc schedstat, ns resolution); None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig,
-              log=lambda m: None) -> ModelResult:
+              log=lambda m: None, server_pid: int | None = None) -> ModelResult:
     """Run the whole benchmark against a running server at ws://HOST:PORT."""
     url = url.rstrip("/")
     health = _http_json(url, "/health", cfg.token)  # without the token /health says only that it is alive
@@ -320,36 +300,32 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 
     # 2. RTF, one stream, as fast as possible
     x, sr = _fit(clips[0], cfg.rtf_seconds)
+    cpu0 = server_cpu_seconds(server_pid)
     one = asyncio.run(run_streams(url, [(x, sr)], 1, cfg.rtf_seconds, False, chunk_s, cfg.token))[0]
+    cpu1 = server_cpu_seconds(server_pid)
     if one.error:
         raise RuntimeError(f"RTF stream failed: {one.error}")
     res.rtf = round(one.wall_s / one.audio_s, 5)
-    log(f"{label}: RTF {res.rtf} (one stream, {cfg.rtf_seconds:g} s of audio as fast as possible)")
+    if cpu0 is not None and cpu1 is not None:
+        res.rtf_cpu = round((cpu1 - cpu0) / one.audio_s, 6)
+    log(f"{label}: RTF {res.rtf} (server CPU {res.rtf_cpu}; one stream, {cfg.rtf_seconds:g} s of audio as fast as possible)")
 
-    # 3. ramp real-time streams
+    # 3. ramp real-time streams until real time breaks
     if cfg.ramp:
-        res.max_realtime_streams = 0
-        levels, n = [], 1
-        while n < cfg.max_streams:
-            levels.append(n)
-            n *= 2
-        levels.append(cfg.max_streams)
-        for n in levels:
-            since = _http_json(url, "/stats", cfg.token)["next"]
-            st = asyncio.run(run_streams(url, clips, n, cfg.ramp_seconds, True, chunk_s, cfg.token))
-            chunk = _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"]
-            failed = sum(1 for s in st if s.error)
-            final_p95 = _q([s.final_ms for s in st], 95)
-            held = (not failed and chunk["p95"] is not None and chunk["p95"] <= health["chunk_ms"]
-                    and final_p95 is not None and final_p95 <= health["chunk_ms"])
-            res.ramp.append({"streams": n, "chunk_ms_p95": round(chunk["p95"] or 0, 3), "final_ms_p95": final_p95,
-                             "failed": failed, "held": held})
-            log(f"{label}: {n} real-time streams: chunk p95 {chunk['p95'] and round(chunk['p95'], 2)} ms, "
-                f"final p95 {final_p95} ms -> {'held' if held else 'NOT held'}")
-            if not held:
-                break
-            res.max_realtime_streams = n
-        res.max_realtime_streams_capped = res.max_realtime_streams == cfg.max_streams
+        from serve.bench_ramp import measure_level, run_ramp
+
+        def level(n: int) -> dict[str, Any]:
+            return measure_level(
+                lambda k: run_streams(url, clips, k, cfg.ramp_seconds, True, chunk_s, cfg.token),
+                lambda: _http_json(url, "/stats", cfg.token)["next"],
+                lambda since: _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"], n)
+
+        log(f"{label}: ramping real-time streams ({cfg.ramp_seconds:g} s each) until real time breaks")
+        ramp = run_ramp(level, health["chunk_ms"], cfg.max_streams, cfg.ramp_refine, log)
+        res.ramp = ramp["levels"]
+        res.max_realtime_streams, res.max_realtime_streams_capped = ramp["max_realtime_streams"], ramp["capped"]
+        res.ramp_limit, res.ramp_note = ramp["limit"], ramp["note"]
+        log(f"{label}: {ramp['note']}")
 
     # 4. memory
     h = _http_json(url, "/health", cfg.token)
@@ -357,48 +333,79 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 
     # 5. the runtime alone (no server, no websocket), when the bundle is on this machine
     if Path(label).is_dir():
-        res.rtf_runtime = runtime_rtf(label, clips, cfg)
-        log(f"{label}: runtime RTF {res.rtf_runtime} ({cfg.threads} thread(s), no server)")
+        res.rtf_runtime, res.rtf_runtime_cpu = runtime_rtf(label, clips, cfg)
+        log(f"{label}: runtime RTF {res.rtf_runtime} (CPU {res.rtf_runtime_cpu}; {cfg.threads} thread(s), no server)")
+        info = json.loads((Path(label) / "bundle.json").read_text()).get("model", {})
+        res.kind, res.params = info.get("kind"), info.get("params")
+        res.flops_per_audio_second = info.get("flops_per_audio_second")
     return res
 
 
-def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig) -> float:
-    """Wall time / audio time of `Recognizer.recognize` (features + model + greedy decoding) over the clips."""
+def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig) -> tuple[float, float]:
+    """(wall, CPU) time / audio time of `Recognizer.recognize` (features + model + greedy decoding)
+    over the clips; CPU time is this process's, so other processes do not inflate it."""
     from serve.runtime import Recognizer
 
     rec = Recognizer(bundle, provider=cfg.provider, threads=cfg.threads, use_int8=cfg.int8)
     rec.recognize(*clips[0])  # warm-up
-    audio = wall = 0.0
+    audio = wall = cpu = 0.0
     for x, sr in clips:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rec.recognize(x, sr)
         wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         audio += len(x) / sr
-    return round(wall / audio, 5)
+    return round(wall / audio, 5), round(cpu / audio, 6)
 
 
 def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: str | Path | None = None,
                   url: str | None = None, log=lambda m: None) -> dict[str, Any]:
     """Benchmark each bundle with its own server subprocess (or the server at `url`, one bundle)."""
+    from serve.bench_ramp import MAX_LEVEL
+    from serve.bench_report import ratios
+    from serve.machine import matmul_rate
+
     if not url:
         for b in bundles:  # a folder that is not a bundle: one line now, not a server's traceback later
             check_bundle(b, cfg.int8)
     clips = load_audio_dir(audio_dir) if audio_dir else synthetic_audio()
+    load_start = os.getloadavg()
+    log("machine: single-thread matmul rate ...")
+    rate = matmul_rate(cfg.matmul_seconds)
+    log(f"machine: {rate['gflops']:.1f} GFLOP/s at {rate['peak_shape']} (CPU time; wall {rate['gflops_wall']:.1f}), "
+        f"{rate['gflops_chunk']:.1f} at a chunk's {rate['chunk_shape']} ({rate['engine']})")
     models = []
     if url:
         models.append(bench_url(url, str(bundles[0]) if bundles else url, clips, cfg, log))
     else:
         for b in bundles:
-            srv = ServerProcess(b, cfg, max_connections=max(cfg.streams, cfg.max_streams) + 8)
+            srv = ServerProcess(b, cfg, max_connections=max(cfg.streams, cfg.max_streams or MAX_LEVEL) + 8)
             try:
-                models.append(bench_url(srv.url, str(b), clips, cfg, log))
+                models.append(bench_url(srv.url, str(b), clips, cfg, log, server_pid=srv.proc.pid))
             finally:
                 srv.stop()
     for m in models:
         describe_model(m, cfg.int8)
-    return {"models": [asdict(m) for m in models], "config": public_config(cfg),
-            "audio": str(audio_dir) if audio_dir else "synthetic", "clips": len(clips),
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+        _floors(m, rate["gflops"])
+    report = {"models": [asdict(m) for m in models], "config": public_config(cfg),
+              "audio": str(audio_dir) if audio_dir else "synthetic", "clips": len(clips),
+              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "matmul": rate,
+                          "loadavg_start": [round(x, 2) for x in load_start],
+                          "loadavg_end": [round(x, 2) for x in os.getloadavg()]}}
+    report["ratios"] = ratios(report)
+    return report
+
+
+def _floors(m: ModelResult, gflops: float) -> None:
+    """Fill a result's FLOP floor and how far each measured RTF is above it."""
+    from serve.machine import rtf_floor
+
+    m.rtf_floor = rtf_floor(m.flops_per_audio_second, gflops)
+    if m.rtf_floor:
+        for measured, key in ((m.rtf, "rtf_over_floor"), (m.rtf_cpu, "rtf_cpu_over_floor"),
+                              (m.rtf_runtime_cpu, "rtf_runtime_cpu_over_floor")):
+            if measured is not None:
+                setattr(m, key, round(measured / m.rtf_floor, 2))
 
 
 def public_config(cfg: BenchConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 per model named by its model name, size and dev WER where the bundle records them), with a
 second-over-first ratio column when two bundles were compared; `plot(report, path)` draws latency bars
 and the real-time capacity ramp (chunk compute p95 against concurrent streams).
+Rows under the table give `ratios(report)`: how many times cheaper each bundle is than the ensemble.
 """
 from __future__ import annotations
 
@@ -13,7 +14,35 @@ from typing import Any
 import numpy as np
 
 JSON_KEYS = ("bundle", "model", "params", "size_mb", "dev_wer", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
-             "max_realtime_streams", "rss_mb")
+             "max_realtime_streams", "rss_mb", "rtf_cpu", "max_realtime_streams_capped", "ramp_limit",
+             "flops_per_audio_second", "rtf_floor", "rtf_over_floor", "rtf_cpu_over_floor")
+# reference / bundle ("times cheaper"), except streams: bundle / reference ("times more streams")
+RATIO_KEYS = {"chunk_ms_p50": "cost", "rtf": "cost", "rtf_cpu": "cost", "rtf_runtime_cpu": "cost",
+              "flops_per_audio_second": "cost", "params": "cost", "max_realtime_streams": "capacity"}
+
+
+def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """How many times cheaper each bundle is than the reference: the ensemble bundle (kind
+    "ensemble" in bundle.json), else the first one. One entry per other bundle:
+    {"bundle", "vs", KEY: ratio or None for each RATIO_KEYS, "streams_lower_bound": bool}
+    (streams_lower_bound: the bundle's own capacity was capped or client-limited, so its ratio is
+    at least the value given)."""
+    models = report["models"]
+    if len(models) < 2:
+        return []
+    ref = next((m for m in models if m.get("kind") == "ensemble"), models[0])
+    out = []
+    for m in models:
+        if m is ref:
+            continue
+        row: dict[str, Any] = {"bundle": m["bundle"], "vs": ref["bundle"]}
+        for key, how in RATIO_KEYS.items():
+            a, b = ref.get(key), m.get(key)
+            ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0
+            row[key] = None if not ok else round(a / b if how == "cost" else b / a, 3)
+        row["streams_lower_bound"] = bool(m.get("max_realtime_streams_capped") or m.get("ramp_limit") == "clients")
+        out.append(row)
+    return out
 
 
 ROWS: tuple[tuple[str, str], ...] = (
@@ -30,9 +59,16 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("final p95 ms", "final_ms_p95"),
     ("final p99 ms", "final_ms_p99"),
     ("RTF (1 stream, fast)", "rtf"),
+    ("RTF server CPU time", "rtf_cpu"),
     ("RTF runtime only", "rtf_runtime"),
+    ("RTF runtime CPU time", "rtf_runtime_cpu"),
     ("real-time streams held", "max_realtime_streams"),
     ("server peak RSS MiB", "rss_mb"),
+    ("MFLOP per audio second", "mflops_per_audio_second"),
+    ("RTF floor (FLOPs / matmul rate)", "rtf_floor"),
+    ("RTF / floor, server", "rtf_over_floor"),
+    ("RTF / floor, server CPU", "rtf_cpu_over_floor"),
+    ("RTF / floor, runtime CPU", "rtf_runtime_cpu_over_floor"),
 )
 
 
@@ -52,6 +88,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
+def _value(m: dict[str, Any], key: str) -> Any:
+    if key == "mflops_per_audio_second":
+        f = m.get("flops_per_audio_second")
+        return f / 1e6 if isinstance(f, (int, float)) else None
+    return m.get(key)
+
+
 def table(report: dict[str, Any]) -> str:
     """One row per figure (p50, p95 and p99 each their own), one column per model, named by its
     model name; rows no model has a value for (size, WER of a bundle without them) are left out."""
@@ -61,12 +104,13 @@ def table(report: dict[str, Any]) -> str:
     if two:
         rows[0] = (*rows[0], "2nd / 1st")
     for name, key in ROWS:
-        values = [m.get(key) for m in models]
+        values = [_value(m, key) for m in models]
         if all(v is None for v in values):
             continue
         cells = [_fmt(v) for v in values]
         if key == "max_realtime_streams":
-            cells = [c + ("+" if m.get("max_realtime_streams_capped") else "") for c, m in zip(cells, models)]
+            cells = [c + ("+" if m.get("max_realtime_streams_capped") or m.get("ramp_limit") == "clients" else "")
+                     for c, m in zip(cells, models)]
         if two:
             x, y = values
             num = isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool)
@@ -75,7 +119,25 @@ def table(report: dict[str, Any]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
+    mm = report.get("machine", {}).get("matmul")
+    if mm:
+        lines.append(f"machine: {mm['gflops']:.1f} GFLOP/s single-thread matmul at {mm['peak_shape']} per CPU second "
+                     f"({mm['gflops_chunk']:.1f} at a chunk's {mm['chunk_shape']}; {mm['engine']})")
+    for m in report["models"]:
+        if m.get("ramp_note"):
+            lines.append(f"{Path(m['bundle']).name}: {m['ramp_note']}")
+    for r in report.get("ratios") or []:
+        cells = [f"{label} {_x(r.get(key))}" for label, key in (
+            ("chunk p50", "chunk_ms_p50"), ("RTF", "rtf"), ("RTF CPU", "rtf_cpu"), ("FLOPs", "flops_per_audio_second"),
+            ("params", "params"))]
+        streams = _x(r.get("max_realtime_streams")) + ("+" if r.get("streams_lower_bound") and r.get("max_realtime_streams") else "")
+        lines.append(f"{Path(r['vs']).name} / {Path(r['bundle']).name} (times cheaper): " + ", ".join(cells)
+                     + f"; real-time streams {streams} as many")
     return "\n".join(lines)
+
+
+def _x(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:

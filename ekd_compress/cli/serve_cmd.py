@@ -105,8 +105,9 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 
 @click.command()
 @_bundle_arg
-@click.option("--vs", "other", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A second bundle (e.g. the ensemble) measured the same way, side by side.")
+@click.option("--vs", "other", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Another bundle (e.g. the ensemble) measured the same way in the same run (repeatable); "
+                   "ratios are against the ensemble bundle, else the first.")
 @click.option("--streams", default=4, show_default=True, type=int, help="Concurrent streams in the latency run.")
 @click.option("--audio", "audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Directory of .wav/.flac files (default: synthetic speech-like clips).")
@@ -116,7 +117,12 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--seconds", default=4.0, show_default=True, type=float, help="Audio per stream in the latency run.")
 @click.option("--ramp/--no-ramp", default=True, show_default=True, help="Find the most real-time streams held.")
 @click.option("--ramp-seconds", default=3.0, show_default=True, type=float, help="Audio per stream per ramp step.")
-@click.option("--max-streams", default=64, show_default=True, type=int, help="Ramp ceiling.")
+@click.option("--max-streams", default=None, type=click.IntRange(min=1),
+              help="Ramp ceiling [default: none: the ramp goes on until real time breaks].")
+@click.option("--ramp-refine", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Bisection steps between the last level held and the first that broke.")
+@click.option("--matmul-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="CPU seconds per matrix shape for the machine's single-thread matmul rate (the RTF floor).")
 @click.option("--rtf-seconds", default=10.0, show_default=True, type=float, help="Audio sent for the RTF.")
 @click.option("--max-batch", default=16, show_default=True, type=int)
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=float)
@@ -138,13 +144,16 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--soak-seconds", type=float, default=None, help="Length of the soak (s) [default: 60].")
 @click.option("--soak-drain-seconds", type=float, default=10.0, show_default=True,
               help="After the soak, utterances in flight get their length plus this long to finish.")
-def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
-          seconds: float, ramp: bool, ramp_seconds: float, max_streams: int, rtf_seconds: float, max_batch: int,
+def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
+          seconds: float, ramp: bool, ramp_seconds: float, max_streams: int | None, ramp_refine: int, matmul_seconds: float,
+          rtf_seconds: float, max_batch: int,
           max_wait_ms: float, threads: int, int8: bool, provider: str, url: str | None, token: str | None,
           plot_path: Path | None, out_json: Path | None, mlflow: bool, soak_streams: int | None, soak_seconds: float | None,
           soak_drain_seconds: float) -> None:
-    """Stream audio through the server for BUNDLE (and --vs OTHER_BUNDLE): chunk compute,
-    first-partial and final latency (p50/p95/p99), RTF, real-time streams held, memory.
+    """Stream audio through the server for BUNDLE (and each --vs OTHER_BUNDLE): chunk compute,
+    first-partial and final latency (p50/p95/p99), RTF (wall and server CPU time), real-time streams
+    held (ramped until real time breaks), memory, FLOPs per audio second and the RTF floor they set on
+    this machine (its single-thread matmul rate, measured in the same run), and ratios to the ensemble.
     With --soak-streams N: a soak of N streams for --soak-seconds instead (serve/soak.py)."""
     if soak_streams is not None or soak_seconds is not None:
         if soak_streams is None:
@@ -161,10 +170,10 @@ def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None
     if url and other:
         raise _UserError("--url measures one running server; drop --vs or --url")
     cfg = BenchConfig(streams=streams, seconds=seconds, realtime=realtime, ramp=ramp, ramp_seconds=ramp_seconds,
-                      max_streams=max_streams, rtf_seconds=rtf_seconds, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_streams=max_streams, ramp_refine=ramp_refine, matmul_seconds=matmul_seconds, rtf_seconds=rtf_seconds, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       threads=threads, int8=int8, provider=provider, token=token)
     log = (lambda m: click.echo(m, err=True))
-    report = _friendly(bench_bundles, [bundle, *([other] if other else [])], cfg, audio_dir=audio_dir, url=url, log=log)
+    report = _friendly(bench_bundles, [bundle, *other], cfg, audio_dir=audio_dir, url=url, log=log)
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2))
@@ -172,7 +181,8 @@ def bench(bundle: Path, other: Path | None, streams: int, audio_dir: Path | None
     if mlflow:
         _log_mlflow(report, plot_file, log)
     if as_json:
-        click.echo(json.dumps({"models": [{k: m[k] for k in JSON_KEYS} for m in report["models"]]}))
+        click.echo(json.dumps({"models": [{k: m[k] for k in JSON_KEYS} for m in report["models"]],
+                               "ratios": report["ratios"], "machine": report["machine"]}))
         return
     click.echo(table(report))
     if plot_file:

@@ -161,6 +161,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ST.run_students(ctx, runner, teacher_key)
         # drop models a changed recipe no longer makes
         registry = on_main(lambda: prune_registry(exp_dir, expected_models(r)), "pruning models.json")
+        if r.distill.student_sizes:  # the compression section joins the key only with a sweep
+            ctx.keys["compression"] = config_hash("compression-1", r.distill.compression_rtf_seconds)
         ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.data["features"])
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
@@ -212,6 +214,9 @@ def expected_models(r: Recipe) -> list[str]:
     names += ["kd_all" if k == "all" else f"essence_k{k}" for k in d.ks]
     if d.control:
         names.append("control_baseline_teacher")
+    from ekd_compress.pipeline.students import sweep_name
+
+    names += [sweep_name(s.name) for s in d.student_sizes]
     return names + ["student", *[f"student_s{s}" for s in d.seeds[1:]]]
 
 

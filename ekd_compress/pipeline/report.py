@@ -114,10 +114,17 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
+    compression = ""
+    if results.get("compression"):
+        from ekd_compress.pipeline.compression import compression_markdown, plot_compression
+
+        compression = "\n" + compression_markdown(results["compression"])
+        plot_compression(results["compression"], exp_dir / "plots" / "compression.png")
     (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
                                         + legend_markdown() + "All models, every scored set:\n\n"
                                         + markdown_table(results, recipe.distill.temperature)
                                         + "\nPlots: plots/model_wer.png, plots/wer_vs_k.png, plots/topk_mass.png, "
-                                        "plots/coincidence.png\n")
+                                        "plots/coincidence.png" + (", plots/compression.png" if compression else "")
+                                        + "\n" + compression)
     write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
                 threshold=recipe.distill.coincidence_threshold)

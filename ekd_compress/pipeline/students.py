@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -113,10 +113,11 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment)
 
-    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: dict, t_file: Path) -> dict:
+    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: dict, t_file: Path,
+                      size: Optional[dict] = None) -> dict:
         cache_dir = None if fly else Path(cache["dirs"][str(k)])
         return runner.run(name, key, lambda: stage_train(
-            ctx, name, kind, arch, params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
+            ctx, name, kind, arch, size or params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
             essence_dir=cache_dir, teacher=load_any(t_file) if fly else None, teacher_file=t_file),
             work_dir=ctx.exp_dir / "models" / name, all_ranks=True)
 
@@ -151,6 +152,19 @@ def run_students(ctx, runner, teacher_key: str) -> None:
         key = config_hash(student_key, teacher_key, chosen, seed)
         train_student(f"student_s{seed}", "student", chosen, seed, key, ess, teacher_file)
         ctx.keys[f"student_s{seed}"] = key
+    for size in d.student_sizes:  # the size sweep: the chosen k and first seed, other widths/depths
+        size_params = {**params, **size.params}
+        size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
+                               r.features.specaugment)
+        name = sweep_name(size.name)
+        key = config_hash(size_key, teacher_key, chosen, seeds[0])
+        train_student(name, "student", chosen, seeds[0], key, ess, teacher_file, size=size_params)
+        ctx.keys[name] = key
+
+
+def sweep_name(size_name: str) -> str:
+    """The models.json name of the size-sweep student `size_name` (recipe distill.student_sizes)."""
+    return f"sweep_{size_name}"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -174,8 +188,27 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "ensemble": {k: v for k, v in ctx.data.get("ensemble", {}).items() if k != "grid"},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
     }
+    if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
+        results["compression"] = _compression(ctx, models, tests)
     write_report(ctx.exp_dir, results, ctx.recipe)
     return results
+
+
+def _compression(ctx, models: dict, tests: dict[str, Any]) -> dict[str, Any]:
+    from ekd_compress.features.fbank import load_features
+    from ekd_compress.pipeline.compression import measure_compression
+    from ekd_compress.pipeline.verdict import verdict_split
+
+    seconds = ctx.recipe.distill.compression_rtf_seconds
+    feats, total = [], 0.0
+    for cut in ctx.cuts("dev"):
+        feats.append(load_features(cut, ctx.spec))
+        total += cut.duration
+        if total >= seconds:
+            break
+    ctx.log(f"compression: FLOPs and ONNX streaming RTF (1 thread) of every model over {total:.1f} s of dev audio")
+    return measure_compression(models, tests, verdict_split(tests), feats, seconds,
+                               frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log)
 
 
 def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:

@@ -91,6 +91,30 @@ def test_rerun_skips_everything(exp):
     assert "baseline" in stages["skipped"] and "evaluate" in stages["skipped"]
 
 
+def test_size_sweep_trains_only_its_students_and_draws_the_compression_curve(exp, tmp_path):
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(exp, copy)  # the shared experiment stays as the other tests expect it
+    for marker in (copy / "stages").glob("*.json"):  # stage results name their files by absolute path
+        marker.write_text(marker.read_text().replace(str(exp), str(copy)))
+    sweep = "distill.student_sizes=[{name: s8, params: {hidden: 8}}, {name: w24, params: {hidden: 24, layers: 2}}]"
+    stages = run(copy, *EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2")
+    assert set(stages["ran"]) == {"sweep_s8", "sweep_w24", "evaluate"}
+    results = json.loads((copy / "results.json").read_text())
+    rows = {r["name"]: r for r in results["compression"]["rows"]}
+    assert {"sweep_s8", "sweep_w24", "ensemble", "kd_all", "baseline", "lstm"} <= set(rows)
+    assert "student" not in rows  # the registry's alias of the chosen k's model is not a point of its own
+    assert rows["sweep_s8"]["params"] < rows["kd_all"]["params"] < rows["sweep_w24"]["params"]
+    flops = {n: r["flops_per_audio_second"] for n, r in rows.items()}
+    assert flops["sweep_s8"] < flops["kd_all"] < flops["sweep_w24"] < flops["ensemble"]
+    assert all(r["rtf_onnx"] > 0 and r["wer"]["test"] is not None for r in rows.values())
+    assert results["compression"]["split"] == "test" and results["compression"]["pareto_flops"]
+    assert (copy / "plots" / "compression.png").stat().st_size > 10_000
+    assert "## Compression" in (copy / "results.md").read_text()
+    assert run(copy, *EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2")["ran"] == []  # resumable
+
+
 def test_changed_lambda_reruns_only_students(exp):
     stages = run(exp, *EXP_SETTINGS, "distill.lam=0.3")
     assert {"data", "features", "baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])

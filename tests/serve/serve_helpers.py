@@ -189,6 +189,44 @@ def make_energy_bundle(out: Path, chunk_frames: int = 32) -> Path:
     return out
 
 
+def make_heavy_bundle(out: Path, chunk_frames: int = 16, width: int = 1024, repeats: int = 64) -> Path:
+    """The energy bundle (same transcripts) plus dead weight: every chunk also runs `repeats`
+    (B, chunk_frames, width) x (width, width) products, added to the logits times zero, so a
+    stream costs about 2 * chunk_frames * width^2 * repeats FLOPs per chunk (2.1 GFLOP at the
+    defaults) and real time breaks at a few streams on any CPU."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    make_energy_bundle(out, chunk_frames)
+    model = onnx.load(str(out / "model.onnx"))
+    g = model.graph
+    rng = np.random.default_rng(0)
+    g.initializer.extend([
+        numpy_helper.from_array((rng.standard_normal((80, width)) / 9).astype(np.float32), "heavy_in"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) / math.sqrt(width)).astype(np.float32), "heavy_w"),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ])
+    logits = next(n for n in g.node if n.op_type == "Add" and n.output[0] == "logits")
+    logits.output[0] = "logits_light"
+    nodes = [helper.make_node("MatMul", ["chunk", "heavy_in"], ["h0"])]  # (B, T, width)
+    for i in range(repeats):
+        nodes += [helper.make_node("MatMul", [f"h{i}", "heavy_w"], [f"m{i}"]),
+                  helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+    nodes += [helper.make_node("ReduceMean", [f"h{repeats}"], ["hm"], axes=[1, 2], keepdims=1),  # (B, 1, 1)
+              helper.make_node("Mul", ["hm", "zero"], ["hz"]),
+              helper.make_node("Add", ["logits_light", "hz"], ["logits"])]
+    at = list(g.node).index(logits) + 1
+    for k, node in enumerate(nodes):
+        g.node.insert(at + k, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out / "model.onnx"))
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["model"].update(name="heavy", flops_per_audio_second=2.0 * chunk_frames * width * width * repeats
+                         / (chunk_frames * 0.01))
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
 # ----------------------------------------------------------------------------- audio helpers
 def tone(seconds: float, amp: float = 0.3, sr: int = 16000, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr

@@ -118,13 +118,21 @@ def test_bench_json(energy_bundle, gru_bundle, tmp_path):
     last level held by the report's own rule; one stream sent as fast as possible beats real time."""
     full_path = tmp_path / "bench.json"
     args = [str(energy_bundle), "--vs", str(gru_bundle), "--streams", "2", "--seconds", "1", "--ramp-seconds", "1",
-            "--max-streams", "2", "--rtf-seconds", "1", "--no-mlflow", "--json", "--out", str(full_path)]
+            "--max-streams", "2", "--rtf-seconds", "1", "--matmul-seconds", "0.05", "--no-mlflow", "--json",
+            "--out", str(full_path)]
     r = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    keys = {"bundle", "model", "params", "size_mb", "dev_wer", "chunk_ms_p50", "chunk_ms_p95", "first_partial_ms_p50", "final_ms_p50", "final_ms_p95", "rtf",
-            "max_realtime_streams", "rss_mb"}
+    from serve.bench_report import JSON_KEYS
+
+    keys = set(JSON_KEYS)
+    assert {"bundle", "model", "params", "size_mb", "dev_wer", "chunk_ms_p50", "rtf", "rtf_cpu", "max_realtime_streams", "flops_per_audio_second",
+            "rtf_over_floor"} <= keys
     assert [set(m) for m in report["models"]] == [keys, keys]
+    assert report["machine"]["matmul"]["gflops"] > 0
+    # the gru bundle (kind student) against the first bundle (no ensemble here): times cheaper
+    (ratio,) = report["ratios"]
+    assert ratio["bundle"] == str(gru_bundle) and ratio["vs"] == str(energy_bundle)
     assert [m["bundle"] for m in report["models"]] == [str(energy_bundle), str(gru_bundle)]
     assert [m["model"] for m in report["models"]] == ["energy", "tiny-gru"]
     assert all(m["size_mb"] > 0 for m in report["models"])

@@ -1,0 +1,224 @@
+"""The compression curve of a distill run: what each model costs against what it scores.
+
+For every registered model (members, ensemble, baselines, students, the size sweep):
+
+    params                  trainable parameters
+    flops_per_audio_second  steady-state streaming FLOPs of the matrix products, batch 1
+                            (ekd_compress.models.flops)
+    rtf_onnx                measured streaming RTF: the model exported to ONNX and run chunk by
+                            chunk with onnxruntime on 1 thread, batch 1, over dev features, timed
+                            by the CPU time of the calling thread (onnxruntime computes there with
+                            one intra-op thread), so other processes sharing the machine do not
+                            inflate it (model compute only: no fbank, no decoding; best of 3 passes)
+    wer                     per scored set (results.json "tests")
+
+The Pareto front (no other model both cheaper and at most as wrong) is computed on the verdict
+split for FLOPs and for RTF. `smallest_matching` is the cheapest (FLOPs) student taught by the
+ensemble whose WER is at most the ensemble's, with the ensemble/student ratios: the saving a
+user of the toolkit gets for no loss of accuracy. Computed only when the recipe has a size
+sweep (`distill.student_sizes`), so recipes without one behave as before.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+TARGET_FLOP_SAVING = 5.0  # issue 15: the smallest student at most the ensemble's WER costs <= 1/5 of its FLOPs
+NOT_FROM_ENSEMBLE = ("control_baseline_teacher",)  # taught by the guide alone
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, error) that no other point dominates (both <=, one <), by cost.
+
+    Equal points are all kept. NaN or None costs/errors are never on the front.
+    """
+    ok = [i for i, (c, e) in enumerate(points) if c is not None and e is not None and c == c and e == e]
+    front = []
+    for i in ok:
+        ci, ei = points[i]
+        dominated = any(points[j][0] <= ci and points[j][1] <= ei and (points[j][0] < ci or points[j][1] < ei)
+                        for j in ok if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
+def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, threads: int = 1,
+                       frame_shift_ms: float = 10.0, passes: int = 3) -> float:
+    """Streaming RTF of `model` exported to ONNX: compute (CPU) time / audio time, batch 1.
+
+    Args:
+        model: a streaming CTC model or FusedEnsemble (torch).
+        feats_list: utterances' fbank features, each (T, F) float32, streamed in turn until
+            `seconds` of audio (chunks of `model.chunk_frames` frames, the last zero-padded).
+        threads: onnxruntime intra-op threads.
+        passes: timed passes over the same chunks; the fastest is kept (others share the CPU).
+    """
+    from export.onnx_export import export_streaming_onnx
+    from export.ort_stream import OrtStreamer, pad_to_chunks
+
+    if seconds <= 0:
+        raise ValueError(f"seconds={seconds}: stream at least some audio, e.g. 20 s")
+    with tempfile.TemporaryDirectory(prefix="ekd-rtf-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        io = export_streaming_onnx(model, path)
+        runner = OrtStreamer(path, {"streaming": io["streaming"], "states": io["states"]}, threads=threads)
+        cf = runner.chunk_frames
+        chunk_s = cf * frame_shift_ms / 1000.0
+        utts, total = [], 0.0
+        for feats in feats_list:  # whole utterances, each from a fresh state
+            padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), cf)
+            utts.append([np.ascontiguousarray(padded[None, s:s + cf]) for s in range(0, padded.shape[0], cf)])
+            total += len(utts[-1]) * chunk_s
+            if total >= seconds:
+                break
+        if not utts:
+            raise ValueError("no features to time the streaming RTF on; the dev set is empty")
+        runner.step(utts[0][0], runner.zero_states(1))  # warm-up
+        best = float("inf")
+        for _ in range(max(1, passes)):
+            elapsed = 0.0
+            for chunks in utts:
+                states = runner.zero_states(1)
+                for chunk in chunks:
+                    t0 = time.thread_time()
+                    _, states = runner.step(chunk, states)
+                    elapsed += time.thread_time() - t0
+            best = min(best, elapsed)
+        return best / total
+
+
+def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: dict[str, Any], split: str,
+                        dev_feats: Sequence[np.ndarray], rtf_seconds: float, frame_shift_ms: float = 10.0,
+                        log=print) -> dict[str, Any]:
+    """The `compression` section of results.json (see the module docstring).
+
+    Args:
+        models: {name: (models.json entry, loaded model)}; entries with `same_as` are skipped.
+        tests: results.json "tests" ({set: {"models": [{"name", "wer", ...}]}}).
+        split: the scored set the front and `smallest_matching` are read on (the verdict's).
+        dev_feats: features (T, F) of dev utterances to time the RTF on.
+    """
+    from ekd_compress.models import count_parameters
+    from ekd_compress.models.flops import count_chunk_flops
+
+    wers = {t: {r["name"]: float(r["wer"]) for r in tr["models"]} for t, tr in tests.items()}
+    aliases = {entry["same_as"]: name for name, (entry, _) in models.items() if entry.get("same_as")}
+    rows = []
+    for name, (entry, model) in models.items():
+        if entry.get("same_as"):  # e.g. "student", the registry's name for the chosen k's model
+            continue
+        flops = count_chunk_flops(model, frame_shift_ms=frame_shift_ms)
+        rtf = onnx_streaming_rtf(model, dev_feats, rtf_seconds, frame_shift_ms=frame_shift_ms)
+        rows.append({"name": name, "kind": entry["kind"], "alias": aliases.get(name), "params": count_parameters(model),
+                     "flops_per_audio_second": flops.flops_per_second, "rtf_onnx": rtf,
+                     "wer": {t: w.get(name) for t, w in wers.items()}})
+        log(f"  compression {name:<26} {count_parameters(model):>9,} params  "
+            f"{flops.flops_per_second / 1e6:8.2f} MFLOP/s audio  RTF {rtf:.5f}")
+    points = [(r["flops_per_audio_second"], r["wer"].get(split)) for r in rows]
+    front_flops = [rows[i]["name"] for i in pareto_front(points)]
+    front_rtf = [rows[i]["name"] for i in pareto_front([(r["rtf_onnx"], r["wer"].get(split)) for r in rows])]
+    return {"split": split, "rtf_seconds": rtf_seconds, "threads": 1, "rows": rows,
+            "pareto_flops": front_flops, "pareto_rtf": front_rtf,
+            "smallest_matching": smallest_matching(rows, split)}
+
+
+def is_ensemble_student(row: dict[str, Any]) -> bool:
+    """A model of the student architecture taught by the ensemble (any k, seed or size)."""
+    return row["kind"] in ("student", "kd") and row["name"] not in NOT_FROM_ENSEMBLE
+
+
+def smallest_matching(rows: Sequence[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    """The student with the fewest FLOPs whose `split` WER <= the ensemble's, and its savings
+    (ensemble / student for FLOPs, RTF and parameters); None without an ensemble row.
+    {"name": None, ...} when no student reaches the ensemble's WER."""
+    ens = next((r for r in rows if r["kind"] == "ensemble"), None)
+    if ens is None or ens["wer"].get(split) is None:
+        return None
+    ok = [r for r in rows if is_ensemble_student(r) and r["wer"].get(split) is not None
+          and r["wer"][split] <= ens["wer"][split] + 1e-9]
+    out: dict[str, Any] = {"ensemble_wer": ens["wer"][split], "target_flop_saving": TARGET_FLOP_SAVING}
+    if not ok:
+        return {**out, "name": None, "met": False}
+    best = min(ok, key=lambda r: (r["flops_per_audio_second"], r["wer"][split]))
+    flop_saving = ens["flops_per_audio_second"] / best["flops_per_audio_second"]
+    return {**out, "name": best["name"], "alias": best.get("alias"), "wer": best["wer"][split], "params": best["params"],
+            "flop_saving": flop_saving, "rtf_saving": ens["rtf_onnx"] / best["rtf_onnx"],
+            "param_saving": ens["params"] / best["params"], "met": flop_saving >= TARGET_FLOP_SAVING - 1e-9}
+
+
+def compression_markdown(comp: dict[str, Any]) -> str:
+    """The results.md section: the named smallest student, then one row per model."""
+    split = comp["split"]
+    sm = comp.get("smallest_matching")
+    out = [f"## Compression (WER on `{split}` against compute; plots/compression.png)", ""]
+    if sm and sm.get("name"):
+        out.append(f"Smallest student with WER at most the ensemble's ({sm['ensemble_wer']:.2f} %): **{sm['name']}**"
+                   + (f" (= {sm['alias']})" if sm.get("alias") else "") + " "
+                   f"({sm['wer']:.2f} %, {sm['params']:,} parameters): **{sm['flop_saving']:.1f}x** fewer FLOPs per "
+                   f"audio second than the ensemble, {sm['rtf_saving']:.1f}x lower measured RTF, "
+                   f"{sm['param_saving']:.1f}x fewer parameters (target: >= {sm['target_flop_saving']:g}x FLOPs: "
+                   f"{'met' if sm['met'] else '**not met**'}). One seed per size: read the seed spread above.")
+    elif sm:
+        out.append(f"No student taught by the ensemble reaches its WER ({sm['ensemble_wer']:.2f} %) on `{split}`.")
+    out += ["", f"RTF: ONNX model compute (CPU time) on 1 thread, batch 1, streamed over {comp['rtf_seconds']:g} s "
+            "of dev audio (no features, no decoding). Pareto front (FLOPs / RTF): F / R.", ""]
+    tests = list(comp["rows"][0]["wer"]) if comp["rows"] else []
+    out += ["| model | kind | params | MFLOP/s audio | RTF | " + " | ".join(f"{t} WER %" for t in tests) + " | front |",
+            "|" + " --- |" * (6 + len(tests))]
+    for r in sorted(comp["rows"], key=lambda r: r["flops_per_audio_second"]):
+        front = ("F" if r["name"] in comp["pareto_flops"] else "") + ("R" if r["name"] in comp["pareto_rtf"] else "")
+        wers = " | ".join("-" if r["wer"][t] is None else f"{r['wer'][t]:.2f}" for t in tests)
+        name = r["name"] + (f" (= {r['alias']})" if r.get("alias") else "")
+        out.append(f"| {name} | {r['kind']} | {r['params']:,} | {r['flops_per_audio_second'] / 1e6:.2f} | "
+                   f"{r['rtf_onnx']:.5f} | {wers} | {front} |")
+    return "\n".join(out) + "\n\n"
+
+
+MARKERS = {"member": ("s", "tab:blue"), "ensemble": ("*", "tab:red"), "baseline": ("v", "tab:gray"),
+           "kd": ("D", "tab:purple"), "student": ("o", "tab:green")}
+
+
+def plot_compression(comp: dict[str, Any], path: Path) -> Path:
+    """WER against FLOPs per audio second and against measured RTF (log x), Pareto fronts drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - NullFormatter below
+
+    split = comp["split"]
+    rows = [r for r in comp["rows"] if r["wer"].get(split) is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, key, front, label in ((axes[0], "flops_per_audio_second", comp["pareto_flops"], "FLOPs per second of audio"),
+                                  (axes[1], "rtf_onnx", comp["pareto_rtf"], "measured streaming RTF (ONNX, 1 thread)")):
+        seen = set()
+        for r in rows:
+            marker, color = MARKERS.get(r["kind"], ("x", "black"))
+            ax.scatter(r[key], r["wer"][split], marker=marker, color=color, s=90 if r["kind"] == "ensemble" else 40,
+                       label=None if r["kind"] in seen else r["kind"], zorder=3)
+            seen.add(r["kind"])
+            ax.annotate(r["name"], (r[key], r["wer"][split]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        pts = sorted((r[key], r["wer"][split]) for r in rows if r["name"] in front)
+        if pts:
+            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", alpha=0.5, lw=1,
+                    label="Pareto front", zorder=2)
+        ax.set(xscale="log", xlabel=label, ylabel=f"WER % ({split})")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    sm = comp.get("smallest_matching")
+    title = "Compression curve"
+    if sm and sm.get("name"):
+        title += f": {sm['name']} matches the ensemble at {sm['flop_saving']:.1f}x fewer FLOPs"
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,46 @@
+"""The compression curve's Pareto front and the smallest student that matches the ensemble."""
+import pytest
+
+from ekd_compress.pipeline.compression import compression_markdown, pareto_front, plot_compression, smallest_matching
+
+
+def test_pareto_front_on_constructed_points():
+    pts = [(1.0, 10.0), (2.0, 5.0), (3.0, 6.0), (4.0, 5.0), (5.0, 2.0), (0.5, 20.0), (2.0, 5.0), (6.0, None)]
+    # (3, 6) and (4, 5) are dominated by (2, 5); equal points both stay; a missing WER is never on it
+    assert pareto_front(pts) == [5, 0, 1, 6, 4]
+    assert pareto_front([]) == [] and pareto_front([(1.0, 1.0)]) == [0]
+    assert pareto_front([(1.0, float("nan")), (2.0, 3.0)]) == [1]
+
+
+def row(name, kind, flops, wer, rtf=None, params=None):
+    return {"name": name, "kind": kind, "flops_per_audio_second": flops, "rtf_onnx": rtf or flops / 1e9,
+            "params": params or int(flops / 50), "wer": {"test": wer}}
+
+
+ROWS = [row("ensemble", "ensemble", 100e6, 2.0), row("gru", "member", 40e6, 2.5),
+        row("control_baseline_teacher", "kd", 1e6, 1.0),  # taught by the guide alone: not a candidate
+        row("sweep_s32", "student", 2e6, 2.5), row("sweep_s64", "student", 8e6, 2.0),
+        row("kd_all", "kd", 16e6, 1.5), row("baseline", "baseline", 16e6, 1.8)]
+
+
+def test_smallest_matching_student_and_its_savings():
+    sm = smallest_matching(ROWS, "test")
+    assert sm["name"] == "sweep_s64" and sm["wer"] == 2.0  # equal WER counts as matching
+    assert sm["flop_saving"] == pytest.approx(12.5) and sm["param_saving"] == pytest.approx(12.5)
+    assert sm["met"]  # >= 5x fewer FLOPs
+
+
+def test_no_student_matches_or_no_ensemble():
+    rows = [r for r in ROWS if r["name"] not in ("sweep_s64", "kd_all")]
+    sm = smallest_matching(rows, "test")
+    assert sm["name"] is None and not sm["met"]
+    assert smallest_matching([r for r in ROWS if r["kind"] != "ensemble"], "test") is None
+
+
+def test_markdown_and_plot(tmp_path):
+    comp = {"split": "test", "rtf_seconds": 5.0, "rows": ROWS,
+            "pareto_flops": [ROWS[i]["name"] for i in pareto_front([(r["flops_per_audio_second"], r["wer"]["test"]) for r in ROWS])],
+            "pareto_rtf": [], "smallest_matching": smallest_matching(ROWS, "test")}
+    md = compression_markdown(comp)
+    assert "**sweep_s64**" in md and "12.5x" in md and "| control_baseline_teacher | kd |" in md
+    assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000

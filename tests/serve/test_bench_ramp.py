@@ -1,0 +1,79 @@
+"""The capacity ramp: no ceiling, it stops when real time breaks, bisects, and says who broke it."""
+from __future__ import annotations
+
+from serve_helpers import make_heavy_bundle
+
+from serve.bench import BenchConfig, bench_bundles
+from serve.bench_ramp import level_verdict, run_ramp
+
+CHUNK_MS = 320.0
+
+
+def fake_level(capacity: int, client_limit: int | None = None):
+    """measure(n): held up to `capacity` streams; from `client_limit` streams on the clients lag."""
+    tried = []
+
+    def measure(n: int) -> dict:
+        tried.append(n)
+        lagging = client_limit is not None and n >= client_limit
+        return {"failed": 0, "chunk_ms_p95": 10.0 if n <= capacity else 2 * CHUNK_MS,
+                "final_ms_p95": 20.0 if n <= capacity and not lagging else 3 * CHUNK_MS,
+                "send_lag_ms_p95": 300.0 if lagging else 1.0, "client_cpu": 0.3}
+    return measure, tried
+
+
+def test_ramp_doubles_until_real_time_breaks_then_bisects():
+    measure, tried = fake_level(capacity=10)
+    r = run_ramp(measure, CHUNK_MS, max_streams=None, refine=2)
+    assert tried == [1, 2, 4, 8, 16, 12, 10]  # no ceiling at 64 or anywhere: it stops because 16 broke
+    assert r["max_realtime_streams"] == 10 and not r["capped"] and r["limit"] == "server"
+    assert [lv["held"] for lv in r["levels"]] == [True, True, True, True, False, False, True]
+    assert "12 streams on the server" in r["note"]  # the smallest level that broke
+
+
+def test_ramp_far_above_the_old_ceiling():
+    measure, tried = fake_level(capacity=300)
+    r = run_ramp(measure, CHUNK_MS, refine=0)
+    assert tried[-1] == 512 and r["max_realtime_streams"] == 256
+
+
+def test_clients_that_cannot_keep_up_are_named():
+    measure, _ = fake_level(capacity=1000, client_limit=64)
+    r = run_ramp(measure, CHUNK_MS, refine=1)
+    assert r["limit"] == "clients" and r["max_realtime_streams"] == 48  # 64 broke, bisected to 48
+    assert "clients" in r["note"] and "may hold more" in r["note"]
+
+
+def test_a_ceiling_reports_capped():
+    measure, tried = fake_level(capacity=1000)
+    r = run_ramp(measure, CHUNK_MS, max_streams=6)
+    assert tried == [1, 2, 4, 6] and r["capped"] and r["max_realtime_streams"] == 6 and r["limit"] is None
+
+
+def test_level_verdict_rules():
+    assert level_verdict(0, 10.0, 20.0, CHUNK_MS, 1.0, 0.2) == (True, None)
+    assert level_verdict(1, 10.0, 20.0, CHUNK_MS, 1.0, 0.2) == (False, "server")  # a failed stream
+    assert level_verdict(0, 400.0, 20.0, CHUNK_MS, 1.0, 0.2) == (False, "server")
+    assert level_verdict(0, 10.0, 400.0, CHUNK_MS, 1.0, 0.95) == (False, "clients")  # the client process is saturated
+
+
+def test_real_bench_ramp_stops_when_a_heavy_bundle_breaks_real_time(tmp_path):
+    """A bundle costing ~2 GFLOP per 160 ms chunk and stream: real time must break within a
+    handful of streams; the ramp stops there (plus its bisection) and reports the floor."""
+    bundle = make_heavy_bundle(tmp_path / "heavy")
+    cfg = BenchConfig(streams=1, seconds=1.0, ramp_seconds=1.0, rtf_seconds=1.0, ramp_refine=1, matmul_seconds=0.05)
+    report = bench_bundles([bundle], cfg)
+    m = report["models"][0]
+    levels = [lv["streams"] for lv in m["ramp"]]
+    broke = [lv for lv in m["ramp"] if not lv["held"]]
+    assert broke, f"real time never broke: {m['ramp']}"
+    first = levels.index(broke[0]["streams"])
+    assert levels[:first + 1] == [2 ** i for i in range(first + 1)]  # doubling up to the first break
+    assert len(levels) <= first + 2  # then at most ramp_refine (1) bisection step
+    assert levels[-1] <= 64
+    held = [lv["streams"] for lv in m["ramp"] if lv["held"]]
+    assert m["max_realtime_streams"] == max(held, default=0) and not m["max_realtime_streams_capped"]
+    assert m["ramp_limit"] in ("server", "clients") and m["ramp_note"]
+    assert m["flops_per_audio_second"] > 1e10 and m["rtf_floor"] > 0.05  # the FLOP floor from bundle.json
+    assert report["machine"]["matmul"]["gflops"] > 0 and m["rtf_cpu"] > 0
+    assert m["rtf_cpu_over_floor"] > 0.3  # cannot beat its own arithmetic by much
