@@ -21,7 +21,8 @@ FIT = textwrap.dedent("""
     tokens = TokenTable.build_chars(["ab", "ba"])
     V, F, g = len(tokens), 8, torch.Generator().manual_seed(0)
     def batch():
-        return {"feats": torch.randn(2, 40, F, generator=g), "lengths": torch.full((2,), 40),
+        return {"ids": ["u0", "u1"], "texts": ["ab", "ba"], "durations": [0.4, 0.4],
+                "feats": torch.randn(2, 40, F, generator=g), "lengths": torch.full((2,), 40),
                 "targets": torch.randint(1, V, (2, 3), generator=g), "target_lengths": torch.full((2,), 3)}
     train, dev = [batch() for _ in range(2)], [batch()]
     cfg = TrainConfig(epochs=2, lr=1e-2, warmup_epochs=0.5, threads=1, accelerator="cpu", select_on="loss")
