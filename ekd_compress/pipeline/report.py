@@ -5,14 +5,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ekd_compress.evaluate.error_rates import LABELS, metric_counts, metric_of
 from ekd_compress.pipeline.stages import write_json_atomic
 
 ORDER = {"member": 0, "ensemble": 1, "baseline": 2, "kd": 3, "student": 4}
 
 
-def seed_spread(rows: list[dict[str, Any]], prefix: str) -> tuple[float, float, int] | None:
-    """(mean, std, n) WER over `prefix` and `prefix_s*` rows."""
-    wers = [r["wer"] for r in rows if r["name"] == prefix or r["name"].startswith(prefix + "_s")]
+def seed_spread(rows: list[dict[str, Any]], prefix: str, metric: str = "wer") -> tuple[float, float, int] | None:
+    """(mean, std, n) of `metric` (percent) over `prefix` and `prefix_s*` rows."""
+    wers = [r[metric] for r in rows if (r["name"] == prefix or r["name"].startswith(prefix + "_s"))
+            and r.get(metric) is not None]
     if not wers:
         return None
     return statistics.mean(wers), (statistics.stdev(wers) if len(wers) > 1 else 0.0), len(wers)
@@ -24,11 +26,20 @@ def markdown_table(results: dict[str, Any]) -> str:
     names = [r["name"] for r in sorted(first, key=lambda r: (ORDER[r["kind"]], r["name"]))]
     by = {t: {r["name"]: r for r in results["tests"][t]["models"]} for t in tests}
     secs = results.get("train_seconds", {})
-    head = "| model | kind | params | " + " | ".join(f"{t} WER % (S/D/I)" for t in tests) + " | RTF | train s |"
+    metric = results.get("metric", "wer")
+    label = LABELS[metric]
+    head = "| model | kind | params | " + " | ".join(f"{t} {label} % (S/D/I)" for t in tests) + " | RTF | train s |"
     lines = [head, "|" + " --- |" * (5 + len(tests))]
+
+    def cell(row: dict[str, Any]) -> str:
+        value, counts = metric_of(row, metric), metric_counts(row, metric)
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}" + (f" ({counts[0]}/{counts[1]}/{counts[2]})" if counts else "")
+
     for n in names:
         r0 = by[tests[0]][n]
-        cells = [f"{by[t][n]['wer']:.2f} ({by[t][n]['sub']}/{by[t][n]['del']}/{by[t][n]['ins']})" for t in tests]
+        cells = [cell(by[t][n]) for t in tests]
         train_s = f"{secs[n]:.0f}" if n in secs else ""
         lines.append(f"| {n} | {r0['kind']} | {r0['params']:,} | " + " | ".join(cells) + f" | {r0['rtf']:.4f} | {train_s} |")
     out = ["\n".join(lines), ""]
@@ -36,10 +47,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     for prefix in ("baseline", "student"):
         cells = []
         for t in tests:
-            s = seed_spread(results["tests"][t]["models"], prefix)
+            s = seed_spread(results["tests"][t]["models"], prefix, metric)
             cells.append(f"{s[0]:.2f} ± {s[1]:.2f} (n={s[2]})" if s else "")
         spread.append(f"| {prefix} | " + " | ".join(cells) + " |")
-    out += ["Seed spread (mean ± std of WER %):", "", "| model | " + " | ".join(tests) + " |",
+    out += [f"Seed spread (mean ± std of {label} %):", "", "| model | " + " | ".join(tests) + " |",
             "|" + " --- |" * (1 + len(tests)), *spread, ""]
     if results.get("coincidence"):
         out += ["Spike coincidence with the guide (same token within ±1 frame, dev):", ""]
@@ -79,17 +90,21 @@ def write_plots(exp_dir: Path, results: dict[str, Any]) -> list[Path]:
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     vocab = len(ess["topk_mass"]) if ess else 0  # x position of k = all
+    metric = results.get("metric", "wer")
     for t, tr in results["tests"].items():
         pts = []
         for r in tr["models"]:
+            if r.get(metric) is None:
+                continue
             if r["name"].startswith("essence_k"):
-                pts.append((int(r["name"][len("essence_k"):]), r["wer"]))
+                pts.append((int(r["name"][len("essence_k"):]), r[metric]))
             elif r["name"] == "kd_all" and vocab:
-                pts.append((vocab, r["wer"]))
+                pts.append((vocab, r[metric]))
         pts.sort()
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
-    ax.set(xlabel="k (top-k essence; last point = all)", ylabel="WER %", title="Student WER against k", xscale="log")
+    ax.set(xlabel="k (top-k essence; last point = all)", ylabel=f"{LABELS[metric]} %",
+           title=f"Student {LABELS[metric]} against k", xscale="log")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -114,10 +129,15 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     exp_dir = Path(exp_dir)
     split = verdict_split(results["tests"])
     dev = results["tests"].get("dev", {}).get("models")
-    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev)
+    metric = results.get("metric", "wer")
+    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev, metric)
                           for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""
+    oov = {split: o for split, o in (results.get("oov") or {}).items() if o.get("utterances")}
+    for split, o in oov.items():
+        guide += (f"Out-of-lexicon words: {o['utterances']} {split} utterances left out "
+                  f"({', '.join(f'{w} x{n}' for w, n in list(o['words'].items())[:10])}).\n\n")
     ens = results.get("ensemble") or {}
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
