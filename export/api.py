@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ekd_compress.spec.lexicon import LEXICON_FILE
 from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
 
 Log = Callable[[str], None]
@@ -42,8 +43,9 @@ def resolve_model_entry(exp_dir: Path, model: str) -> dict[str, Any]:
     raise ValueError(f"no model {model!r} in {exp_dir / 'models.json'}; choose one of {names}")
 
 
-def dev_wer(exp_dir: Path, name: str) -> Optional[float]:
-    """The model's dev WER from EXP/results.json (None when not evaluated yet)."""
+def dev_wer(exp_dir: Path, name: str, metric: str = "wer") -> Optional[float]:
+    """The model's dev WER (or another `metric` of its row: cer, per) from EXP/results.json
+    (None when not evaluated yet, or not defined for the model: a phone model has no WER)."""
     path = exp_dir / "results.json"
     if not path.exists():
         return None
@@ -52,8 +54,8 @@ def dev_wer(exp_dir: Path, name: str) -> Optional[float]:
     except (KeyError, TypeError, json.JSONDecodeError):
         return None
     for row in rows:
-        if row.get("name") == name and isinstance(row.get("wer"), (int, float)):
-            return float(row["wer"])
+        if row.get("name") == name and isinstance(row.get(metric), (int, float)):
+            return float(row[metric])
     return None
 
 
@@ -234,6 +236,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
             "model_mlflow_run_id": meta_run,
             "model_path": entry["path"],
             "dev_wer": dev_wer(exp_dir, entry["name"]),
+            "metric": recipe.data.metric,  # the experiment's primary measure, and its dev value
+            "dev_error": dev_wer(exp_dir, entry["name"], recipe.data.metric),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "ekd_compress_version": ekd_compress.__version__,
         },
@@ -248,6 +252,9 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     log(f"exporting {entry['name']} ({bundle['model']['arch']}, {bundle['model']['params']} parameters) to ONNX")
     export_streaming_onnx(net, staging / ONNX_FILE, metadata)
     shutil.copyfile(exp_dir / "tokens.txt", staging / TOKENS_FILE)
+    if tokens.kind == "phone":  # the phone table decodes only beside its lexicon (TokenTable.load)
+        shutil.copyfile(exp_dir / LEXICON_FILE, staging / LEXICON_FILE)
+        bundle["files"]["lexicon"] = LEXICON_FILE
     if (exp_dir / "bpe.model").exists():
         shutil.copyfile(exp_dir / "bpe.model", staging / "bpe.model")
 
@@ -277,7 +284,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
         int8_dev = dev if int8_utterances is None else dev[:int8_utterances]
         rep = measure_int8(staging / ONNX_FILE, staging / INT8_FILE, bundle, int8_dev, tokens, int8_method)
         bundle["int8"], bundle["files"]["int8"] = rep, INT8_FILE
-        log(f"  dev WER fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
+        log(f"  dev {rep['metric'].upper()} fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
             f"speedup x{rep['speedup']:.2f} per chunk (1 thread)")
         try:
             check_int8(rep, max_int8_wer_increase)

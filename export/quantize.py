@@ -129,15 +129,21 @@ def quantize_int8(src: Path | str, dst: Path | str, bundle: dict[str, Any], meth
 
 # ------------------------------------------------------------------------------- measuring
 def onnx_wer(runner: OrtStreamer, utterances: Sequence[Utterance], tokens, batch_size: int = 16) -> float | None:
-    """Dev WER (percent) of greedy CTC over the ONNX chunk loop; None when the refs hold no words."""
+    """Dev error rate (percent) of greedy CTC over the ONNX chunk loop: WER, or PER for a phone
+    model (`int8_metric`); None when the refs hold no words."""
     from ekd_compress.evaluate.decode import ctc_greedy_decode
-    from ekd_compress.evaluate.wer import compute_wer
+    from ekd_compress.evaluate.error_rates import error_rate
 
     outs = runner.run_utterances([u.feats for u in utterances], batch_size=batch_size)
     hyps = [tokens.decode(ctc_greedy_decode(lp[: u.feats.shape[0] // runner.subsampling])[0])
             for lp, u in zip(outs, utterances)]
-    wer = compute_wer([u.text for u in utterances], hyps).wer
+    wer = error_rate(int8_metric(tokens), [u.text for u in utterances], hyps, tokens.lexicon).wer
     return None if math.isnan(wer) else float(wer)
+
+
+def int8_metric(tokens) -> str:
+    """The error rate the INT8 check compares: "per" for phone models, else "wer"."""
+    return "per" if tokens.kind == "phone" else "wer"
 
 
 def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int = 200,
@@ -172,7 +178,8 @@ def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str,
     """WER of fp32 vs INT8 through the ONNX chunk loop, and the INT8 speedup per chunk (one thread).
 
     Returns the bundle's `int8` report: {wer_fp32, wer_int8, wer_increase, speedup, method,
-    latency_ms_fp32, latency_ms_int8 (medians, batch 1, one thread), utterances}.
+    latency_ms_fp32, latency_ms_int8 (medians, batch 1, one thread), utterances, metric}; for a
+    phone model the wer_* fields hold phone error rates (metric "per").
     """
     fp32 = OrtStreamer(fp32_path, bundle, threads=1)
     int8 = OrtStreamer(int8_path, bundle, threads=1)
@@ -186,6 +193,7 @@ def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str,
         "wer_fp32": wer_fp32, "wer_int8": wer_int8, "wer_increase": increase,
         "speedup": p50_fp32 / p50_int8 if p50_int8 > 0 else None, "method": method,
         "latency_ms_fp32": p50_fp32, "latency_ms_int8": p50_int8, "utterances": len(utterances),
+        "metric": int8_metric(tokens),
     }
 
 

@@ -152,7 +152,8 @@
   const token = params.get("token");  // /health shows the model only to a client with the token (when one is set)
   fetch("health" + (token ? "?token=" + encodeURIComponent(token) : "")).then((r) => r.json()).then((h) => {
     if (!h.model) return;
-    $("model").textContent = "model: " + h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + "), " + h.chunk_ms + " ms chunks";
+    $("model").textContent = "model: " + h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + "), " + h.chunk_ms + " ms chunks"
+      + (h.output === "phones" ? "; a phone model: the text is ARPAbet phones (e.g. HH AH L OW), not words" : "");
   }).catch(() => {});
   if (params.get("autostart") === "1") start();
 })();
