@@ -56,6 +56,9 @@ class KaldiData:
     train: str = ""
     dev: Optional[str] = None
     dev_speakers: int = 8
+    # internal test split: whole speakers held out of train besides the dev ones (dev carved
+    # from train only); no choice (checkpoints, k, fusion) looks at it, the verdict is read on it
+    test_speakers: int = 0
     audio_root: Optional[str] = None
 
 
@@ -74,6 +77,10 @@ class DataConfig:
     sample_rate: int = 16000       # Hz; audio at other rates is resampled
     text_norm: str = "lower"
     on_error: str = "raise"        # raise | skip (skipped items are counted and reported)
+    # the primary measure: wer | cer | per (phone models: tokens.kind=phone). results.md, the verdict,
+    # checkpoint selection (train.select_on) and the student choice use it. Models choose by it through
+    # train.select_on, so it is left out of the data key.
+    metric: str = field(default="wer", metadata={"hash": False})
     min_duration: float = 0.3      # seconds
     max_duration: float = 20.0
     max_train_utts: Optional[int] = None
@@ -110,8 +117,15 @@ class FeatureConfig:
 
 @dataclass
 class TokenConfig:
-    kind: str = "char"             # char | bpe
+    kind: str = "char"             # char | bpe | phone
     vocab_size: int = 500          # bpe only
+    # phone only: a Kaldi/CMU lexicon `WORD PH1 PH2 ...` (several lines per word allowed; the first
+    # is the training target). Copied (stress-stripped) into the experiment and the exported bundle.
+    # These three join the data key only for phone tokens (distill.py), so char/bpe keys stay as they were.
+    lexicon: Optional[str] = field(default=None, metadata={"hash": False})
+    strip_stress: bool = field(default=True, metadata={"hash": False})   # AH0/AH1 -> AH
+    # training utterances with an out-of-lexicon word: report (counted, listed, left out) | fail
+    oov: str = field(default="report", metadata={"hash": False})
 
 
 @dataclass
@@ -132,8 +146,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 5.0
     patience: int = 5              # early stopping on dev WER, epochs
-    select_on: str = "wer"         # wer | loss (checkpoint selection and early stopping)
-    stop_on: str = "select"        # select (= select_on) | wer | loss: what early stopping watches
+    select_on: str = "wer"         # wer | cer | per (= data.metric) | loss (checkpoint selection and early stopping)
+    stop_on: str = "select"        # select (= select_on) | wer | cer | per | loss: what early stopping watches
     accelerator: str = "auto"      # auto | cpu | gpu
     precision: str = "auto"        # auto = bf16-mixed on CUDA, 32 on CPU
     num_workers: int = 0
@@ -215,9 +229,11 @@ class RecipeError(ValueError):
 _CHOICES = {
     "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),
     "data.on_error": ("raise", "skip"),
-    "tokens.kind": ("char", "bpe"),
-    "train.select_on": ("wer", "loss"),
-    "train.stop_on": ("select", "wer", "loss"),
+    "data.metric": ("wer", "cer", "per"),
+    "tokens.kind": ("char", "bpe", "phone"),
+    "tokens.oov": ("report", "fail"),
+    "train.select_on": ("wer", "cer", "per", "loss"),
+    "train.stop_on": ("select", "wer", "cer", "per", "loss"),
     "distill.mode": ("renorm", "residual", "top_p"),
     "distill.cache": ("disk", "fly"),
 }
@@ -385,8 +401,39 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"data.lazy={r.data.lazy!r} is not one of ['auto', true, false]")
     if r.data.lazy_min_cuts < 0:
         raise RecipeError(f"data.lazy_min_cuts={r.data.lazy_min_cuts}: a number of cuts, >= 0 (0 = always lazy)")
+    _validate_metric(r)
+    if r.data.kaldi.test_speakers < 0 or (r.data.kaldi.test_speakers > 0 and r.data.kaldi.dev):
+        raise RecipeError(f"data.kaldi.test_speakers={r.data.kaldi.test_speakers}: a number of speakers >= 0, carved "
+                          "from train with the dev speakers (so only with data.kaldi.dev=null); list a separate "
+                          "test dir under data.tests instead")
     if r.data.min_duration >= r.data.max_duration:
         raise RecipeError(f"data.min_duration={r.data.min_duration} must be below data.max_duration={r.data.max_duration}")
+
+
+def _validate_metric(r: Recipe) -> None:
+    """tokens.kind, tokens.lexicon, data.metric and train.select_on/stop_on must agree."""
+    phone = r.tokens.kind == "phone"
+    if phone and not r.tokens.lexicon:
+        raise RecipeError("tokens.kind=phone needs tokens.lexicon: a `WORD PH1 PH2 ...` file "
+                          "(e.g. ${data.root}/speechocean762/lexicon.txt)")
+    if not phone and r.tokens.lexicon:
+        raise RecipeError(f"tokens.lexicon={r.tokens.lexicon!r} is only used with tokens.kind=phone; "
+                          "set tokens.kind=phone or remove tokens.lexicon")
+    metric = r.data.metric
+    if phone and metric != "per":
+        raise RecipeError(f"data.metric={metric!r}: a phone model writes phones, not words; use data.metric=per")
+    if not phone and metric == "per":
+        raise RecipeError(f"data.metric=per needs phone tokens (tokens.kind=phone with tokens.lexicon); "
+                          f"with tokens.kind={r.tokens.kind} use wer or cer")
+    for section in ("train", "member_train", "student_train"):
+        t = getattr(r, section)
+        if t is None:
+            continue
+        for key in ("select_on", "stop_on"):
+            value = getattr(t, key)
+            if value in ("wer", "cer", "per") and value != metric:
+                raise RecipeError(f"{section}.{key}={value} but data.metric={metric}: models are chosen on the "
+                                  f"recipe's metric; set {section}.{key}={metric} (or loss)")
 
 
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ekd_compress.spec.lexicon import LEXICON_FILE
 from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
 
 Log = Callable[[str], None]
@@ -43,8 +44,9 @@ def resolve_model_entry(exp_dir: Path, model: str) -> dict[str, Any]:
     raise ValueError(f"no model {model!r} in {exp_dir / 'models.json'}; choose one of {names}")
 
 
-def dev_wer(exp_dir: Path, name: str) -> Optional[float]:
-    """The model's dev WER from EXP/results.json (None when not evaluated yet)."""
+def dev_wer(exp_dir: Path, name: str, metric: str = "wer") -> Optional[float]:
+    """The model's dev WER (or another `metric` of its row: cer, per) from EXP/results.json
+    (None when not evaluated yet, or not defined for the model: a phone model has no WER)."""
     path = exp_dir / "results.json"
     if not path.exists():
         return None
@@ -53,8 +55,8 @@ def dev_wer(exp_dir: Path, name: str) -> Optional[float]:
     except (KeyError, TypeError, json.JSONDecodeError):
         return None
     for row in rows:
-        if row.get("name") == name and isinstance(row.get("wer"), (int, float)):
-            return float(row["wer"])
+        if row.get("name") == name and isinstance(row.get(metric), (int, float)):
+            return float(row[metric])
     return None
 
 
@@ -268,6 +270,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
             "model_mlflow_run_id": meta_run,
             "model_path": entry["path"],
             "dev_wer": dev_wer(exp_dir, entry["name"]),
+            "metric": recipe.data.metric,  # the experiment's primary measure, and its dev value
+            "dev_error": dev_wer(exp_dir, entry["name"], recipe.data.metric),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "ekd_compress_version": ekd_compress.__version__,
         },
@@ -282,6 +286,9 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     log(f"exporting {entry['name']} ({bundle['model']['arch']}, {bundle['model']['params']} parameters) to ONNX")
     export_streaming_onnx(net, staging / ONNX_FILE, metadata)
     shutil.copyfile(exp_dir / "tokens.txt", staging / TOKENS_FILE)
+    if tokens.kind == "phone":  # the phone table decodes only beside its lexicon (TokenTable.load)
+        shutil.copyfile(exp_dir / LEXICON_FILE, staging / LEXICON_FILE)
+        bundle["files"]["lexicon"] = LEXICON_FILE
     if (exp_dir / "bpe.model").exists():
         shutil.copyfile(exp_dir / "bpe.model", staging / "bpe.model")
 

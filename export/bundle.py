@@ -5,13 +5,15 @@
       model.int8.onnx     onnxruntime INT8 model (export --int8)
       model.plan          TensorRT engine, valid only for the GPU and TensorRT version it names (export --trt)
       tokens.txt          `token id` per line, id 0 = CTC blank
+      lexicon.txt         phone models only: `WORD PH1 PH2 ...` (stress-stripped), read with tokens.txt
       bundle.json         everything a runtime needs besides the weights (schema below)
 
 bundle.json (format "ekd-bundle/1"):
 
     format        "ekd-bundle/1"
     model         {name, kind, arch, params, members: null | [member archs]}
-    files         {onnx, int8: str|null, trt: str|null, tokens}: file names inside the bundle
+    files         {onnx, int8: str|null, trt: str|null, tokens, lexicon (phone models only)}: file names
+                  inside the bundle
     features      FeatureSpec.to_dict(): kaldi-native-fbank settings (sample_rate Hz, num_mel_bins, ...)
     streaming     {chunk_frames, subsampling, output_frames_per_chunk, lookahead_frames, frame_shift_ms}
     inputs        {"chunk": {"shape": ["B", chunk_frames, F], "dtype": "float32"}}
@@ -19,10 +21,14 @@ bundle.json (format "ekd-bundle/1"):
                   the initial value of every state is zeros of that shape and dtype
     outputs       {"log_probs": {"shape": ["B", output_frames_per_chunk, "V"], "dtype": "float32"},
                    NAME + "_out": the next value of state NAME, same shape and dtype}
-    vocab_size, blank_id, token_kind ("char" | "bpe")
+    vocab_size, blank_id, token_kind ("char" | "bpe" | "phone": the model writes phone strings,
+                  `HH AH L OW`, decoded through tokens.txt with lexicon.txt beside it)
     provenance    {exp_dir, recipe (recipe.yaml text), mlflow_run_id, dev_wer, created, ekd_compress_version}
+                  (+ metric: the experiment's primary measure, wer | cer | per, and dev_error: its dev
+                  value; dev_wer is null for phone models, which write no words)
     verification  {max_abs_logprob_diff, transcripts_identical, utterances}
-    int8          null | the INT8 gate's report {decision: int8|fp32, reason, method, candidates, ...}
+    int8          null | the INT8 gate's report {decision: int8|fp32, reason, method, metric, candidates, ...}
+                  (phone models: PER in the wer_* fields)
     trt           null | {precision, tensorrt_version, gpu, profiles, ...}
 
 A runtime feeds `chunk` (B, chunk_frames, F) float32 fbank frames plus the states, gets
@@ -154,6 +160,8 @@ def _check_consistency(d: dict[str, Any], errors: list[str]) -> None:
     _check_int8(d, errors)
     if (d["files"]["trt"] is None) != (d["trt"] is None):
         errors.append("files.trt and the trt report must be both set or both null")
+    if d["token_kind"] == "phone" and not isinstance(d["files"].get("lexicon"), str):
+        errors.append("token_kind is 'phone' but files.lexicon is missing: a phone model decodes with its lexicon.txt")
 
 
 def _check_int8(d: dict[str, Any], errors: list[str]) -> None:

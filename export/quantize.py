@@ -142,11 +142,18 @@ def onnx_hyps(runner: OrtStreamer, utterances: Sequence[Utterance], tokens) -> l
 
 
 def onnx_wer(runner: OrtStreamer, utterances: Sequence[Utterance], tokens) -> float | None:
-    """Dev WER (percent) of greedy CTC over the ONNX chunk loop, batch 1; None when the refs hold no words."""
-    from ekd_compress.evaluate.wer import compute_wer
+    """Dev error rate (percent) of greedy CTC over the ONNX chunk loop, batch 1: WER, or PER for a phone
+    model (`int8_metric`); None when the refs hold no words."""
+    from ekd_compress.evaluate.error_rates import error_rate
 
-    wer = compute_wer([u.text for u in utterances], onnx_hyps(runner, utterances, tokens)).wer
+    wer = error_rate(int8_metric(tokens), [u.text for u in utterances], onnx_hyps(runner, utterances, tokens),
+                     tokens.lexicon).wer
     return None if math.isnan(wer) else float(wer)
+
+
+def int8_metric(tokens) -> str:
+    """The error rate the INT8 check compares: "per" for phone models, else "wer"."""
+    return "per" if tokens.kind == "phone" else "wer"
 
 
 def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int = 200,
@@ -187,7 +194,7 @@ def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str,
 
     Returns {wer_fp32, wer_int8, wer_increase, speedup, method, latency_ms_fp32, latency_ms_int8
     (median CPU ms per chunk, batch 1, one thread; speedup is their ratio), wall_ms_fp32,
-    wall_ms_int8 (the same by wall clock), utterances}.
+    wall_ms_int8 (the same by wall clock), utterances}, metric (wer or per: for a phone model the wer_* fields hold phone error rates)}.
     """
     fp32 = OrtStreamer(fp32_path, bundle, threads=1)
     int8 = OrtStreamer(int8_path, bundle, threads=1)
@@ -205,6 +212,7 @@ def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str,
         "latency_ms_fp32": p50_fp32, "latency_ms_int8": p50_int8,
         "wall_ms_fp32": float(np.median(wall["fp32"])), "wall_ms_int8": float(np.median(wall["int8"])),
         "utterances": len(utterances),
+        "metric": int8_metric(tokens),
     }
 
 

@@ -138,6 +138,11 @@ class Bundle:
             tokens = TokenTable.load(path / files["tokens"])
         except ValueError as e:
             raise BundleError(f"{path / files['tokens']}: {e}") from None
+        declared = meta.get("token_kind")
+        if declared in ("char", "bpe", "phone") and declared != tokens.kind:
+            fix = "copy its lexicon.txt beside tokens.txt" if declared == "phone" else "re-export the bundle"
+            raise BundleError(f"{meta_path}: token_kind is {declared!r} but {path / files['tokens']} reads as "
+                              f"{tokens.kind!r} tokens; {fix}")
         if len(tokens) != vocab:
             raise BundleError(f"{path}: tokens.txt has {len(tokens)} tokens but vocab_size is {vocab}; re-export the bundle")
         if blank != 0:

@@ -294,7 +294,8 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 8, blank: int = 0)
 # ----------------------------------------------------------------------------- words
 def words_from_hits(hits: Iterable[TokenHit], tokens: Sequence[str], frame_seconds: float,
                     kind: str = "char") -> list[Word]:
-    """Group token hits into words. char: `|` separates words; bpe: `▁` starts a word."""
+    """Group token hits into words. char: `|` separates words; bpe: `▁` starts a word; phone:
+    each phone is its own entry (a phone model writes no words)."""
     words: list[Word] = []
     cur: list[TokenHit] = []
     text: list[str] = []
@@ -308,7 +309,12 @@ def words_from_hits(hits: Iterable[TokenHit], tokens: Sequence[str], frame_secon
 
     for h in hits:
         piece = tokens[h.id]
-        if kind == "bpe":
+        if kind == "phone":
+            close()
+            cur.append(h)
+            text.append(piece)
+            close()
+        elif kind == "bpe":
             if piece.startswith(BPE_MARK):
                 close()
                 piece = piece[len(BPE_MARK):]

@@ -8,7 +8,8 @@ Endpoints (one port):
     ws://HOST:PORT/         Vosk-compatible protocol (below), what Vosk clients, Asterisk, Jigasi
                             and FreeSWITCH integrations connect to
     GET  /                  (plain HTTP) the browser demo page: microphone -> live text
-    GET  /health            JSON: {"status": "ok", "model", "streams", "max_connections", "rss_mb", ...}
+    GET  /health            JSON: {"status": "ok", "model", "output": "words"|"phones", "streams",
+                            "max_connections", "rss_mb", ...}
                             (only {"status": "ok"} without the token, when one is set)
     GET  /metrics           Prometheus text format (prometheus-client)
     GET  /stats?since=N     JSON: exact per-chunk compute latency quantiles of chunks N.. (bench)
@@ -39,6 +40,11 @@ Native protocol (`/ws`):
               numbers beyond float range (1e400), integers over 4,300 digits, nesting too
               deep. Each such close is logged on one line (code, close code, client
               address), never with a traceback; 1011 is kept for server bugs.
+
+Phone models (a bundle with token_kind "phone", trained with `tokens.kind: phone`) write phones,
+not words: every "text" / "partial" is a phone string such as "HH AH L OW" (ARPAbet from the
+model's lexicon.txt, stress-stripped), and each entry of "words" / "result" is one phone with its
+times and confidence (its "word" field holds the phone). /health says "output": "phones".
 
 Vosk-compatible protocol (`/`): text `{"config": {"sample_rate": 8000}}` (optional, before audio;
 other config keys are accepted and ignored; a repeated config at the same rate keeps the stream

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lhotse import CutSet
 
@@ -15,6 +15,9 @@ from ekd_compress.data.kaldi import load_kaldi_dir
 from ekd_compress.data.text import get_normalizer
 from ekd_compress.recipe import Recipe, RecipeError
 from ekd_compress.spec.tokens import TokenTable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ekd_compress.spec.lexicon import Lexicon
 
 
 def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -84,7 +87,8 @@ def split_by_speaker(cuts: CutSet, n_dev_speakers: int, seed: int) -> tuple[CutS
     speakers = sorted({c.supervisions[0].speaker for c in cuts})
     if n_dev_speakers >= len(speakers):
         raise RecipeError(
-            f"data.kaldi.dev_speakers={n_dev_speakers} but the train set has only {len(speakers)} speakers; lower it"
+            f"{n_dev_speakers} speakers to hold out (data.kaldi.dev_speakers + test_speakers) but the set has only "
+            f"{len(speakers)} speakers; lower them"
         )
     dev_spk = set(random.Random(seed).sample(speakers, n_dev_speakers))
     dev = cuts.filter(lambda c: c.supervisions[0].speaker in dev_spk).to_eager()
@@ -103,6 +107,7 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
     audio_root = Path(d.kaldi.audio_root) if d.kaldi.audio_root else None
     reports: dict[str, str] = {}
 
+    oov = {}
     if d.corpus == "switchboard":
         from ekd_compress.data.switchboard import prepare_switchboard_corpus
 
@@ -114,6 +119,8 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
         train = train.resample(d.sample_rate)
         if d.max_train_utts:
             train = train.subset(first=min(d.max_train_utts, len(train)))
+        if recipe.tokens.kind == "phone":
+            train, oov["train"] = drop_out_of_lexicon(train, load_lexicon(recipe), "train", recipe.tokens.oov, log)
         tokens = build_tokens(recipe, train, exp_dir)
         for name, path in d.tests.items():  # the recipe's extra test sets, scored like eval2000
             tests[name], rep = load_kaldi_dir(Path(path), audio_root=audio_root, **common)
@@ -129,20 +136,28 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
                                         audio_root=audio_root, **common)
             reports[name] = rep.summary()
             train = (train + extra).to_eager()
+        held_test = None
         if "dev" not in splits:
-            train, dev = split_by_speaker(train, d.kaldi.dev_speakers, recipe.seed)
+            n_test = d.kaldi.test_speakers if d.corpus == "kaldi" else 0
+            train, held = split_by_speaker(train, d.kaldi.dev_speakers + n_test, recipe.seed)
+            dev, held_test = split_by_speaker(held, n_test, recipe.seed + 1) if n_test else (held, None)
         if d.max_train_utts:
             train = train.subset(first=min(d.max_train_utts, len(train)))
+        oov: dict[str, Any] = {}
+        if recipe.tokens.kind == "phone":
+            train, oov["train"] = drop_out_of_lexicon(train, load_lexicon(recipe), "train", recipe.tokens.oov, log)
         tokens = build_tokens(recipe, train, exp_dir)
         allowed = tokens.chars or None
         if "dev" not in splits:
+            if tokens.kind == "phone":
+                dev, oov["dev"] = drop_out_of_lexicon(dev, tokens.lexicon, "dev", recipe.tokens.oov, log)
             dev = drop_untokenizable(dev, tokens, d.on_error, log)
         if "dev" in splits:
             dev, rep = load_kaldi_dir(
                 splits["dev"], allowed_chars=allowed, audio_root=audio_root, max_duration=d.max_duration, **common
             )
             reports["dev"] = rep.summary()
-        tests = {}
+        tests = {"test": held_test} if held_test is not None else {}
         for name, path in test_dirs.items():
             # test references are scored as they are: no character filter, nothing skipped for it
             tests[name], rep = load_kaldi_dir(path, audio_root=audio_root, **common)
@@ -162,7 +177,7 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
         "train": str(paths["train"]), "dev": str(paths["dev"]), "tests": test_paths,
         "tokens": str(exp_dir / "tokens.txt"), "vocab_size": len(tokens), "reports": reports,
         "utterances": {"train": len(train), "dev": len(dev), **{k: len(v) for k, v in tests.items()}},
-        "hours": hours,
+        "hours": hours, "oov": oov,
     }
 
 
@@ -174,8 +189,43 @@ def filter_duration(cuts: CutSet, low: float, high: float) -> tuple[CutSet, str]
                   f"dropped {n - k} outside [{low:g}, {high:g}] s"
 
 
+def load_lexicon(recipe: Recipe) -> "Lexicon":
+    """The recipe's pronunciation lexicon (tokens.lexicon), stress digits stripped if tokens.strip_stress."""
+    from ekd_compress.spec.lexicon import Lexicon
+
+    path = Path(recipe.tokens.lexicon or "")
+    if not path.is_file():
+        raise RecipeError(f"tokens.lexicon={recipe.tokens.lexicon!r} is not a file; give a `WORD PH1 PH2 ...` lexicon "
+                          "(set EKD_DATA or --set tokens.lexicon=PATH)")
+    return Lexicon.load(path, strip_stress_digits=recipe.tokens.strip_stress)
+
+
+def drop_out_of_lexicon(cuts: CutSet, lexicon: "Lexicon", split: str, policy: str,
+                        log: Callable[[str], None]) -> tuple[CutSet, dict[str, Any]]:
+    """Phone targets need every word in the lexicon. policy "fail": raise naming the words;
+    "report": leave the utterances out, log and return the counts (never silently).
+
+    Returns (kept cuts, {"utterances": left out, "words": {word: occurrences}}).
+    """
+    texts = {c.id: " ".join(s.text for s in c.supervisions if s.text) for c in cuts}
+    counts = lexicon.oov_counts(texts.values())
+    if not counts:
+        return cuts, {"utterances": 0, "words": {}}
+    bad = {uid for uid, t in texts.items() if any(w not in lexicon for w in t.split())}
+    listing = ", ".join(f"{w} x{n}" for w, n in counts.most_common(10)) + (" ..." if len(counts) > 10 else "")
+    message = (f"{split}: {len(bad)} of {len(texts)} utterances hold {sum(counts.values())} words missing from the "
+               f"lexicon {lexicon.source} ({len(counts)} distinct: {listing})")
+    if policy == "fail":
+        raise ValueError(f"{message}; add them to the lexicon, or set tokens.oov=report to leave those utterances "
+                         "out of training")
+    log(f"WARNING {message}; left out of {split} (tokens.oov=report)")
+    kept = cuts.filter(lambda c: c.id not in bad).to_eager()
+    return kept, {"utterances": len(bad), "words": dict(counts.most_common())}
+
+
 def drop_untokenizable(cuts: CutSet, tokens: TokenTable, on_error: str, log: Callable[[str], None]) -> CutSet:
-    """A dev set carved from train may hold characters the (smaller) train part lacks."""
+    """A dev set carved from train may hold characters the (smaller) train part lacks, or,
+    for phone tokens, words missing from the lexicon."""
     bad = []
     for c in cuts:
         try:
@@ -185,7 +235,8 @@ def drop_untokenizable(cuts: CutSet, tokens: TokenTable, on_error: str, log: Cal
                 raise ValueError(f"dev utterance {c.id}: {e} (or set data.on_error=skip)") from None
             bad.append(c.id)
     if bad:
-        log(f"dev: skipped {len(bad)} utterances with characters unseen in train, e.g. {bad[:3]}")
+        what = "words missing from the lexicon" if tokens.kind == "phone" else "characters unseen in train"
+        log(f"dev: skipped {len(bad)} utterances with {what}, e.g. {bad[:3]}")
     return cuts.filter(lambda c: c.id not in set(bad)).to_eager() if bad else cuts
 
 
@@ -193,6 +244,8 @@ def build_tokens(recipe: Recipe, train: CutSet, exp_dir: Path) -> TokenTable:
     texts = [" ".join(s.text for s in c.supervisions) for c in train]
     if recipe.tokens.kind == "bpe":
         table = TokenTable.build_bpe(texts, recipe.tokens.vocab_size, exp_dir)
+    elif recipe.tokens.kind == "phone":  # save() also writes the (stress-stripped) lexicon.txt beside tokens.txt
+        table = TokenTable.build_phones(load_lexicon(recipe))
     else:
         table = TokenTable.build_chars(texts)
     table.save(exp_dir / "tokens.txt")

@@ -98,7 +98,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     r = recipe
     status = "FINISHED"
     try:
-        ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens)
+        ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens, *lexicon_key(r))
         ctx.data["data"] = runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx))
         feature_cfg = (r.features.num_mel_bins, r.features.frame_length_ms, r.features.frame_shift_ms,
                        r.features.dither, r.features.precompute, "cmvn")
@@ -107,7 +107,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         if stop_after == "features":
             return {}
         # models depend on the training data and features only: test sets may change freely
-        ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg)
+        ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *lexicon_key(r))
 
         train_cfg = r.train
         seeds = list(r.distill.seeds)
@@ -163,7 +163,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         registry = on_main(lambda: prune_registry(exp_dir, expected_models(r)), "pruning models.json")
         if r.distill.student_sizes:  # the compression section joins the key only with a sweep
             ctx.keys["compression"] = config_hash("compression-1", r.distill.compression_rtf_seconds)
-        ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.data["features"])
+        metric = [r.data.metric] if r.data.metric != "wer" else []  # WER experiments keep their key
+        ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.data["features"], *metric)
         results = runner.run("evaluate", ctx.keys["evaluate"], lambda: ST.stage_evaluate(ctx))
         ST.log_report(ctx, results)
         return results
@@ -184,6 +185,17 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
 
 def _quiet(message: str) -> None:
     """The log of ranks other than 0."""
+
+
+def lexicon_key(r: Recipe) -> list[Any]:
+    """What a phone recipe's targets also depend on: the lexicon's content and how it is read
+    (empty for char/bpe tokens, so their keys are as before the lexicon existed)."""
+    if r.tokens.kind != "phone":
+        return []
+    import hashlib
+
+    content = Path(r.tokens.lexicon).read_bytes() if r.tokens.lexicon and Path(r.tokens.lexicon).is_file() else b""
+    return [hashlib.sha256(content).hexdigest()[:12], r.tokens.strip_stress, r.tokens.oov]
 
 
 def trainset_config(r: Recipe) -> Any:

@@ -39,4 +39,5 @@ def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = Non
     recipe = load_recipe(recipe_file)
     cuts = load_eval_cuts(data, recipe, on_error, log)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
-    return evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log)
+    return evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log,
+                               metric=recipe.data.metric)

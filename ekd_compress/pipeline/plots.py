@@ -90,6 +90,13 @@ def plot_coincidence(ax, coincidence: dict[str, Any], threshold: Optional[float]
     ax.set(ylabel="spikes matching the guide (±1 frame)", ylim=(0, 1), title="Spike coincidence with the guide")
 
 
+def _with_metric(results: dict[str, Any], metric: str) -> dict[str, Any]:
+    """A copy of `results` whose model rows carry `metric` under "wer" (labels keep saying WER)."""
+    tests = {t: {**tr, "models": [{**r, "wer": r.get(metric)} for r in tr["models"] if r.get(metric) is not None]}
+             for t, tr in results["tests"].items()}
+    return {**results, "tests": tests}
+
+
 def write_plots(exp_dir: Path, results: dict[str, Any], split: str = "dev", temperature: Optional[float] = None,
                 threshold: Optional[float] = None) -> list[Path]:
     """Draw every plot the results allow into EXP/plots; returns the files written."""
@@ -101,6 +108,9 @@ def write_plots(exp_dir: Path, results: dict[str, Any], split: str = "dev", temp
     plots = Path(exp_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     split = split if split in results["tests"] else next(iter(results["tests"]))
+    metric = results.get("metric", "wer")
+    if metric != "wer":  # phone/character models: the plots read the recipe's metric in the "wer" slot
+        results = _with_metric(results, metric)
     jobs = [("wer_vs_k.png", (6, 4), lambda ax: plot_wer_vs_k(ax, results, split)),
             ("model_wer.png", (6, 0.8 + 0.28 * len(results["tests"][split]["models"])),
              lambda ax: plot_model_wer(ax, results, split))]

@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from ekd_compress.pipeline.plots import write_plots
+from ekd_compress.evaluate.error_rates import LABELS, metric_counts, metric_of
 from ekd_compress.pipeline.stages import write_json_atomic
 
 ORDER = {"member": 0, "ensemble": 1, "baseline": 2, "kd": 3, "student": 4}
 
 
-def seed_spread(rows: list[dict[str, Any]], prefix: str) -> tuple[float, float, int] | None:
-    """(mean, std, n) WER over `prefix` and `prefix_s*` rows."""
-    wers = [r["wer"] for r in rows if r["name"] == prefix or r["name"].startswith(prefix + "_s")]
+def seed_spread(rows: list[dict[str, Any]], prefix: str, metric: str = "wer") -> tuple[float, float, int] | None:
+    """(mean, std, n) of `metric` (percent) over `prefix` and `prefix_s*` rows."""
+    wers = [r[metric] for r in rows if (r["name"] == prefix or r["name"].startswith(prefix + "_s"))
+            and r.get(metric) is not None]
     if not wers:
         return None
     return statistics.mean(wers), (statistics.stdev(wers) if len(wers) > 1 else 0.0), len(wers)
@@ -45,9 +47,10 @@ def legend_markdown() -> str:
     return "What the rows are:\n\n" + "\n".join(f"- `{n}`: {t}" for n, t in LEGEND.items()) + "\n\n"
 
 
-def flagged_seeds(rows: list[dict[str, Any]], prefix: str) -> list[str]:
-    """Seeds of `prefix` whose WER is above DIVERGED_RATIO x the best seed's (diverged or stuck)."""
-    seeds = {r["name"]: r["wer"] for r in rows if r["name"] == prefix or r["name"].startswith(prefix + "_s")}
+def flagged_seeds(rows: list[dict[str, Any]], prefix: str, metric: str = "wer") -> list[str]:
+    """Seeds of `prefix` whose `metric` is above DIVERGED_RATIO x the best seed's (diverged or stuck)."""
+    seeds = {r["name"]: r[metric] for r in rows if (r["name"] == prefix or r["name"].startswith(prefix + "_s"))
+             and r.get(metric) is not None}
     if len(seeds) < 2:
         return []
     best = min(seeds.values())
@@ -60,11 +63,20 @@ def markdown_table(results: dict[str, Any], temperature: float | None = None) ->
     names = [r["name"] for r in sorted(first, key=lambda r: (ORDER[r["kind"]], r["name"]))]
     by = {t: {r["name"]: r for r in results["tests"][t]["models"]} for t in tests}
     secs = results.get("train_seconds", {})
-    head = "| model | kind | params | " + " | ".join(f"{t} WER % (S/D/I)" for t in tests) + " | RTF | train s |"
+    metric = results.get("metric", "wer")
+    label = LABELS[metric]
+    head = "| model | kind | params | " + " | ".join(f"{t} {label} % (S/D/I)" for t in tests) + " | RTF | train s |"
     lines = [head, "|" + " --- |" * (5 + len(tests))]
+
+    def cell(row: dict[str, Any]) -> str:
+        value, counts = metric_of(row, metric), metric_counts(row, metric)
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}" + (f" ({counts[0]}/{counts[1]}/{counts[2]})" if counts else "")
+
     for n in names:
         r0 = by[tests[0]][n]
-        cells = [f"{by[t][n]['wer']:.2f} ({by[t][n]['sub']}/{by[t][n]['del']}/{by[t][n]['ins']})" for t in tests]
+        cells = [cell(by[t][n]) for t in tests]
         train_s = f"{secs[n]:.0f}" if n in secs else ""
         shown = f"{n} (= {student_source(results)})" if n == "student" and student_source(results) else n
         lines.append(f"| {shown} | {r0['kind']} | {r0['params']:,} | " + " | ".join(cells) + f" | {r0['rtf']:.4f} | {train_s} |")
@@ -73,13 +85,13 @@ def markdown_table(results: dict[str, Any], temperature: float | None = None) ->
     for prefix in ("baseline", "student"):
         cells = []
         for t in tests:
-            s = seed_spread(results["tests"][t]["models"], prefix)
-            bad = flagged_seeds(results["tests"][t]["models"], prefix)
+            s = seed_spread(results["tests"][t]["models"], prefix, metric)
+            bad = flagged_seeds(results["tests"][t]["models"], prefix, metric)
             flags += [f"{t}: {b}" for b in bad]
             cells.append((f"{s[0]:.2f} ± {s[1]:.2f} (n={s[2]})" if s else "")
                          + (f" ⚠ {', '.join(b.split()[0] for b in bad)}" if bad else ""))
         spread.append(f"| {prefix} | " + " | ".join(cells) + " |")
-    out += ["Seed spread (mean ± std of WER %):", "", "| model | " + " | ".join(tests) + " |",
+    out += [f"Seed spread (mean ± std of {label} %):", "", "| model | " + " | ".join(tests) + " |",
             "|" + " --- |" * (1 + len(tests)), *spread, ""]
     if flags:
         out += [f"⚠ Seeds with WER above {DIVERGED_RATIO}x the best seed's (diverged or stuck on the blank "
@@ -106,10 +118,15 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     exp_dir = Path(exp_dir)
     split = verdict_split(results["tests"])
     dev = results["tests"].get("dev", {}).get("models")
-    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev)
+    metric = results.get("metric", "wer")
+    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev, metric)
                           for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""
+    oov = {split: o for split, o in (results.get("oov") or {}).items() if o.get("utterances")}
+    for split, o in oov.items():
+        guide += (f"Out-of-lexicon words: {o['utterances']} {split} utterances left out "
+                  f"({', '.join(f'{w} x{n}' for w, n in list(o['words'].items())[:10])}).\n\n")
     ens = results.get("ensemble") or {}
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "

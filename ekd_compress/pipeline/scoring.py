@@ -94,31 +94,37 @@ def decode_cuts(
 def score_model(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain"
 ) -> dict[str, Any]:
-    """{wer, sub, del, ins, words, rtf} (+ {"subsets": ...} for Switchboard scoring)."""
-    from ekd_compress.evaluate.wer import compute_wer
+    """{wer, sub, del, ins, words, cer, cer_counts, rtf} (+ per, per_counts for phone models;
+    + {"subsets": ...} for Switchboard scoring). See ekd_compress.evaluate.error_rates."""
+    from ekd_compress.evaluate.error_rates import score_texts
 
     ids, refs, hyps, audio, compute = decode_cuts(model, cuts, tokens, spec)
-    result = compute_wer(refs, hyps).to_dict()
-    if scoring == "swbd":
+    result = score_texts(refs, hyps, tokens.kind, tokens.lexicon)
+    if scoring == "swbd" and tokens.kind != "phone":
         from ekd_compress.evaluate.swbd import score_eval2000
 
         subsets = score_eval2000(ids, refs, hyps)
-        result = {**subsets["all"], "subsets": {k: subsets[k] for k in ("swbd", "callhome")}}
+        result = {**result, **subsets["all"], "subsets": {k: subsets[k] for k in ("swbd", "callhome")}}
     result["rtf"] = compute / max(audio, 1e-9)
     return result
 
 
 def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts: CutSet, data_name: str,
-                 tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log=print) -> dict[str, Any]:
-    """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object."""
+                 tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log=print,
+                 metric: str = "wer") -> dict[str, Any]:
+    """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object:
+    {"data", "metric" (the recipe's primary measure), "models": [row per model]}."""
+    from ekd_compress.evaluate.error_rates import LABELS
     from ekd_compress.models import count_parameters
 
     rows = []
     for name, (entry, model) in models.items():
         res = score_model(model, cuts, tokens, spec, scoring)
-        log(f"  {data_name:>12} {name:<26} WER {res['wer']:6.2f}%  RTF {res['rtf']:.4f}")
+        value = res.get(metric)
+        shown = f"{value:6.2f}%" if value is not None else "   n/a "
+        log(f"  {data_name:>12} {name:<26} {LABELS[metric]} {shown}  RTF {res['rtf']:.4f}")
         rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model), **res})
-    return {"data": data_name, "models": rows}
+    return {"data": data_name, "metric": metric, "models": rows}
 
 
 def load_registered(exp_dir: Path, names: Optional[list[str]] = None) -> dict[str, tuple[dict[str, Any], torch.nn.Module]]:
@@ -133,8 +139,8 @@ def load_registered(exp_dir: Path, names: Optional[list[str]] = None) -> dict[st
 
 def evaluate_experiment(
     exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
-    names: Optional[list[str]] = None, log=print,
+    names: Optional[list[str]] = None, log=print, metric: str = "wer",
 ) -> dict[str, Any]:
     """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
     tokens = TokenTable.load(Path(exp_dir) / "tokens.txt")
-    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log)
+    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric)

@@ -176,7 +176,8 @@ def _fit_once(ctx, name, kind, arch, params, mode, seed, train_cfg, beta, k, ess
     dev_loader = make_loader(ctx.cuts("dev"), dev_ds, train_cfg.max_duration, shuffle=False, **ranks)
     steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, ctx.tokens, train_cfg, r.features.specaugment, mode=mode, beta=beta,
-                       distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps)
+                       distill=r.distill if mode == "essence" else None, k=k, teacher=teacher, steps_per_epoch=steps,
+                       metric=r.data.metric)
     run_params = {"name": name, "kind": kind, "arch": arch, "mode": mode, "seed": seed, "beta": beta, "k": k,
                   "params": params, "train": dataclasses.asdict(train_cfg)}
     with ctx.tracker.child(name, run_params) as run:
@@ -333,8 +334,12 @@ def stage_ensemble(ctx) -> dict[str, Any]:
 
 def _dev_outputs(ctx, members: list[Path]):
     """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the dev set, for the fusion searches
-    of ekd_compress.ensemble.tune."""
+    of ekd_compress.ensemble.tune. refs and decoded hypotheses are in the units of the recipe's
+    metric (words, characters or phones), so the searches' "WER" is that metric."""
     from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.evaluate.error_rates import units_for
+
+    metric = ctx.recipe.data.metric
 
     dev = ctx.cuts("dev")
     outputs, refs = [], {}
@@ -348,9 +353,11 @@ def _dev_outputs(ctx, members: list[Path]):
     ids = sorted(refs)
 
     def decode(lp):
-        return ctx.tokens.decode(ctc_greedy_decode(lp[None])[0])
+        text = ctx.tokens.decode(ctc_greedy_decode(lp[None])[0])
+        return units_for(metric, [""], [text], ctx.tokens.lexicon)[1][0]
 
-    return [[o[u] for u in ids] for o in outputs], [refs[u] for u in ids], decode
+    ref_units = units_for(metric, [refs[u] for u in ids], [""] * len(ids), ctx.tokens.lexicon)[0]
+    return [[o[u] for u in ids] for o in outputs], ref_units, decode
 
 
 def teacher_path(ctx) -> Path:

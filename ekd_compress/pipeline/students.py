@@ -142,7 +142,8 @@ def run_students(ctx, runner, teacher_key: str) -> None:
 
     chosen = min(ks, key=lambda k: rows[k][1]["best_dev"]) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
-    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f})")
+    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f}; "
+            f"the recipe's metric is {r.data.metric})")
     from ekd_compress.train.distributed import on_main
 
     on_main(lambda: register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=res.get("seed", seeds[0]),
@@ -173,10 +174,12 @@ def stage_evaluate(ctx) -> dict[str, Any]:
 
     scoring = "swbd" if ctx.recipe.data.corpus == "switchboard" else "plain"
     models = load_registered(ctx.exp_dir)  # loaded once, scored on every set
-    tests = {name: score_models(models, ctx.cuts(split), name, ctx.tokens, ctx.spec, scoring, ctx.log)
+    metric = ctx.recipe.data.metric
+    tests = {name: score_models(models, ctx.cuts(split), name, ctx.tokens, ctx.spec, scoring, ctx.log, metric)
              for name, split in test_sets(ctx).items()}
     registry = [entry for entry, _ in models.values()]
     results = {
+        "metric": metric,
         "tests": tests,
         "chosen_k": ctx.data.get("chosen_k"),
         "coincidence": ctx.data.get("coincide", {}),
@@ -187,6 +190,7 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "guide": ctx.data.get("guide"),
         "ensemble": {k: v for k, v in ctx.data.get("ensemble", {}).items() if k != "grid"},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
+        "oov": ctx.data["data"].get("oov", {}),
     }
     if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
         results["compression"] = _compression(ctx, models, tests)
@@ -227,8 +231,11 @@ def log_report(ctx, results: dict[str, Any]) -> None:
     if not dist_info().is_main:
         return
     print((ctx.exp_dir / "results.md").read_text())
+    metric = results.get("metric", "wer")
     for test_name, t in results["tests"].items():
-        ctx.tracker.log_metrics({f"{test_name}_wer_{row['name']}": row["wer"] for row in t["models"]}, step=0)
-    for f in ("results.json", "results.md", "recipe.yaml", "models.json", "tokens.txt"):
-        ctx.tracker.log_artifact(ctx.exp_dir / f)
+        ctx.tracker.log_metrics({f"{test_name}_{metric}_{row['name']}": row[metric] for row in t["models"]
+                                 if row.get(metric) is not None}, step=0)
+    for f in ("results.json", "results.md", "recipe.yaml", "models.json", "tokens.txt", "lexicon.txt"):
+        if (ctx.exp_dir / f).exists():
+            ctx.tracker.log_artifact(ctx.exp_dir / f)
     ctx.tracker.log_artifacts(ctx.exp_dir / "plots")

@@ -1,9 +1,14 @@
-"""Token tables: characters or sentencepiece BPE, written as `tokens.txt`.
+"""Token tables: characters, sentencepiece BPE or lexicon phones, written as `tokens.txt`.
 
 `tokens.txt` has one `token id` pair per line (the k2/sherpa convention); id 0 is the
 CTC blank `<blk>`. Character tables spell the word boundary as `|`; BPE tables use
 sentencepiece pieces (word starts marked `▁`) and keep the `.model` file beside
-`tokens.txt` for encoding. Decoding needs only `tokens.txt`, so serving stays light.
+`tokens.txt` for encoding. Phone tables (`kind="phone"`) hold the phones of a
+pronunciation lexicon, no word boundary, and keep `lexicon.txt` beside `tokens.txt`:
+text is encoded word by word through each word's first pronunciation
+(`ekd_compress.spec.lexicon`), and decoded ids are phone strings such as `HH AH L OW`.
+`TokenTable.load` recognises a phone table by `lexicon.txt` beside a table without `|`.
+Decoding needs only the files beside `tokens.txt`, so serving stays light.
 """
 from __future__ import annotations
 
@@ -11,17 +16,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ekd_compress.spec.lexicon import LEXICON_FILE, Lexicon
+
 BLANK = "<blk>"
 SPACE = "|"
 BPE_MARK = "\u2581"  # ▁
 
 
 class TokenTable:
-    """Maps text <-> token ids. kind is "char" or "bpe"."""
+    """Maps text <-> token ids. kind is "char", "bpe" or "phone" (phone tables need `lexicon`)."""
 
-    def __init__(self, tokens: Sequence[str], kind: str = "char", sp_model: Path | None = None) -> None:
-        if kind not in ("char", "bpe"):
-            raise ValueError(f"tokens kind {kind!r} is unknown; use 'char' or 'bpe'")
+    KINDS = ("char", "bpe", "phone")
+
+    def __init__(self, tokens: Sequence[str], kind: str = "char", sp_model: Path | None = None,
+                 lexicon: Lexicon | None = None) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"tokens kind {kind!r} is unknown; use one of {list(self.KINDS)}")
+        if kind == "phone" and lexicon is None:
+            raise ValueError("a phone token table needs its lexicon (lexicon.txt beside tokens.txt)")
         if not tokens or tokens[0] != BLANK:
             raise ValueError(f"token 0 must be the blank {BLANK!r}, got {tokens[:1]}")
         if len(set(tokens)) != len(tokens):
@@ -30,6 +42,7 @@ class TokenTable:
         self.tokens = list(tokens)
         self.kind = kind
         self.sp_model = Path(sp_model) if sp_model else None
+        self.lexicon = lexicon
         self._index = {t: i for i, t in enumerate(self.tokens)}
         self._sp = None
 
@@ -60,11 +73,23 @@ class TokenTable:
         tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
         return cls(tokens, "bpe", out_dir / "bpe.model")
 
+    @classmethod
+    def build_phones(cls, lexicon: Lexicon) -> "TokenTable":
+        """Phone table: blank + every phone of the lexicon, sorted (no word boundary token)."""
+        phones = lexicon.phones
+        reserved = {BLANK, SPACE} & set(phones)
+        if reserved:
+            raise ValueError(f"lexicon {lexicon.source} uses the reserved token(s) {sorted(reserved)} as phones; rename them")
+        return cls([BLANK, *phones], "phone", lexicon=lexicon)
+
     # --------------------------------------------------------------------- I/O
     def save(self, path: Path) -> Path:
+        """Write `tokens.txt` (and, for phone tables, `lexicon.txt` beside it)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{t} {i}\n" for i, t in enumerate(self.tokens)))
+        if self.kind == "phone":
+            self.lexicon.save(path.parent / LEXICON_FILE)
         return path
 
     @classmethod
@@ -77,6 +102,14 @@ class TokenTable:
                 raise ValueError(f"{path}:{n}: expected 'TOKEN {len(tokens)}', got {line!r}")
             tokens.append(parts[0])
         sp_model = path.parent / "bpe.model"
+        lexicon_file = path.parent / LEXICON_FILE
+        if lexicon_file.exists() and SPACE not in tokens and not sp_model.exists():
+            lexicon = Lexicon.load(lexicon_file)
+            missing = sorted(set(lexicon.phones) - set(tokens))
+            if missing:
+                raise ValueError(f"{lexicon_file} uses phones {missing[:10]} that {path} lacks; "
+                                 "copy the tokens.txt and lexicon.txt of one experiment together")
+            return cls(tokens, "phone", lexicon=lexicon)
         kind = "bpe" if sp_model.exists() or any(t.startswith(BPE_MARK) for t in tokens) else "char"
         return cls(tokens, kind, sp_model if sp_model.exists() else None)
 
@@ -90,9 +123,18 @@ class TokenTable:
         return {t for t in self.tokens[2:] if len(t) == 1} | {" "} if self.kind == "char" else set()
 
     def encode(self, text: str) -> list[int]:
-        """Text (normalised words separated by single spaces) -> token ids (no blanks)."""
+        """Text (normalised words separated by single spaces) -> token ids (no blanks).
+
+        Phone tables: the first pronunciation of each word; a word missing from the lexicon
+        raises ValueError naming it."""
         if self.kind == "bpe":
             return list(self._processor().encode(text))
+        if self.kind == "phone":
+            phones, oov = self.lexicon.transcribe(text)
+            if oov:
+                raise ValueError(f"words {oov} of {text!r} are not in the lexicon; add them to it "
+                                 "(or set tokens.oov=report to leave such utterances out of training)")
+            return [self._index[p] for p in phones]
         ids = []
         for c in " ".join(text.split()):
             key = SPACE if c == " " else c
@@ -102,8 +144,10 @@ class TokenTable:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Token ids (blanks and repeats already removed) -> text."""
+        """Token ids (blanks and repeats already removed) -> text (phone tables: phones separated by spaces)."""
         pieces = [self.tokens[i] for i in ids if i != 0]
+        if self.kind == "phone":
+            return " ".join(pieces)
         if self.kind == "bpe":
             return " ".join("".join(pieces).replace(BPE_MARK, " ").split())
         return " ".join("".join(pieces).replace(SPACE, " ").split())

@@ -144,16 +144,17 @@ def fit_model(
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    monitor = "dev_wer" if cfg.select_on == "wer" else "dev_loss"
+    monitor = f"dev_{cfg.select_on}"  # dev_wer | dev_cer | dev_per (logged by the module) | dev_loss
     stop = cfg.select_on if cfg.stop_on == "select" else cfg.stop_on  # WER sits at ~100 % while early models still learn
-    stop_monitor = "dev_wer" if stop == "wer" else "dev_loss"
+    stop_monitor = f"dev_{stop}"
+    metric_key = f"dev_{getattr(module, 'metric', 'wer')}"
     name = name_of(out_dir, extra_meta)
     best_cb = EpochCheckpoint(name, log, dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
     callbacks = [best_cb, EarlyStopping(monitor=stop_monitor, mode="min", patience=cfg.patience), RngState()]
     if watchdog:
         from ekd_compress.train.watchdog import ConvergenceWatchdog
 
-        callbacks.append(ConvergenceWatchdog({int(e): float(w) for e, w in cfg.watchdog}, seed))
+        callbacks.append(ConvergenceWatchdog({int(e): float(w) for e, w in cfg.watchdog}, seed, monitor=metric_key))
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}

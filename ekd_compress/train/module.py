@@ -7,7 +7,8 @@ Three objectives, chosen by `mode`:
   essence : lam * CTC + (1 - lam) * T^2 * KL(essence || student) (arXiv 1906.10834),
             targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or computed
             on the fly from a frozen teacher.
-Validation decodes greedily and logs `dev_wer` (percent), `dev_loss` (CTC) and `dev_blank`
+Validation decodes greedily and logs the recipe's error rate `dev_<metric>` (`dev_wer`, `dev_cer`
+or `dev_per`, percent; see ekd_compress.evaluate.error_rates), `dev_loss` (CTC) and `dev_blank`
 (share of dev utterances decoded as empty, read by the convergence watchdog) per epoch.
 Under data-parallel training each rank scores its share of the dev set; the per-utterance
 results are gathered (an utterance lhotse repeated to even out the ranks counts once), so
@@ -22,7 +23,7 @@ import lightning as L
 import torch
 
 from ekd_compress.evaluate.decode import ctc_greedy_decode
-from ekd_compress.evaluate.wer import compute_wer
+from ekd_compress.evaluate.error_rates import METRICS, error_rate
 from ekd_compress.features.specaug import SpecAugment
 from ekd_compress.losses.ctc import CTCLoss
 from ekd_compress.losses.essence import EssenceKDLoss
@@ -46,10 +47,15 @@ class AsrModule(L.LightningModule):
         k: Optional[int] = None,
         teacher: Optional[torch.nn.Module] = None,
         steps_per_epoch: int = 1,
+        metric: str = "wer",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"training mode {mode!r} is unknown; use one of {MODES}")
+        if metric not in METRICS or (metric == "per") != (tokens.kind == "phone"):
+            raise ValueError(f"metric {metric!r} does not fit {tokens.kind} tokens; phone tokens are scored on 'per', "
+                             "character and BPE tokens on 'wer' or 'cer'")
+        self.metric = metric
         if mode == "essence" and distill is None:
             raise ValueError("mode='essence' needs the distill settings")
         self.model = model
@@ -126,10 +132,10 @@ class AsrModule(L.LightningModule):
         if not scored:
             return
         rows = [scored[u] for u in sorted(scored)]
-        wer = compute_wer([r for r, _, _ in rows], [h for _, h, _ in rows]).wer
+        rate = error_rate(self.metric, [r for r, _, _ in rows], [h for _, h, _ in rows], self.tokens.lexicon).wer
         dev_loss = sum(loss for _, _, loss in rows) / len(rows)
         blank = sum(1 for _, hyp, _ in rows if not hyp.strip()) / len(rows)  # empty outputs: the blank plateau
-        self.log("dev_wer", wer, prog_bar=True)
+        self.log(f"dev_{self.metric}", rate, prog_bar=True)
         self.log("dev_loss", dev_loss, prog_bar=True)
         self.log("dev_blank", blank)
 

@@ -8,7 +8,7 @@ budget and then reports a failed model as a seed. The watchdog looks at the end 
 epoch listed in its checks [(epoch, max dev WER %), ...] at the dev metrics the module logged:
 
   dev_blank  share of dev utterances whose greedy output is empty (1.0 = all blank)
-  dev_wer    dev WER, percent
+  dev_wer    dev WER, percent (or the recipe's metric, `dev_cer` / `dev_per`: `monitor`)
 
 and raises `StalledRun` when dev_blank is 1.0 or dev_wer is above that epoch's bound. The caller
 (`pipeline.stage_impl.stage_train`) restarts the run with the next seed and records the
@@ -54,19 +54,19 @@ class ConvergenceWatchdog(L.Callback):
     dev output is all blank or the dev WER is above the bound. Runs after validation
     (`on_train_epoch_end`)."""
 
-    def __init__(self, checks: dict[int, float], seed: int) -> None:
+    def __init__(self, checks: dict[int, float], seed: int, monitor: str = "dev_wer") -> None:
         if not checks or min(checks) < 1:
             raise ValueError(f"watchdog checks={checks}: give epochs >= 1 (no checks means no watchdog: do not add one)")
-        self.checks, self.seed = dict(checks), seed
+        self.checks, self.seed, self.monitor = dict(checks), seed, monitor
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         if epoch not in self.checks:
             return
         m = trainer.callback_metrics
-        if "dev_wer" not in m or "dev_blank" not in m:
+        if self.monitor not in m or "dev_blank" not in m:
             return  # no validation ran this epoch: nothing to judge
-        attempt = judge(float(m["dev_wer"]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch)
+        attempt = judge(float(m[self.monitor]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch)
         if attempt is not None:
             raise StalledRun(attempt)
 

@@ -249,11 +249,12 @@
         if (!h.model) { $("model").textContent = "(details need the token: add ?token=… to the address)"; return null; }
         window.ekd.info = h;
         $("model").textContent = h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + ", " + h.chunk_ms + " ms chunks"
-          + (h.dev_wer != null ? ", dev WER " + h.dev_wer + " %" : "") + ")";
+          + (h.dev_wer != null ? ", dev WER " + h.dev_wer + " %" : "") + ")"
+          + (h.output === "phones" ? "; a phone model: the text is ARPAbet phones (e.g. HH AH L OW), not words" : "");
         $("rate").textContent = (h.sample_rate / 1000) + " kHz (audio is resampled to it before sending)";
         $("language").textContent = h.language || "not recorded in the bundle";
         const v = h.vocabulary || [];
-        $("vocab").textContent = v.length + (h.token_kind === "bpe" ? " word pieces: " : " characters: ") + v.join(" ");
+        $("vocab").textContent = v.length + (h.token_kind === "bpe" ? " word pieces: " : h.token_kind === "phone" ? " phones: " : " characters: ") + v.join(" ");
         return h;
       }).catch(() => null);
     }

@@ -129,8 +129,10 @@ def test_evaluate_command_json(exp):
     assert out["data"] == str(data_dir)
     kinds = {m["kind"] for m in out["models"]}
     assert kinds == {"member", "ensemble", "baseline", "kd", "student"}
+    assert out["metric"] == "wer"  # the recipe's primary measure (data.metric, default wer)
     for m in out["models"]:
         assert set(m) >= {"name", "kind", "params", "wer", "sub", "del", "ins", "words", "rtf"}
+        assert m["cer"] is not None and m["cer_counts"]["units"] > 0 and "per" not in m  # characters, no phones
 
 
 def test_evaluate_rejects_non_experiment(tmp_path):

@@ -1,0 +1,114 @@
+"""A phone model end to end after training: its experiment scores PER (`evaluate --json`),
+its bundle carries the lexicon, and the torch-free runtime reads it back and writes phones."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import NUM_BINS, SAMPLE_RATE, TEXTS, write_dev_set
+
+from ekd_compress.spec.lexicon import Lexicon
+
+LEXICON = "ONE W AH1 N\nTWO T UW1\nTHREE TH R IY1\nFOUR F AO1 R\nFIVE F AY1 V\nSIX S IH1 K S\n" \
+          "SEVEN S EH1 V AH0 N\nEIGHT EY1 T\nNINE N AY1 N\nZERO Z IH1 R OW0\nZERO Z IY1 R OW0\n"
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def phone_exp(tmp_path_factory) -> Path:
+    """EXP with a phone recipe (tokens.kind=phone, data.metric=per), a tiny TDNN student and a dev set."""
+    from ekd_compress.pipeline.scoring import register_model
+    from ekd_compress.recipe import load_recipe, save_recipe
+    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.train.fit import build, save_model
+
+    root = tmp_path_factory.mktemp("phone")
+    (root / "lexicon.txt").write_text(LEXICON)
+    exp = root / "exp"
+    recipe = load_recipe(None, ["tokens.kind=phone", f"tokens.lexicon={root / 'lexicon.txt'}", "data.metric=per",
+                                "train.select_on=per", f"features.num_mel_bins={NUM_BINS}",
+                                f"data.sample_rate={SAMPLE_RATE}", "tracking.enabled=false"])
+    save_recipe(recipe, exp / "recipe.yaml")
+    tokens = TokenTable.build_phones(Lexicon.load(root / "lexicon.txt"))
+    tokens.save(exp / "tokens.txt")
+    torch.manual_seed(0)
+    model = build("tdnn", NUM_BINS, len(tokens), {"hidden": 32, "layers": 2}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # peaky outputs, so the transcripts hold phones
+    path = save_model(model, exp / "models" / "student" / "model.pt", {"name": "student", "kind": "student"})
+    register_model(exp, "student", "student", path)
+    write_dev_set(exp)
+    return exp
+
+
+def test_phone_experiment_evaluates_on_per(phone_exp):
+    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+
+    out = evaluate_on_data(phone_exp, phone_exp / "features" / "dev_cuts.jsonl.gz", log=quiet)
+    assert out["metric"] == "per"
+    row = out["models"][0]
+    assert row["wer"] is None and row["cer"] is None and {"sub", "del", "ins", "words", "rtf"} <= set(row)
+    # the dev texts are digit words; their first pronunciations give the reference phones
+    lex = Lexicon.load(phone_exp / "lexicon.txt")
+    units = sum(len(lex.transcribe(t)[0]) for t in TEXTS)
+    assert row["per_counts"]["units"] == units and row["per_counts"]["oov_words"] == 0
+    c = row["per_counts"]
+    assert row["per"] == pytest.approx(100.0 * (c["sub"] + c["del"] + c["ins"]) / units)
+    json.dumps(out, allow_nan=False)  # null, not NaN: valid JSON
+
+
+def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
+    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.features.fbank import feature_spec
+    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.recipe import load_recipe
+    from ekd_compress.spec.tokens import TokenTable
+    from export.api import export_bundle, load_dev_utterances
+    from export.bundle import read_bundle
+    from serve.bundle import Bundle
+    from serve.runtime import Recognizer
+
+    out = export_bundle(phone_exp, model="student", out_dir=tmp_path / "bundle", verify_utterances=3, log=quiet)
+    meta = read_bundle(out)
+    assert meta["token_kind"] == "phone" and meta["files"]["lexicon"] == "lexicon.txt"
+    assert meta["provenance"]["metric"] == "per" and meta["provenance"]["dev_wer"] is None
+    assert (out / "lexicon.txt").read_text() == (phone_exp / "lexicon.txt").read_text()
+    assert "ZERO Z IH R OW\nZERO Z IY R OW\n" in (out / "lexicon.txt").read_text()  # stress stripped, variants kept
+
+    b = Bundle.load(out)
+    assert b.tokens.kind == "phone" and b.tokens.tokens == TokenTable.load(phone_exp / "tokens.txt").tokens
+    # the runtime's offline transcript of each dev utterance is the torch model's greedy phone string
+    import soundfile as sf
+
+    recipe = load_recipe(phone_exp / "recipe.yaml")
+    model = load_any(phone_exp / "models" / "student" / "model.pt")
+    dev = load_dev_utterances(phone_exp, feature_spec(recipe.features, recipe.data.sample_rate), 3)
+    rec = Recognizer(out)
+    phones = set(b.tokens.tokens[1:])
+    nonempty = 0
+    for i, u in enumerate(dev):
+        with torch.no_grad():
+            lp, n = model(torch.from_numpy(u.feats)[None], torch.tensor([u.feats.shape[0]]))
+        expected = b.tokens.decode(ctc_greedy_decode(lp, n)[0])
+        audio, sr = sf.read(phone_exp / "audio" / f"utt{i}.wav", dtype="float32")
+        segs = rec.recognize(audio, sr)
+        text = " ".join(s.text for s in segs if s.text)
+        assert text == expected
+        assert set(text.split()) <= phones
+        words = [w.word for s in segs for w in s.words]
+        assert words == text.split()  # one entry per phone
+        nonempty += bool(text)
+    assert nonempty > 0
+
+    # a phone bundle without its lexicon is refused with the fix
+    (out / "lexicon.txt").unlink()
+    from serve.bundle import BundleError
+
+    with pytest.raises(BundleError, match="lexicon"):
+        Bundle.load(out)
