@@ -60,7 +60,7 @@ def test_verdict_and_results_table_read_the_recipes_metric(tmp_path):
     assert "Verdict on `test`: PER %" in md and "| claim | PER | vs |" in md
     assert "| student vs ensemble | 30.00 | 36.00 | 0.833 |" in md
     table = markdown_table(results)
-    assert "dev PER % (S/D/I)" in table and "| student | student | 1 | 30.00 (1/2/3) |" in table
+    assert "dev PER % (S/D/I)" in table and "| student (= essence_k1) | student | 1 | 30.00 (1/2/3) |" in table
     assert "Seed spread (mean ± std of PER %)" in table
 
 
