@@ -1,39 +1,41 @@
 #!/usr/bin/env bash
 # Mutation testing of the core modules (issue 17) with mutmut 3; see docs/mutation.md.
 #
-#   tools/mutation.sh                 every stage below, then the summary table
-#   tools/mutation.sh losses export   only those stages (losses, ensemble, export, models)
-#   tools/mutation.sh summary         only the table (from the results in mutants/)
+#   tools/mutation.sh                   every stage (losses ensemble export models), then the table
+#   tools/mutation.sh losses export     only those stages
+#   tools/mutation.sh losses -- NAME..  re-check the named mutants of one stage (after adding tests)
+#   tools/mutation.sh summary           only the table (from the results kept in build/mutation/)
 #
-# Config: [tool.mutmut] in pyproject.toml (files to mutate, test selection). mutmut copies
-# ekd_compress/ and export/ into mutants/ (git-ignored) and runs the tests from there; results
-# persist in mutants/*.meta, so a stage that was interrupted resumes where it stopped, and
-# `mutmut run NAME...` re-checks named mutants. Needs `pip install mutmut` (tested: 3.8.1).
-# One worker, lowest priority: this shares small CPU machines with training jobs.
+# Scope, test selection and the table: tools/mutation.py. Every stage runs mutmut in its own
+# work folder build/mutation/STAGE/ (git-ignored); results persist in its mutants/*.meta, so an
+# interrupted stage resumes where it stopped. Needs `pip install mutmut` (tested with 3.8.1).
+# One worker at the lowest priority: this shares small CPU machines with training jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-# the tests must import this checkout (mutmut puts mutants/ first on sys.path), not an
-# editable install of another tree; one thread per process
-export PYTHONPATH="$ROOT" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-MM=(nice -n 19 mutmut run --max-children 1)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-
-stage() {
-  case "$1" in
-    losses|ensemble|export|models)
-      # the stage's mutant name patterns (scope) live in tools/mutation_summary.py
-      mapfile -t patterns < <(python tools/mutation_summary.py --patterns "$1")
-      "${MM[@]}" "${patterns[@]}" ;;
-    summary)  ;;
-    *) echo "unknown stage $1 (losses, ensemble, export, models, summary)" >&2; exit 2 ;;
-  esac
+run_stage() {  # run_stage STAGE [mutant names...]
+  local stage=$1; shift
+  local work; work=$(python tools/mutation.py setup "$stage")
+  local names=("$@")
+  [ ${#names[@]} -eq 0 ] && mapfile -t names < <(python tools/mutation.py patterns "$stage")
+  # PYTHONPATH = the work folder, which mutmut drops from sys.path in favour of its mutants/
+  # copy; without it an editable install of another checkout could be imported instead
+  (cd "$work" && PYTHONPATH="$work" nice -n 19 mutmut run --max-children 1 "${names[@]}")
 }
 
-stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(losses ensemble export models)
-for s in "${stages[@]}"; do
-  echo "=== stage $s ($(date -u +%H:%M:%S))"
-  stage "$s" || echo "stage $s: mutmut exited with $?" >&2
-done
-python tools/mutation_summary.py
+if [ "${2:-}" = "--" ]; then
+  stage=$1; shift 2
+  echo "=== stage $stage, named mutants ($(date -u +%H:%M:%S))"
+  run_stage "$stage" "$@" || echo "stage $stage: mutmut exited with $?" >&2
+else
+  stages=("$@")
+  [ ${#stages[@]} -eq 0 ] && stages=(losses ensemble export models)
+  for s in "${stages[@]}"; do
+    [ "$s" = summary ] && continue
+    echo "=== stage $s ($(date -u +%H:%M:%S))"
+    run_stage "$s" || echo "stage $s: mutmut exited with $?" >&2
+  done
+fi
+python tools/mutation.py summary
