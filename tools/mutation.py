@@ -6,6 +6,7 @@ their matching test files, in its own mutmut work folder build/mutation/STAGE/ (
     python tools/mutation.py setup STAGE      (re)make the work folder: mutmut config + links to the sources
     python tools/mutation.py patterns STAGE   the mutant-name patterns of the stage (its scope)
     python tools/mutation.py summary [--survivors]   the table per module from every stage's results
+    python tools/mutation.py diffs [STAGE]    the changed line of every surviving mutant
 
 A stage folder holds a pyproject.toml with only the [tool.mutmut] and pytest sections, and
 symbolic links to ekd_compress/, export/ and tests/ of this checkout; mutmut copies them into
@@ -50,6 +51,7 @@ STAGES: dict[str, dict[str, list[str]]] = {
                   "ekd_compress/ensemble/cache.py", "ekd_compress/ensemble/coincidence.py"],
         "tests": ["tests/ensemble/test_fusion.py", "tests/ensemble/test_essence_select.py",
                   "tests/ensemble/test_cache.py", "tests/ensemble/test_coincidence.py",
+                  "tests/ensemble/test_ensemble_edges.py",
                   # ONNX export of a real ensemble: slow; the same weights are checked on dummies
                   "--deselect=tests/ensemble/test_fusion.py::test_weighted_real_members_stream_and_export_like_forward"],
         "patterns": ["ekd_compress.ensemble.fusion.*", "ekd_compress.ensemble.essence.*",
@@ -57,7 +59,7 @@ STAGES: dict[str, dict[str, list[str]]] = {
     },
     "export": {
         "files": ["export/verify.py"],
-        "tests": ["tests/export/test_verify.py"],
+        "tests": ["tests/export/test_verify.py", "tests/export/test_verify_edges.py"],
         "patterns": ["export.verify.*"],
     },
     # model files: all of base.py (contract, CMVN, shared causal frontend) and the streaming
@@ -181,7 +183,53 @@ def summary(show_survivors: bool) -> int:
     return 0
 
 
+def _functions(source: str) -> dict[str, list[str]]:
+    """`def NAME(...)` blocks (any indentation) of a mutmut-generated file -> their lines."""
+    out: dict[str, list[str]] = {}
+    name, indent = None, 0
+    for line in source.splitlines():
+        stripped = line.lstrip()
+        depth = len(line) - len(stripped)
+        if stripped.startswith("def "):
+            name, indent = stripped[4:].split("(", 1)[0], depth
+            out[name] = []
+        elif name is not None and stripped and depth <= indent and not stripped.startswith(")"):
+            name = None
+        if name is not None:
+            out[name].append(line)
+    return out
+
+
+def diffs(stages: list[str]) -> int:
+    """Print `name<TAB>original line -> mutated line` for every surviving mutant."""
+    import difflib
+
+    equiv = equivalents()
+    for stage in stages:
+        for file in STAGES[stage]["files"]:
+            meta = WORK / stage / "mutants" / (file + ".meta")
+            if not meta.exists():
+                continue
+            funcs = _functions((WORK / stage / "mutants" / file).read_text())
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+            for name, code in codes.items():
+                if STATUS.get(code) != "survived" or not in_scope(name):
+                    continue
+                local = name.rpartition(".")[2]
+                orig = funcs.get(local.partition("__mutmut_")[0] + "__mutmut_orig", [])
+                mutated = funcs.get(local, [])
+                changed = [(a, b) for a, b in zip(orig[1:], mutated[1:]) if a != b]
+                if not changed:
+                    changed = [("".join(difflib.unified_diff(orig, mutated, lineterm="")), "")]
+                a, b = changed[0]
+                tag = "  [equivalent]" if name in equiv else ""
+                print(f"{name}{tag}\n    - {a.strip()}\n    + {b.strip()}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["diffs"]:
+        return diffs(argv[1:] or list(STAGES))
     if len(argv) == 2 and argv[0] == "setup":
         print(setup(argv[1]))
         return 0

@@ -62,14 +62,38 @@ class Runner:
     def __init__(self, stage: str, patterns: list[str], force: bool) -> None:
         self.stage, self.patterns, self.force = stage, patterns, force
         self.named = bool(patterns)
+        self.last_error = ""
 
     def run(self, item) -> bool:
-        from _pytest.runner import runtestprotocol
+        """Set up, call and tear down one test; True when it passed (or skipped). No report is
+        made: formatting a failure's traceback would cost more than most tests here."""
+        from _pytest.outcomes import Skipped
+        from _pytest.runner import CallInfo, get_reraise_exceptions
 
         parent = _Parent(item)
         item.session._setupstate.teardown_exact(parent)
-        reports = runtestprotocol(item, log=False, nextitem=parent)
-        return not any(r.failed for r in reports)
+        if hasattr(item, "_request") and not item._request:
+            item._initrequest()
+        reraise = get_reraise_exceptions(item.config)
+        ihook = item.ihook
+
+        def outcome(hook, when: str, **kw) -> str:
+            info = CallInfo.from_call(lambda: hook(item=item, **kw), when=when, reraise=reraise)
+            if info.excinfo is None:
+                return "passed"
+            if info.excinfo.errisinstance(Skipped):
+                return "skipped"
+            self.last_error = f"{when}: {info.excinfo.exconly()[:2000]}"
+            return "failed"
+
+        setup = outcome(ihook.pytest_runtest_setup, "setup")
+        call = outcome(ihook.pytest_runtest_call, "call") if setup == "passed" else setup
+        teardown = outcome(ihook.pytest_runtest_teardown, "teardown", nextitem=parent)
+        ok = "failed" not in (setup, call, teardown)
+        if hasattr(item, "_request"):
+            item._request = False
+            item.funcargs = None
+        return ok
 
     def pytest_runtestloop(self, session):
         import mutmut.mutation.trampoline as trampoline
@@ -89,7 +113,7 @@ class Runner:
             reached.clear()
             start = cpu()
             if not self.run(item):
-                print(f"\nclean run failed: {item.nodeid}; fix the tests first", flush=True)
+                print(f"\nclean run failed: {item.nodeid}; fix the tests first\n{self.last_error}", flush=True)
                 session.shouldfail = "clean run failed"
                 return True
             cost[item], hits[item] = cpu() - start, set(reached)
