@@ -16,7 +16,7 @@ same mutants/*.meta files, so `mutmut results`, `mutmut show NAME` and
 
 Usage (via tools/mutation.sh --inprocess, or directly):
 
-    python tools/mutation_inprocess.py STAGE [--force] [NAME_PATTERN ...]
+    python tools/mutation_inprocess.py STAGE [--force] [--exclude=TEST_FILE ...] [NAME_PATTERN ...]
 
 Mutants that already have a result are skipped unless named or --force is given.
 """
@@ -77,8 +77,12 @@ class Runner:
         reraise = get_reraise_exceptions(item.config)
         ihook = item.ihook
 
+        from _pytest.tmpdir import tmppath_result_key
+
         def outcome(hook, when: str, **kw) -> str:
             info = CallInfo.from_call(lambda: hook(item=item, **kw), when=when, reraise=reraise)
+            # what pytest_runtest_makereport (skipped here) records for the tmp_path fixture
+            item.stash.setdefault(tmppath_result_key, {})[when] = info.excinfo is None
             if info.excinfo is None:
                 return "passed"
             if info.excinfo.errisinstance(Skipped):
@@ -206,14 +210,15 @@ def main(argv: list[str]) -> int:
 
     stage, rest = argv[0], argv[1:]
     force = "--force" in rest
-    patterns = [a for a in rest if a != "--force"]
+    exclude = [a.split("=", 1)[1] for a in rest if a.startswith("--exclude=")]  # test files left out
+    patterns = [a for a in rest if a != "--force" and not a.startswith("--exclude=")]
     work = WORK / stage
     os.chdir(work)
     generate(stage)
     os.chdir(work / "mutants")
     sys.path.insert(0, str(Path.cwd()))
     os.environ["MUTANT_UNDER_TEST"] = ""
-    tests = STAGES[stage]["tests"]
+    tests = [t for t in STAGES[stage]["tests"] if t not in exclude]
     return pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--rootdir=.", *tests],
                        plugins=[Runner(stage, patterns, force)])
 
