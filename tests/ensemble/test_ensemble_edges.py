@@ -389,3 +389,58 @@ def test_a_pickled_reader_carries_no_shard_data(tmp_path):
     blob = pickle.dumps(reader)
     assert len(blob) < 2000 * 12 // 4  # the 24 kB shard is not in it
     assert np.array_equal(pickle.loads(blob).read("big", 2000)[0], utt(2000)[0])
+
+
+# ------------------------------------------------------------------------------ second round
+def test_members_without_an_attribute():
+    class Offline(torch.nn.Module):  # an offline-only member: no chunk_frames at all
+        subsampling, input_dim, vocab_size = 2, 3, 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Accumulator(1)
+
+        def forward(self, feats, lengths):
+            return self.inner(feats, lengths)
+
+    ens = FusedEnsemble([Accumulator(0), Offline()])
+    assert ens.chunk_frames is None and ens(torch.randn(1, 8, 3), torch.tensor([8]))[0].shape == (1, 4, 4)
+    with pytest.raises(ValueError, match=r"ensemble members have chunk_frames \[4, None\]; streaming"):
+        ens.initial_state(1)
+
+    class NoInputDim(torch.nn.Module):  # a member that does not say its feature size
+        subsampling, vocab_size = 2, 4
+
+    with pytest.raises(ValueError, match=r"differ in input_dim: \[3, None\]"):
+        FusedEnsemble([Accumulator(0), NoInputDim()])
+
+
+def test_fusion_computes_in_the_first_members_dtype():
+    a, b = lp([[0.5, 0.5]]), lp([[0.9, 0.1]], torch.float64)
+    assert fuse_posteriors([a, b]).dtype == torch.float32
+    assert fuse_posteriors([b, a]).dtype == torch.float64
+
+
+def test_unknown_utterance_error_text():
+    from ekd_compress.ensemble.cache import UnknownUtteranceError
+
+    assert str(UnknownUtteranceError()) == "" and str(UnknownUtteranceError("no 'x' here")) == "no 'x' here"
+
+
+def test_cache_repr(tmp_path):
+    cache = EssenceCache.create(tmp_path / "c", **KEYS)
+    cache.write("a", *utt(2))
+    assert repr(cache) == (f"EssenceCache({str(tmp_path / 'c')!r}, utterances=1, K=3, "
+                           "selection={'k': 2, 'mode': 'residual', 'temperature': 1.0})")
+
+
+def test_coincidence_defaults():
+    # tolerance 1 frame and blank 0 by default; check_coincidence refuses by default
+    shifted2 = list(np.roll(GUIDE, 2))
+    assert spike_coincidence(shifted2, GUIDE)["both"] == 0.0
+    assert corpus_coincidence([(shifted2, GUIDE)])["both"] == 0.0
+    assert spike_coincidence(list(np.roll(GUIDE, 1)), GUIDE)["both"] == 1.0
+    from ekd_compress.ensemble.coincidence import CoincidenceError
+
+    with pytest.raises(CoincidenceError, match=r"same token within ±1 frames"):
+        check_coincidence("m", 0.1, 0.5)
