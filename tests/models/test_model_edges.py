@@ -77,6 +77,7 @@ def test_initial_state_follows_the_model_dtype(arch):
     ({"chunk_frames": 2}, r"^chunk_frames=2 is invalid; set chunk_frames to an integer >= 4$"),
     ({"dropout": 1.0}, r"^dropout=1.0 is invalid"),
     ({"dropout": True}, r"^dropout=True is invalid"),
+    ({"dropout": False}, r"^dropout=False is invalid"),  # a bool is not a probability, even False
 ])
 def test_base_argument_checks(kwargs, message):
     args = {"input_dim": 6, "vocab_size": 5, **kwargs}
