@@ -58,8 +58,8 @@ class GuideAlignmentLoss(nn.Module):
         V = log_probs.shape[-1]
         a = align.long().reshape(-1)
         valid = a != self.ignore_index
-        if bool(((a < 0) & valid).any()) or bool((a >= V).any()):
-            bad = a[((a < 0) & valid) | (a >= V)][:5].tolist()
+        if bool(((a < 0) & valid).any()) or bool(((a >= V) & valid).any()):
+            bad = a[((a < 0) | (a >= V)) & valid][:5].tolist()
             raise ValueError(f"guide alignment holds labels {bad} outside [0, {V}) (and not the ignore "
                              f"value {self.ignore_index}); the alignment was made with another token table")
         total = F.nll_loss(log_probs.reshape(-1, V).float(), a, ignore_index=self.ignore_index, reduction="sum")
