@@ -396,7 +396,7 @@ def serve_path_imports() -> set[str]:
     """Third-party imports on `ekd-compress serve`'s path (bench and the other commands excluded)."""
     names = set()
     for p in (ROOT / "serve").glob("*.py"):
-        if p.name not in ("bench.py", "bench_report.py", "bench_ramp.py", "bench_audio.py", "machine.py"):  # bench only
+        if p.name not in ("bench.py", "bench_report.py", "bench_audio.py", "bench_ramp.py", "machine.py"):  # bench only
             names |= _imports(p)
     for p in (ROOT / "ekd_compress" / "spec").glob("*.py"):
         names |= _imports(p)

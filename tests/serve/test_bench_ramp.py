@@ -77,3 +77,23 @@ def test_real_bench_ramp_stops_when_a_heavy_bundle_breaks_real_time(tmp_path):
     assert m["flops_per_audio_second"] > 1e10 and m["rtf_floor"] > 0.05  # the FLOP floor from bundle.json
     assert report["machine"]["matmul"]["gflops"] > 0 and m["rtf_cpu"] > 0
     assert m["rtf_cpu_over_floor"] > 0.3  # cannot beat its own arithmetic by much
+
+
+def test_matmul_rate_without_onnx_uses_numpy_on_one_thread(monkeypatch):
+    """The serve image has no `onnx`: the machine's rate then comes from numpy's BLAS in a
+    subprocess pinned to one thread."""
+    import builtins
+
+    from serve import machine
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError("no onnx here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    rate = machine.matmul_rate(0.02)
+    assert rate["engine"].startswith("numpy") and rate["gflops"] > 0 and rate["gflops_chunk"] > 0
+    assert machine.rtf_floor(1e9, rate["gflops"]) == 1.0 / rate["gflops"]
