@@ -66,17 +66,20 @@ class ConvergenceWatchdog(L.Callback):
         m = trainer.callback_metrics
         if self.monitor not in m or "dev_blank" not in m:
             return  # no validation ran this epoch: nothing to judge
-        attempt = judge(float(m[self.monitor]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch)
+        attempt = judge(float(m[self.monitor]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch,
+                        label=self.monitor.removeprefix("dev_").upper())
         if attempt is not None:
             raise StalledRun(attempt)
 
 
-def judge(dev_wer: float, dev_blank: float, max_wer: float, seed: int, epoch: int) -> StalledAttempt | None:
-    """A StalledAttempt when the run failed the watchdog's test, else None."""
+def judge(dev_wer: float, dev_blank: float, max_wer: float, seed: int, epoch: int,
+          label: str = "WER") -> StalledAttempt | None:
+    """A StalledAttempt when the run failed the watchdog's test, else None. `dev_wer` is the
+    recipe's error rate in percent (WER, CER or PER: `label`)."""
     if dev_blank >= 1.0:
         reason = "every dev utterance decodes to nothing (all-blank plateau)"
     elif dev_wer > max_wer:
-        reason = f"dev WER {dev_wer:.1f} % is above the watchdog bound {max_wer:g} % for epoch {epoch}"
+        reason = f"dev {label} {dev_wer:.1f} % is above the watchdog bound {max_wer:g} % for epoch {epoch}"
     else:
         return None
     return StalledAttempt(seed=seed, epoch=epoch, dev_wer=dev_wer, dev_blank=dev_blank, reason=reason)

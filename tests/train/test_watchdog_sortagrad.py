@@ -15,6 +15,8 @@ def test_judge_golden():
     high = judge(96.0, 0.2, 95.0, seed=0, epoch=2)
     assert high is not None and "above the watchdog bound 95 % for epoch 2" in high.reason
     assert judge(95.0, 0.99, 95.0, seed=0, epoch=2) is None  # at the threshold and not all blank: keeps going
+    per = judge(50.0, 0.1, 40.0, seed=0, epoch=3, label="PER")  # a phone recipe's watchdog reads dev PER
+    assert per is not None and per.reason.startswith("dev PER 50.0 % is above the watchdog bound 40 %")
     assert [restart_seed(2, a) for a in range(3)] == [2, 1002, 2002]
 
 
