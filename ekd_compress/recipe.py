@@ -380,10 +380,7 @@ def validate_recipe(r: Recipe) -> None:
     if d.drop_ratio < 1.0 or d.select_rounds < 1:
         raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="
                           f"{d.select_rounds} >= 1")
-    for section in ("train", "member_train", "student_train"):
-        t = getattr(r, section)
-        if t is None:
-            continue
+    for section, t in _train_sections(r):
         if t.max_restarts < 0:
             raise RecipeError(f"{section}.max_restarts={t.max_restarts} must be >= 0 (0 = never restart)")
         for check in t.watchdog:
@@ -410,6 +407,12 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"data.min_duration={r.data.min_duration} must be below data.max_duration={r.data.max_duration}")
 
 
+def _train_sections(r: Recipe) -> list[tuple[str, TrainConfig]]:
+    """(name, config) of the training sections the recipe sets: train, and member_train / student_train if given."""
+    return [(name, getattr(r, name)) for name in ("train", "member_train", "student_train")
+            if getattr(r, name) is not None]
+
+
 def _validate_metric(r: Recipe) -> None:
     """tokens.kind, tokens.lexicon, data.metric and train.select_on/stop_on must agree."""
     phone = r.tokens.kind == "phone"
@@ -425,10 +428,7 @@ def _validate_metric(r: Recipe) -> None:
     if not phone and metric == "per":
         raise RecipeError(f"data.metric=per needs phone tokens (tokens.kind=phone with tokens.lexicon); "
                           f"with tokens.kind={r.tokens.kind} use wer or cer")
-    for section in ("train", "member_train", "student_train"):
-        t = getattr(r, section)
-        if t is None:
-            continue
+    for section, t in _train_sections(r):
         for key in ("select_on", "stop_on"):
             value = getattr(t, key)
             if value in ("wer", "cer", "per") and value != metric:
