@@ -1,6 +1,7 @@
 """The capacity ramp: no ceiling, it stops when real time breaks, bisects, and says who broke it."""
 from __future__ import annotations
 
+import pytest
 from serve_helpers import make_heavy_bundle
 
 from serve.bench import BenchConfig, bench_bundles
@@ -96,4 +97,4 @@ def test_matmul_rate_without_onnx_uses_numpy_on_one_thread(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     rate = machine.matmul_rate(0.02)
     assert rate["engine"].startswith("numpy") and rate["gflops"] > 0 and rate["gflops_chunk"] > 0
-    assert machine.rtf_floor(1e9, rate["gflops"]) == 1.0 / rate["gflops"]
+    assert machine.rtf_floor(1e9, rate["gflops"]) == pytest.approx(1.0 / rate["gflops"], rel=1e-12)
