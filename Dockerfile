@@ -119,7 +119,7 @@ RUN useradd --create-home --uid 1000 --user-group ekd
 # The TensorRT 10 runtime libraries only (libnvinfer, libnvonnxparser): onnxruntime's TensorRT
 # provider loads them; no TensorRT Python bindings are needed to serve.
 RUN pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com tensorrt-cu13-libs==10.16.1.11
-# What serve/ and ekd_compress/spec/ import, and onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels.
+# What serve/ and ekd_compress/contract/ import, and onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels.
 RUN pip install --no-cache-dir \
         "onnxruntime-gpu[cuda,cudnn]==1.31.1" \
         click==8.4.0 \

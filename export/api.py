@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ekd_compress.spec.lexicon import LEXICON_FILE
+from ekd_compress.contract.lexicon import LEXICON_FILE
 from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
 
 Log = Callable[[str], None]
@@ -223,7 +223,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.pipeline.scoring import load_any
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
     from export.verify import verify_onnx
 

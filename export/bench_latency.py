@@ -76,7 +76,7 @@ def _features(bundle: dict[str, Any]) -> tuple[np.ndarray, str]:
     exp_dir = bundle["provenance"].get("exp_dir")
     if exp_dir and (Path(exp_dir) / "features" / "dev_cuts.jsonl.gz").exists():
         try:
-            from ekd_compress.spec.features import FeatureSpec
+            from ekd_compress.contract.features import FeatureSpec
             from export.api import load_dev_utterances
 
             utts = load_dev_utterances(Path(exp_dir), FeatureSpec.from_dict(bundle["features"]), 8)

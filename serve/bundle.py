@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 
 BUNDLE_FORMAT = "ekd-bundle/1"
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}

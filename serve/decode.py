@@ -16,7 +16,7 @@ them into words with times in seconds: a word starts at its first token's frame 
 frame after its last token's frame (frame duration = subsampling x feature frame shift), and
 its confidence is the mean posterior of its tokens at their emitting frames.
 
-Conventions (shared with `ekd_compress.spec.tokens`): id 0 is the blank; character tables spell
+Conventions (shared with `ekd_compress.contract.tokens`): id 0 is the blank; character tables spell
 the word boundary `|`, BPE tables mark word starts with `▁`.
 """
 from __future__ import annotations

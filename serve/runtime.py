@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ekd_compress.spec.features import OnlineFeatures
+from ekd_compress.contract.features import OnlineFeatures
 from serve.bundle import _DTYPES, BUNDLE_FORMAT, Bundle, BundleError, StateInfo  # noqa: F401 (re-exported)
 from serve.decode import CTCDecoder, TokenHit, Word, load_kenlm, make_decoder, words_from_hits  # noqa: F401
 from serve.endpoint import EndpointConfig, Segment

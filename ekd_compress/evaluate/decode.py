@@ -1,6 +1,6 @@
 """CTC decoding: greedy (best path) and prefix beam search, and token ids -> text.
 
-Conventions shared with `ekd_compress.spec.tokens`: id 0 is the CTC blank; character
+Conventions shared with `ekd_compress.contract.tokens`: id 0 is the CTC blank; character
 tables spell the word boundary as `|` (configurable); BPE tables use sentencepiece
 pieces whose word starts are marked `▁` (U+2581).
 

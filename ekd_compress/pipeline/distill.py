@@ -47,7 +47,7 @@ class Context:
 
     @property
     def tokens(self):
-        from ekd_compress.spec.tokens import TokenTable
+        from ekd_compress.contract.tokens import TokenTable
 
         if "tokens" not in self._cache:
             self._cache["tokens"] = TokenTable.load(self.exp_dir / "tokens.txt")

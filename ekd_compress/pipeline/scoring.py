@@ -14,8 +14,8 @@ from typing import Any, Optional
 import torch
 from lhotse import CutSet
 
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 
 KINDS = ("member", "ensemble", "baseline", "kd", "student")
 

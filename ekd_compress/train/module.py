@@ -29,7 +29,7 @@ from ekd_compress.losses.ctc import CTCLoss
 from ekd_compress.losses.essence import EssenceKDLoss
 from ekd_compress.losses.guide import GuideAlignmentLoss
 from ekd_compress.recipe import DistillConfig, SpecAugmentConfig, TrainConfig
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.tokens import TokenTable
 
 MODES = ("ctc", "guided", "essence")
 

@@ -14,8 +14,8 @@ from ekd_compress.data.scale_bench import (
 )
 from ekd_compress.pipeline.distill import Context
 from ekd_compress.recipe import RecipeError, config_hash, load_recipe
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 from ekd_compress.train.data import AsrDataset, make_loader
 
 

@@ -58,7 +58,7 @@ def make_experiment(exp_dir: Path, models: dict = SMALL_MODELS, ensemble=ENSEMBL
     """Build EXP with `models` (name -> (arch, params, kind)) and, if given, an ensemble of those names."""
     from ekd_compress.pipeline.scoring import register_model, save_ensemble
     from ekd_compress.recipe import load_recipe, save_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, save_model
 
     exp_dir = Path(exp_dir)

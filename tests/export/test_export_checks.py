@@ -117,7 +117,7 @@ def test_int8_writes_its_wer_report(make_exp, tmp_path):
     on a dev set where that WER is neither 0 nor 100 %."""
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
 
     experiment = make_exp(tmp_path / "exp", models=["tdnn"])
     tokens = TokenTable.load(experiment / "tokens.txt")

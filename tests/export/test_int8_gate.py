@@ -84,7 +84,7 @@ def test_int8_scoring_is_batch_independent(experiment, tmp_path):
 
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from export.ort_stream import OrtStreamer
     from export.quantize import onnx_hyps, onnx_wer, quantize_dynamic_int8
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import NUM_BINS, SAMPLE_RATE, TEXTS, write_dev_set
 
-from ekd_compress.spec.lexicon import Lexicon
+from ekd_compress.contract.lexicon import Lexicon
 
 LEXICON = "ONE W AH1 N\nTWO T UW1\nTHREE TH R IY1\nFOUR F AO1 R\nFIVE F AY1 V\nSIX S IH1 K S\n" \
           "SEVEN S EH1 V AH0 N\nEIGHT EY1 T\nNINE N AY1 N\nZERO Z IH1 R OW0\nZERO Z IY1 R OW0\n"
@@ -24,7 +24,7 @@ def phone_exp(tmp_path_factory) -> Path:
     """EXP with a phone recipe (tokens.kind=phone, data.metric=per), a tiny TDNN student and a dev set."""
     from ekd_compress.pipeline.scoring import register_model
     from ekd_compress.recipe import load_recipe, save_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, save_model
 
     root = tmp_path_factory.mktemp("phone")
@@ -68,7 +68,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.pipeline.scoring import load_any
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from export.api import export_bundle, load_dev_utterances
     from export.bundle import read_bundle
     from serve.bundle import Bundle

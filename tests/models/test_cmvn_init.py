@@ -88,7 +88,7 @@ def test_lstm_forget_gate_bias_is_one():
 
 def test_label_prior_golden_and_output_bias():
     from ekd_compress.pipeline.stage_impl import label_prior
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
 
     tokens = TokenTable.build_chars(["ab"])  # blank, then the characters
     cut = SimpleNamespace(supervisions=[SimpleNamespace(text="ab")], duration=1.0)

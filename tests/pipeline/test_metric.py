@@ -69,8 +69,8 @@ def test_training_selects_checkpoints_on_dev_per(tmp_path):
     import torch
 
     from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.spec.lexicon import Lexicon
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.lexicon import Lexicon
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, fit_model, load_model
     from ekd_compress.train.module import AsrModule
 

@@ -100,7 +100,7 @@ def _torch_greedy(bundle_dir, model, x):
     import torch
 
     from ekd_compress.evaluate.decode import ctc_greedy_decode
-    from ekd_compress.spec.features import FeatureSpec, compute_fbank
+    from ekd_compress.contract.features import FeatureSpec, compute_fbank
 
     model.load_state_dict(torch.load(bundle_dir / "torch_state.pt"))
     feats = compute_fbank(x, FeatureSpec.from_dict(json.loads((bundle_dir / "bundle.json").read_text())["features"]))

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIT = textwrap.dedent("""
     import sys, torch
     from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, fit_model
     from ekd_compress.train.module import AsrModule
 

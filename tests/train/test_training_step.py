@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ekd_compress.models import build_model
 from ekd_compress.recipe import DistillConfig, SpecAugmentConfig, TrainConfig
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.tokens import TokenTable
 from ekd_compress.train.module import AsrModule
 
 # training_step logs through Lightning; outside a Trainer that is a warning, not an error

@@ -6,7 +6,7 @@ sentencepiece pieces (word starts marked `▁`) and keep the `.model` file besid
 `tokens.txt` for encoding. Phone tables (`kind="phone"`) hold the phones of a
 pronunciation lexicon, no word boundary, and keep `lexicon.txt` beside `tokens.txt`:
 text is encoded word by word through each word's first pronunciation
-(`ekd_compress.spec.lexicon`), and decoded ids are phone strings such as `HH AH L OW`.
+(`ekd_compress.contract.lexicon`), and decoded ids are phone strings such as `HH AH L OW`.
 `TokenTable.load` recognises a phone table by `lexicon.txt` beside a table without `|`.
 Decoding needs only the files beside `tokens.txt`, so serving stays light.
 """
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ekd_compress.spec.lexicon import LEXICON_FILE, Lexicon
+from ekd_compress.contract.lexicon import LEXICON_FILE, Lexicon
 
 BLANK = "<blk>"
 SPACE = "|"
