@@ -31,7 +31,7 @@ Log = Callable[[str], None]
 
 def resolve_model_entry(exp_dir: Path, model: str) -> dict[str, Any]:
     """The models.json entry called `model`, else the only entry of that kind."""
-    from ekd_compress.pipeline.scoring import read_registry
+    from ekd_compress.experiment import read_registry
 
     entries = read_registry(exp_dir)
     for e in entries:
@@ -87,7 +87,7 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = 
     from lhotse import CutSet
 
     from ekd_compress.features.fbank import load_features
-    from ekd_compress.train.data import cut_text
+    from ekd_compress.experiment import cut_text
     from export.verify import Utterance
 
     path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
@@ -221,18 +221,13 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
            int8_utterances: Optional[int], trt_max_batch: int, log: Log) -> dict[str, Any]:
     import ekd_compress
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
-    from ekd_compress.recipe import load_recipe
-    from ekd_compress.contract.tokens import TokenTable
+    from ekd_compress.experiment import load_any, read_recipe, read_tokens, recipe_text
     from export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
     from export.verify import verify_onnx
 
-    recipe_file = exp_dir / "recipe.yaml"
-    if not recipe_file.exists():
-        raise FileNotFoundError(f"{recipe_file} not found: {exp_dir} is not an experiment directory of `ekd-compress distill`")
-    recipe = load_recipe(recipe_file)
+    recipe = read_recipe(exp_dir)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
-    tokens = TokenTable.load(exp_dir / "tokens.txt")
+    tokens = read_tokens(exp_dir)
     net = load_any(exp_dir / entry["path"]).eval()
     if net.input_dim != spec.num_mel_bins:
         raise ValueError(f"model {entry['name']!r} takes {net.input_dim} fbank bins but the recipe's features have "
@@ -265,7 +260,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
         "token_kind": tokens.kind,
         "provenance": {
             "exp_dir": str(exp_dir.resolve()),
-            "recipe": recipe_file.read_text(),
+            "recipe": recipe_text(exp_dir),
             "mlflow_run_id": parent_run_id(exp_dir) or meta_run,
             "model_mlflow_run_id": meta_run,
             "model_path": entry["path"],
@@ -355,9 +350,9 @@ def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, 
     id, or its store cannot be reached; a failed upload never fails the export."""
     run_id = bundle["provenance"].get("mlflow_run_id")
     try:
-        from ekd_compress.recipe import load_recipe
+        from ekd_compress.experiment import read_recipe
 
-        tracking = load_recipe(exp_dir / "recipe.yaml").tracking
+        tracking = read_recipe(exp_dir).tracking
     except Exception as e:  # noqa: BLE001
         log(f"MLflow: not logged ({e})")
         return False

@@ -67,7 +67,7 @@ def _torch_model(bundle: dict[str, Any]):
     exp_dir, model_path = prov.get("exp_dir"), prov.get("model_path")
     if not exp_dir or not model_path or not (Path(exp_dir) / model_path).exists():
         return None
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
 
     return load_any(Path(exp_dir) / model_path)
 

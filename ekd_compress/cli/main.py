@@ -89,7 +89,7 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="Bad utterances in DATA stop the run, or are skipped and counted.")
 def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
     """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does."""
-    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+    from ekd_compress.evaluate.on_data import evaluate_on_data
 
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     result = _friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,

@@ -248,7 +248,7 @@ def planned_stages(r: Recipe) -> list[str]:
 
 def prune_registry(exp_dir: Path, keep: list[str]) -> list[dict[str, Any]]:
     """Remove models.json entries the recipe no longer makes; returns the kept entries."""
-    from ekd_compress.pipeline.scoring import read_registry
+    from ekd_compress.experiment import read_registry
     from ekd_compress.pipeline.stages import write_json_atomic
 
     entries = [e for e in read_registry(exp_dir) if e["name"] in keep]

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ekd_compress.pipeline.scoring import load_any, register_model, save_ensemble
+from ekd_compress.experiment import load_any, record_model as register_model, save_ensemble
 from ekd_compress.recipe import TrainConfig, recipe_to_dict
 
 

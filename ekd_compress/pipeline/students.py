@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ekd_compress.pipeline.scoring import load_any, load_registered, register_model, score_models
+from ekd_compress.evaluate.scoring import score_models
+from ekd_compress.experiment import load_any, load_registered, record_model as register_model
 from ekd_compress.pipeline.stage_impl import file_hash, model_outputs, stage_train, teacher_path, test_sets
 from ekd_compress.recipe import config_hash
 

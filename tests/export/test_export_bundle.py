@@ -43,7 +43,7 @@ def test_streaming_onnx_matches_pytorch(bundles, experiment, name):
     import torch
 
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any, read_registry
+    from ekd_compress.experiment import load_any, read_registry
     from ekd_compress.recipe import load_recipe
     from export.api import load_dev_utterances
 
@@ -80,7 +80,7 @@ def test_streaming_onnx_matches_pytorch(bundles, experiment, name):
 
 
 def test_ensemble_is_one_graph_with_member_states(bundles, experiment):
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
 
     b = read_bundle(bundles["ensemble"])
     assert b["model"]["arch"] == "ensemble"
@@ -98,7 +98,7 @@ def test_state_shape_contract(bundles, experiment, name):
     have exactly these names and shapes, with a dynamic batch axis."""
     import onnxruntime as ort
 
-    from ekd_compress.pipeline.scoring import load_any, read_registry
+    from ekd_compress.experiment import load_any, read_registry
 
     entry = next(e for e in read_registry(experiment) if e["name"] == name)
     model = load_any(experiment / entry["path"])

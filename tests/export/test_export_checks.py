@@ -37,7 +37,7 @@ def baseline_bundle(experiment, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------ verification
 def test_verification_fails_on_corrupted_onnx_weights(baseline_bundle, experiment, tmp_path):
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
 
     proto = onnx.load(str(baseline_bundle / "model.onnx"))

@@ -22,7 +22,7 @@ def quiet(msg: str) -> None:
 @pytest.fixture(scope="module")
 def phone_exp(tmp_path_factory) -> Path:
     """EXP with a phone recipe (tokens.kind=phone, data.metric=per), a tiny TDNN student and a dev set."""
-    from ekd_compress.pipeline.scoring import register_model
+    from ekd_compress.experiment import record_model
     from ekd_compress.recipe import load_recipe, save_recipe
     from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, save_model
@@ -42,13 +42,13 @@ def phone_exp(tmp_path_factory) -> Path:
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))  # peaky outputs, so the transcripts hold phones
     path = save_model(model, exp / "models" / "student" / "model.pt", {"name": "student", "kind": "student"})
-    register_model(exp, "student", "student", path)
+    record_model(exp, "student", "student", path)
     write_dev_set(exp)
     return exp
 
 
 def test_phone_experiment_evaluates_on_per(phone_exp):
-    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+    from ekd_compress.evaluate.on_data import evaluate_on_data
 
     out = evaluate_on_data(phone_exp, phone_exp / "features" / "dev_cuts.jsonl.gz", log=quiet)
     assert out["metric"] == "per"
@@ -66,7 +66,7 @@ def test_phone_experiment_evaluates_on_per(phone_exp):
 def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     from ekd_compress.evaluate.decode import ctc_greedy_decode
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
     from ekd_compress.contract.tokens import TokenTable
     from export.api import export_bundle, load_dev_utterances
