@@ -92,7 +92,7 @@ def bench(path: Path, model: str = "student", chunks: int = 300, warmup: int = 2
     """Measure and return {"rows": [{backend, p50_ms, p95_ms, ratio_to_pytorch, rtf}], ...}."""
     import onnxruntime as ort
 
-    from export.bundle import read_bundle
+    from ekd_compress.contract.bundle import read_bundle
     from export.ort_stream import OrtStreamer
     from export.quantize import chunk_latencies_ms, quantize_dynamic_int8
 

@@ -417,7 +417,7 @@ def public_config(cfg: BenchConfig) -> dict[str, Any]:
 
 def check_bundle(bundle: str | Path, int8: bool = False) -> None:
     """Raise BundleError (one line naming the folder and the fix) unless `bundle` can be served."""
-    from serve.bundle import Bundle, BundleError
+    from ekd_compress.contract.bundle import Bundle, BundleError
 
     b = Bundle.load(bundle)
     if int8 and b.file("int8") is None:

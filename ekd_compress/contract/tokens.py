@@ -18,9 +18,10 @@ from typing import Iterable, Sequence
 
 from ekd_compress.contract.lexicon import LEXICON_FILE, Lexicon
 
-BLANK = "<blk>"
-SPACE = "|"
-BPE_MARK = "\u2581"  # ▁
+BLANK = "<blk>"  # the CTC blank's token string, always id BLANK_ID
+BLANK_ID = 0  # the CTC blank's id in every token table, model output and bundle (bundle.json blank_id)
+SPACE = "|"  # word boundary of character tables
+BPE_MARK = "\u2581"  # ▁ word start of sentencepiece pieces
 
 
 class TokenTable:

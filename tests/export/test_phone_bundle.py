@@ -70,8 +70,8 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     from ekd_compress.recipe import load_recipe
     from ekd_compress.contract.tokens import TokenTable
     from export.api import export_bundle, load_dev_utterances
-    from export.bundle import read_bundle
-    from serve.bundle import Bundle
+    from ekd_compress.contract.bundle import read_bundle
+    from ekd_compress.contract.bundle import Bundle
     from serve.runtime import Recognizer
 
     out = export_bundle(phone_exp, model="student", out_dir=tmp_path / "bundle", verify_utterances=3, log=quiet)
@@ -108,7 +108,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
 
     # a phone bundle without its lexicon is refused with the fix
     (out / "lexicon.txt").unlink()
-    from serve.bundle import BundleError
+    from ekd_compress.contract.bundle import BundleError
 
     with pytest.raises(BundleError, match="lexicon"):
         Bundle.load(out)

@@ -57,13 +57,13 @@ def write_tokens(path: Path, tokens: list[str]) -> None:
 def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> Path:
     """Write model.onnx, tokens.txt, bundle.json (+ torch_state.pt) for a streaming torch model.
 
-    Uses the export package (export/onnx_export.py, export/bundle.py) when present, so the tests
+    Uses the export package (export/onnx_export.py, ekd_compress/contract/bundle.py) when present, so the tests
     run against the real exporter; otherwise an equivalent torch.onnx.export call."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from export.bundle import write_bundle
+        from ekd_compress.contract.bundle import write_bundle
         from export.onnx_export import export_streaming_onnx
     except ImportError:
         write_bundle = export_streaming_onnx = None
