@@ -161,3 +161,43 @@ class TokenTable:
 
             self._sp = spm.SentencePieceProcessor(model_file=str(self.sp_model))
         return self._sp
+
+
+def ids_to_text(
+    ids: Iterable[int],
+    tokens: Sequence[str],
+    space: str = SPACE,
+    kind: str | None = None,
+) -> str:
+    """Token ids -> text, for character or sentencepiece BPE token tables.
+
+    Args:
+        ids: decoded token ids (blanks, id 0, are skipped if present).
+        tokens: the token table, `tokens[i]` is the string of id i.
+        space: word-boundary token of character tables (`|`; a literal " " token
+            always counts as a space too).
+        kind: "char", "bpe" or "phone" (phones joined by spaces); None = "bpe" when any
+            table token starts with `▁`, else "char".
+
+    Returns:
+        Words separated by single spaces, no leading/trailing space.
+    """
+    if kind is None:
+        kind = "bpe" if any(t.startswith(BPE_MARK) for t in tokens) else "char"
+    if kind not in ("char", "bpe", "phone"):
+        raise ValueError(f"token kind {kind!r} is unknown; use 'char', 'bpe', 'phone' or None (auto)")
+    pieces: list[str] = []
+    for i in ids:
+        i = int(i)
+        if i == BLANK_ID:
+            continue
+        if not 0 <= i < len(tokens):
+            raise ValueError(f"token id {i} is outside the token table (size {len(tokens)}); decode with the model's tokens.txt")
+        pieces.append(tokens[i])
+    if kind == "phone":
+        return " ".join(pieces)
+    if kind == "bpe":
+        text = "".join(pieces).replace(BPE_MARK, " ")
+    else:
+        text = "".join(" " if p == space else p for p in pieces)
+    return " ".join(text.split())

@@ -1,16 +1,13 @@
-"""Evaluation: CTC decoding, WER (plain and Switchboard/eval2000 GLM-style), real-time factor.
+"""Evaluation: WER (plain and Switchboard/eval2000 GLM-style), error rates, real-time factor.
 
-Importing this package is light: numpy only; jiwer and torch load when first needed.
+CTC decoding lives in the runtime contract (`ekd_compress.contract.ctc_decode`), shared with
+the server. Importing this package is light: numpy only; jiwer loads when first needed.
 """
-from .decode import ctc_greedy_decode, ctc_prefix_beam_search, ids_to_text
 from .rtf import RtfSpan, RtfTimer
 from .swbd import FILLERS, GLM_MAP, normalize_swbd, score_eval2000, score_eval2000_results
 from .wer import WerResult, compute_wer, merge_wer
 
 __all__ = [
-    "ctc_greedy_decode",
-    "ctc_prefix_beam_search",
-    "ids_to_text",
     "RtfSpan",
     "RtfTimer",
     "FILLERS",
