@@ -22,6 +22,7 @@ BLANK = "<blk>"  # the CTC blank's token string, always id BLANK_ID
 BLANK_ID = 0  # the CTC blank's id in every token table, model output and bundle (bundle.json blank_id)
 SPACE = "|"  # word boundary of character tables
 BPE_MARK = "\u2581"  # ▁ word start of sentencepiece pieces
+UNK = "<unk>"  # sentencepiece's unknown piece (id 1 of BPE tables)
 
 
 class TokenTable:
@@ -68,7 +69,7 @@ class TokenTable:
         spm.SentencePieceTrainer.train(
             input=str(corpus), model_prefix=str(out_dir / "bpe"), vocab_size=vocab_size,
             model_type="bpe", character_coverage=1.0, unk_id=1, bos_id=-1, eos_id=-1, pad_id=0,
-            pad_piece=BLANK, unk_piece="<unk>", hard_vocab_limit=False, minloglevel=2,
+            pad_piece=BLANK, unk_piece=UNK, hard_vocab_limit=False, minloglevel=2,
         )
         sp = spm.SentencePieceProcessor(model_file=str(out_dir / "bpe.model"))
         tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BLANK = 0
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
 
 
 def check_lengths(name: str, lengths: Tensor, batch: int, maximum: int, unit: str) -> None:

@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
 from ekd_compress.losses.ctc import CTCLoss, check_lengths
 
 REST_ID = -2  # id of the residual "rest" bucket in sparse targets (cache: uint16 65535)
-BLANK = 0
 REDUCTIONS = ("frame", "utterance")
 
 
