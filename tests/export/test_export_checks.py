@@ -318,11 +318,10 @@ def test_cli_passes_trt_precision(experiment, monkeypatch):
         assert seen[-1]["trt"] is True and seen[-1]["trt_precision"] == want
 
 
-def test_latency_benchmark_runs(baseline_bundle, capsys):
-    from export.bench_latency import main
+def test_latency_benchmark_runs(baseline_bundle):
+    from export.bench_latency import bench, format_table
 
-    assert main([str(baseline_bundle), "--chunks", "3", "--warmup", "1"]) == 0
-    out = capsys.readouterr().out
+    out = format_table(bench(baseline_bundle, chunks=3, warmup=1, log=lambda m: None))
     for backend in ("pytorch", "onnx_fp32", "onnx_int8"):
         assert backend in out
     assert "p50 / pytorch" in out

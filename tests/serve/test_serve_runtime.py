@@ -278,8 +278,13 @@ def test_words_from_hits():
 
 # ----------------------------------------------------------------------------- torch-free
 def test_serve_imports_without_torch():
-    code = ("import sys; import serve.runtime, serve.server, serve.decode, serve.resample, serve.bench, serve.bench_report, serve.soak; "
-            "bad = [m for m in ('torch', 'lightning', 'lhotse') if m in sys.modules]; "
+    """Every serve module and the runtime contract import without torch, lightning, lhotse, mlflow
+    or a training package of ekd_compress, not even indirectly."""
+    code = ("import importlib, pkgutil, sys, serve, ekd_compress.contract as c; "
+            "[importlib.import_module(m.name) for p in (serve, c) for m in pkgutil.iter_modules(p.__path__, p.__name__ + '.')]; "
+            "training = ('train', 'models', 'pipeline', 'data', 'features', 'losses', 'ensemble', 'tracking'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'lhotse', 'mlflow') "
+            "or (m.startswith('ekd_compress.') and m.split('.')[1] in training)]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
