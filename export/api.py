@@ -4,7 +4,7 @@
     export_bundle("exp/demo", model="ensemble", int8=True)      # members + fusion in one graph, + INT8
     export_bundle("exp/demo", trt=True, trt_precision="fp16")   # + TensorRT engine (NVIDIA GPU only)
 
-Steps (see bundle.py for the layout):
+Steps (the layout: ekd_compress/contract/bundle.py):
   1. with trt=True, check for a CUDA GPU and tensorrt first, before any work
   2. streaming ONNX with explicit state and metadata (onnx_export.py); tokens.txt beside it
   3. verification on dev utterances: onnxruntime chunk loop vs PyTorch full forward (verify.py)
@@ -23,8 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ekd_compress.contract.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
 from ekd_compress.contract.lexicon import LEXICON_FILE
-from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
+from ekd_compress.contract.tokens import BLANK_ID
 
 Log = Callable[[str], None]
 
@@ -256,7 +257,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
         "states": io["states"],
         "outputs": io["outputs"],
         "vocab_size": int(net.vocab_size),
-        "blank_id": 0,
+        "blank_id": BLANK_ID,
         "token_kind": tokens.kind,
         "provenance": {
             "exp_dir": str(exp_dir.resolve()),

@@ -2,7 +2,7 @@
 
     ekd-compress bench STUDENT_BUNDLE --vs ENSEMBLE_BUNDLE --streams 4 --audio wavs/ --json
 
-For each bundle a server is started in a subprocess (`python -m serve.server`, so its memory and
+For each bundle a server is started in a subprocess (`serve.server.serve_subprocess`, so its memory and
 CPU are its own; `url=` uses a running server instead), then:
 
 1. latency run: `streams` clients stream the audio concurrently, at real-time pace (`realtime`,
@@ -116,19 +116,19 @@ class ModelResult:
 
 # ============================================================================ server handling
 class ServerProcess:
-    """`python -m serve.server BUNDLE --port 0` in a subprocess; .url, .stop()."""
+    """A server for `bundle` on a free port in a subprocess (`serve.server.serve_subprocess`); .url, .stop()."""
 
     def __init__(self, bundle: str | Path, cfg: BenchConfig, max_connections: int) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ekd-bench-")
         port_file = Path(self._dir.name) / "port"
         root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-        cmd = [sys.executable, "-m", "serve.server", str(bundle), "--port", "0", "--port-file", str(port_file),
-               "--max-connections", str(max_connections), "--max-per-address", "0",  # every client is local
-               "--max-batch", str(cfg.max_batch),
-               "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads), "--provider", cfg.provider]
-        if cfg.int8:
-            cmd.append("--int8")
+        spec = {"bundle": str(bundle), "port_file": str(port_file), "provider": cfg.provider, "threads": cfg.threads,
+                "use_int8": bool(cfg.int8),
+                "config": {"host": "127.0.0.1", "port": 0, "max_connections": max_connections,
+                           "max_per_address": 0,  # every client is local
+                           "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}}
+        cmd = [sys.executable, "-m", "serve.server", json.dumps(spec)]  # serve.server.serve_subprocess
         if cfg.token:
             env["EKD_SERVE_TOKEN"] = cfg.token
         self._log = open(Path(self._dir.name) / "server.log", "w+")
@@ -417,7 +417,7 @@ def public_config(cfg: BenchConfig) -> dict[str, Any]:
 
 def check_bundle(bundle: str | Path, int8: bool = False) -> None:
     """Raise BundleError (one line naming the folder and the fix) unless `bundle` can be served."""
-    from serve.bundle import Bundle, BundleError
+    from ekd_compress.contract.bundle import Bundle, BundleError
 
     b = Bundle.load(bundle)
     if int8 and b.file("int8") is None:

@@ -398,12 +398,12 @@ def serve_path_imports() -> set[str]:
     for p in (ROOT / "serve").glob("*.py"):
         if p.name not in ("bench.py", "bench_report.py", "bench_audio.py", "bench_ramp.py", "machine.py"):  # bench only
             names |= _imports(p)
-    for p in (ROOT / "ekd_compress" / "spec").glob("*.py"):
+    for p in (ROOT / "ekd_compress" / "contract").glob("*.py"):
         names |= _imports(p)
     cli = ROOT / "ekd_compress" / "cli"
     names |= _imports(ROOT / "ekd_compress" / "__init__.py", set())
     names |= _imports(cli / "main.py", set()) | _imports(cli / "export_cmd.py", set())
-    names |= _imports(cli / "serve_cmd.py", {"serve", "_friendly"})
+    names |= _imports(cli / "errors.py", set()) | _imports(cli / "serve_cmd.py", {"serve"})
     return {n for n in names if n not in sys.stdlib_module_names and n not in FIRST_PARTY and n != "__future__"}
 
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 import click
 
+from ekd_compress.cli.errors import UserError, friendly
+
 
 @click.command("export")
 @click.argument("exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -45,18 +47,11 @@ def export(exp_dir: Path, model: str, out_dir: Optional[Path], int8: bool, int8_
         try:
             check_trt_available()
         except TrtUnavailable as e:
-            raise click.ClickException(str(e)) from None
+            raise UserError(str(e)) from None
     from export.api import export_bundle
 
-    try:
-        path = export_bundle(exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt, trt_precision=trt_precision,
-                             max_int8_wer_increase=max_int8_wer_increase, verify_utterances=verify_utterances,
-                             int8_method=int8_method, min_int8_speedup=min_int8_speedup, require_int8=require_int8,
-                             log=click.echo)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:  # our own errors name the fix (verification, INT8 accuracy, TensorRT)
-        if type(e).__module__.startswith(("export", "ekd_compress")):
-            raise click.ClickException(f"{type(e).__name__}: {e}") from None
-        raise
+    path = friendly(export_bundle, exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt,
+                    trt_precision=trt_precision, max_int8_wer_increase=max_int8_wer_increase,
+                    verify_utterances=verify_utterances, int8_method=int8_method, min_int8_speedup=min_int8_speedup,
+                    require_int8=require_int8, log=click.echo)
     click.echo(f"bundle written: {path}")

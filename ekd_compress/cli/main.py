@@ -1,7 +1,9 @@
 """`ekd-compress` command line: thin click wrappers, one library call each.
 
-Heavy libraries (torch, lhotse, mlflow) are imported inside the commands, so
-`ekd-compress --help` answers at once.
+The group and the training-side commands (distill, evaluate, recipe, data-bench, train-bench)
+are here; export is in export_cmd.py, serve and bench in serve_cmd.py; every command reports
+errors through errors.py. Heavy libraries (torch, lhotse, mlflow) are imported inside the
+commands, so `ekd-compress --help` answers at once.
 """
 from __future__ import annotations
 
@@ -12,22 +14,7 @@ from pathlib import Path
 import click
 
 from ekd_compress import __version__
-
-
-class UserError(click.ClickException):
-    """Shown as 'Error: ...' with exit code 1 and no traceback."""
-
-
-def _friendly(fn, *args, **kwargs):
-    """Run a library call; known user errors become one clear line instead of a traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from e
-    except Exception as e:  # errors from our own modules that name the fix
-        if type(e).__module__.startswith("ekd_compress"):
-            raise UserError(f"{type(e).__name__}: {e}") from e
-        raise
+from ekd_compress.cli.errors import UserError, friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,14 +49,14 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
 
     from ekd_compress.train.distributed import dist_info
 
-    r = _friendly(load_recipe, recipe, overrides)
+    r = friendly(load_recipe, recipe, overrides)
     target = out_dir or Path(r.out_dir)
     main_rank = dist_info().is_main  # under torchrun: rank 0 deletes and reports; the ranks meet in run_distill
     if fresh and main_rank:
-        _friendly(clean_experiment, target)
+        friendly(clean_experiment, target)
     elif not fresh:
-        _friendly(check_out_dir, r, target, resume=resume)
-    _friendly(run_distill, r, target, tracking=not no_mlflow)
+        friendly(check_out_dir, r, target, resume=resume)
+    friendly(run_distill, r, target, tracking=not no_mlflow)
     if main_rank:
         click.echo(f"results: {target / 'results.md'}")
 
@@ -92,7 +79,7 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
     from ekd_compress.evaluate.on_data import evaluate_on_data
 
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    result = _friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
+    result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log)
     if as_json:
         click.echo(json.dumps(result))
@@ -121,7 +108,7 @@ def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_du
     generated utterances (and of N*FRACTION), with each phase's peak memory."""
     from ekd_compress.data.scale_bench import format_table, run_scale_bench
 
-    result = _friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
+    result = friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
                        max_duration=max_duration, num_workers=num_workers, min_seconds=seconds[0],
                        max_seconds=seconds[1], lazy=not eager)
     click.echo(format_table(result))
@@ -145,7 +132,7 @@ def recipe_show(recipe: str, overrides: tuple[str, ...], keys: bool) -> None:
     from ekd_compress.recipe import load_recipe
     from ekd_compress.recipe_files import show_recipe
 
-    click.echo(show_recipe(_friendly(load_recipe, recipe, overrides), keys=keys))
+    click.echo(show_recipe(friendly(load_recipe, recipe, overrides), keys=keys))
 
 
 @recipe.command("list")
@@ -179,12 +166,12 @@ def train_bench(recipe: str, which: str, device: str, precision: str, batch_seco
     from ekd_compress.recipe import load_recipe
     from ekd_compress.train.throughput import measure_throughput
 
-    r = _friendly(load_recipe, recipe)
+    r = friendly(load_recipe, recipe)
     models = {"baseline": (r.baseline.arch, r.baseline.params), **{m.name: (m.arch, m.params) for m in r.members}}
     if which not in models:
         raise UserError(f"--model {which!r} is not in {recipe}; choose one of {sorted(models)}")
     arch, params = models[which]
-    res = _friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
+    res = friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
                     batch_seconds=batch_seconds or r.train.max_duration, utt_seconds=utt_seconds, steps=steps,
                     num_mel_bins=r.features.num_mel_bins)
     if as_json:

@@ -23,7 +23,7 @@ def decode_cuts(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0
 ) -> tuple[list[str], list[str], list[str], float, float]:
     """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds)."""
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.train.data import AsrDataset, make_loader
 
     dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
@@ -33,7 +33,7 @@ def decode_cuts(
     for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
         start = time.perf_counter()
         log_probs, out_lengths = model(batch["feats"], batch["lengths"])
-        decoded = ctc_greedy_decode(log_probs, out_lengths)
+        decoded = ctc_greedy_decode(log_probs.detach().float().cpu().numpy(), out_lengths.cpu().numpy())
         compute += time.perf_counter() - start
         audio += sum(batch["durations"])
         ids += batch["ids"]

@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
 from ekd_compress.losses.compose import register_loss
-
-BLANK = 0
 
 
 def check_lengths(name: str, lengths: Tensor, batch: int, maximum: int, unit: str) -> None:

@@ -16,11 +16,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
 from ekd_compress.losses.compose import WeightedLoss, register_loss
 from ekd_compress.losses.ctc import check_lengths
 
 REST_ID = -2  # id of the residual "rest" bucket in sparse targets (cache: uint16 65535)
-BLANK = 0
 REDUCTIONS = ("frame", "utterance")
 
 

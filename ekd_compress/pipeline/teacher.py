@@ -205,7 +205,7 @@ def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], li
     """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the dev set, for the fusion searches
     of ekd_compress.ensemble.tune. refs and decoded hypotheses are in the units of the recipe's
     metric (words, characters or phones), so the searches' "WER" is that metric."""
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.evaluate.error_rates import units_for
 
     metric = ctx.recipe.data.metric
@@ -222,7 +222,7 @@ def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], li
     ids = sorted(refs)
 
     def decode(lp):
-        text = ctx.tokens.decode(ctc_greedy_decode(lp[None])[0])
+        text = ctx.tokens.decode(ctc_greedy_decode(lp[None].float().cpu().numpy())[0])
         return units_for(metric, [""], [text], ctx.tokens.lexicon)[1][0]
 
     ref_units = units_for(metric, [refs[u] for u in ids], [""] * len(ids), ctx.tokens.lexicon)[0]

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 
 from ekd_compress.contract.tokens import TokenTable
-from ekd_compress.evaluate.decode import ctc_greedy_decode
+from ekd_compress.contract.ctc_decode import ctc_greedy_decode
 from ekd_compress.evaluate.error_rates import METRICS, error_rate
 from ekd_compress.features.specaug import SpecAugment
 from ekd_compress.losses.compose import WeightedLoss, check_weights
@@ -107,7 +107,7 @@ class AsrModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         log_probs, out_lengths = self.model(batch["feats"], batch["lengths"])
         losses = self.ctc.per_utterance(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
-        hyps = ctc_greedy_decode(log_probs, out_lengths)
+        hyps = ctc_greedy_decode(log_probs.detach().float().cpu().numpy(), out_lengths.detach().cpu().numpy())
         for uid, ids, ref, loss in zip(batch["ids"], hyps, batch["texts"], losses.tolist()):
             self._dev[uid] = (ref, self.tokens.decode(ids), loss)
 

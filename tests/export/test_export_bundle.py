@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from export.api import export_bundle
-from export.bundle import BundleError, read_bundle, validate_bundle, write_bundle
+from ekd_compress.contract.bundle import BundleError, read_bundle, validate_bundle, write_bundle
 from onnx_helpers import greedy_ids, stream_onnx
 
 ARCH_MODELS = ["baseline", "lstm", "tdnn", "transformer"]  # gru, lstm, tdnn, transformer

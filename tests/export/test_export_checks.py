@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from ekd_compress.cli.export_cmd import export as export_cmd
 from export.api import export_bundle, load_dev_utterances
-from export.bundle import read_bundle
+from ekd_compress.contract.bundle import read_bundle
 from export.quantize import Int8AccuracyError
 from export.verify import VerificationError, verify_onnx
 from onnx_helpers import greedy_texts, word_errors
@@ -235,7 +235,7 @@ def test_bundle_runs_in_a_process_without_torch(baseline_bundle):
         import sys
         import numpy as np
         import onnxruntime as ort
-        from export.bundle import read_bundle
+        from ekd_compress.contract.bundle import read_bundle
         from export.ort_stream import OrtStreamer
 
         bundle_dir = {str(baseline_bundle)!r}
@@ -318,11 +318,10 @@ def test_cli_passes_trt_precision(experiment, monkeypatch):
         assert seen[-1]["trt"] is True and seen[-1]["trt_precision"] == want
 
 
-def test_latency_benchmark_runs(baseline_bundle, capsys):
-    from export.bench_latency import main
+def test_latency_benchmark_runs(baseline_bundle):
+    from export.bench_latency import bench, format_table
 
-    assert main([str(baseline_bundle), "--chunks", "3", "--warmup", "1"]) == 0
-    out = capsys.readouterr().out
+    out = format_table(bench(baseline_bundle, chunks=3, warmup=1, log=lambda m: None))
     for backend in ("pytorch", "onnx_fp32", "onnx_int8"):
         assert backend in out
     assert "p50 / pytorch" in out

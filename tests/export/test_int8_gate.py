@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from export.api import export_bundle, load_dev_utterances
-from export.bundle import read_bundle
+from ekd_compress.contract.bundle import read_bundle
 from export.int8_gate import choose
 
 GATE = {"max_wer_increase": 0.3, "min_speedup": 1.2}

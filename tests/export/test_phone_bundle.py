@@ -64,14 +64,13 @@ def test_phone_experiment_evaluates_on_per(phone_exp):
 
 
 def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
     from ekd_compress.contract.tokens import TokenTable
     from export.api import export_bundle, load_dev_utterances
-    from export.bundle import read_bundle
-    from serve.bundle import Bundle
+    from ekd_compress.contract.bundle import Bundle, read_bundle
     from serve.runtime import Recognizer
 
     out = export_bundle(phone_exp, model="student", out_dir=tmp_path / "bundle", verify_utterances=3, log=quiet)
@@ -95,7 +94,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     for i, u in enumerate(dev):
         with torch.no_grad():
             lp, n = model(torch.from_numpy(u.feats)[None], torch.tensor([u.feats.shape[0]]))
-        expected = b.tokens.decode(ctc_greedy_decode(lp, n)[0])
+        expected = b.tokens.decode(ctc_greedy_decode(lp.numpy(), n.numpy())[0])
         audio, sr = sf.read(phone_exp / "audio" / f"utt{i}.wav", dtype="float32")
         segs = rec.recognize(audio, sr)
         text = " ".join(s.text for s in segs if s.text)
@@ -108,7 +107,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
 
     # a phone bundle without its lexicon is refused with the fix
     (out / "lexicon.txt").unlink()
-    from serve.bundle import BundleError
+    from ekd_compress.contract.bundle import BundleError
 
     with pytest.raises(BundleError, match="lexicon"):
         Bundle.load(out)
