@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 @click.command("export")
@@ -36,6 +37,7 @@ from ekd_compress.cli.errors import UserError, friendly
               help="TensorRT engine in INT8 (explicit Q/DQ, calibrated on dev features).")
 @click.option("--verify-utterances", type=click.IntRange(min=1), default=50, show_default=True,
               help="Dev utterances on which ONNX must match PyTorch (|Δ log-prob| <= 1e-4, same transcripts).")
+@needs("train")
 def export(exp_dir: Path, model: str, out_dir: Optional[Path], int8: bool, int8_method: str,
            max_int8_wer_increase: float, min_int8_speedup: float, require_int8: bool, trt: bool, trt_precision: str,
            verify_utterances: int) -> None:

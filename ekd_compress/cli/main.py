@@ -15,6 +15,7 @@ import click
 
 from ekd_compress import __version__
 from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +39,7 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE"
 @click.option("--resume", is_flag=True,
               help="Update an experiment made with a different recipe in place (only the stages the change affects "
                    "re-run). Without it such a folder is refused; the same recipe always resumes.")
+@needs("train")
 def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_mlflow: bool, fresh: bool,
             resume: bool) -> None:
     """Run every stage of RECIPE (a YAML file, or a bundled recipe's name: demo, fsdd, ...): data,
@@ -74,6 +76,7 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="Bad utterances in DATA stop the run, or are skipped and counted.")
+@needs("train")
 def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
     """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does."""
     from ekd_compress.evaluate.on_data import evaluate_on_data
@@ -102,6 +105,7 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
 @click.option("--eager", is_flag=True,
               help="Load the manifests eagerly, features cached (the small-corpus path), for comparison.")
 @click.option("--in-process", is_flag=True, help="Run every phase in this process (peak memory then accumulates).")
+@needs("train")
 def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_duration: float, num_workers: int,
                seconds: tuple[float, float], keep: bool, eager: bool, in_process: bool) -> None:
     """Time data preparation and one epoch of training-batch loading over a lazy manifest of N
@@ -126,6 +130,7 @@ def recipe() -> None:
 @_recipe_arg
 @_set_opt
 @click.option("--keys", is_flag=True, help="One line per settable key: key = value (type).")
+@needs("train", preload=())  # recipe files need only pyyaml
 def recipe_show(recipe: str, overrides: tuple[str, ...], keys: bool) -> None:
     """Print RECIPE (a file or a bundled name) fully resolved: defaults filled in, --set applied,
     ${...} expanded; what `distill` would run."""
@@ -136,6 +141,7 @@ def recipe_show(recipe: str, overrides: tuple[str, ...], keys: bool) -> None:
 
 
 @recipe.command("list")
+@needs("train", preload=())  # recipe files need only pyyaml
 def recipe_list() -> None:
     """The recipes `distill NAME` finds, with their files and first comment line."""
     from ekd_compress.recipe_files import bundled_recipes
@@ -159,6 +165,7 @@ def recipe_list() -> None:
 @click.option("--utt-seconds", type=float, default=8.0, show_default=True, help="Length of each utterance.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Timed training steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@needs("train")
 def train_bench(recipe: str, which: str, device: str, precision: str, batch_seconds: float | None,
                 utt_seconds: float, steps: int, as_json: bool) -> None:
     """Training throughput of one recipe model on random features: input frames per second,

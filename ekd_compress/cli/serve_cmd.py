@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -63,6 +64,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--trailing-silence", default=0.8, show_default=True, type=float,
               help="Endpoint after this much trailing blank following speech (s).")
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
+@needs("serve")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int, drain_grace: float, idle_timeout: float,
           max_session: float, min_data_rate: float, max_per_address: int, token_file: Path | None,
@@ -136,6 +138,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--soak-seconds", type=float, default=None, help="Length of the soak (s) [default: 60].")
 @click.option("--soak-drain-seconds", type=float, default=10.0, show_default=True,
               help="After the soak, utterances in flight get their length plus this long to finish.")
+@needs("serve", preload=())  # --url measures a server elsewhere
 def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
           seconds: float, ramp: bool, ramp_seconds: float, max_streams: int | None, ramp_refine: int, matmul_seconds: float,
           rtf_seconds: float, max_batch: int,
