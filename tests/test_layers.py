@@ -118,7 +118,8 @@ def test_a_broken_contract_fails(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the package namespace
-TOP_LEVEL = re.compile(r"(?<![\w./-])(?:import|from) (?:serve|export)\b(?!-)|(?<![\w./-])-m (?:serve|export)\.")
+# in code strings: a statement `import serve...` / `from export... import`, or `-m serve.NAME`
+TOP_LEVEL = re.compile(r"(?:^|[;\n])\s*(?:import|from) (?:serve|export)\b(?!-)|(?<![\w./-])-m (?:serve|export)\.")
 
 
 def _folder_modules(folder: str) -> set[str]:
