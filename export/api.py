@@ -89,7 +89,7 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = 
 
     from ekd_compress.features.fbank import load_features
     from ekd_compress.experiment import cut_text
-    from export.verify import Utterance
+    from ekd_compress.export.verify import Utterance
 
     path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
     if not path.exists():
@@ -118,7 +118,7 @@ def probe_utterances(net, n: int = 8, seed: int = 0) -> list:
     without its dev audio. They have no transcripts, so no WER can be measured on them."""
     import numpy as np
 
-    from export.verify import Utterance
+    from ekd_compress.export.verify import Utterance
 
     model = net.members[0] if hasattr(net, "members") else net
     mean = model.feat_mean.detach().cpu().numpy()
@@ -182,8 +182,8 @@ def export_bundle(
         calibration_utterances: training utterances static INT8 calibrates on (dev without training audio).
         log: progress messages.
     """
-    from export.quantize import METHODS
-    from export.tensorrt_build import PRECISIONS, check_trt_available
+    from ekd_compress.export.quantize import METHODS
+    from ekd_compress.export.tensorrt_build import PRECISIONS, check_trt_available
 
     exp_dir = Path(exp_dir)
     if int8_method not in (*METHODS, "both"):
@@ -223,8 +223,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     import ekd_compress
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.experiment import load_any, read_recipe, read_tokens, recipe_text
-    from export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
-    from export.verify import verify_onnx
+    from ekd_compress.export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
+    from ekd_compress.export.verify import verify_onnx
 
     recipe = read_recipe(exp_dir)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
@@ -306,8 +306,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     log(f"  max |Δ log-prob| {report['max_abs_logprob_diff']:.2e}, transcripts identical")
 
     if int8:
-        from export.int8_gate import int8_gate
-        from export.quantize import METHODS
+        from ekd_compress.export.int8_gate import int8_gate
+        from ekd_compress.export.quantize import METHODS
 
         methods = list(METHODS) if int8_method == "both" else [int8_method]
         calib, calib_on = dev[:gate["calibration_utterances"]], "dev"
@@ -327,8 +327,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
             raise
 
     if trt:
-        from export.quantize import quantize_static_int8
-        from export.tensorrt_build import build_engine
+        from ekd_compress.export.quantize import quantize_static_int8
+        from ekd_compress.export.tensorrt_build import build_engine
 
         qdq = None
         if trt_precision == "int8":

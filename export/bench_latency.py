@@ -1,6 +1,6 @@
 """Per-chunk latency on one CPU thread: PyTorch forward_chunk vs ONNX fp32 vs ONNX INT8.
 
-    from export.bench_latency import bench, format_table
+    from ekd_compress.export.bench_latency import bench, format_table
     print(format_table(bench("exp/demo/bundles/student", chunks=300)))   # or an experiment dir + model=
 
 BUNDLE_OR_EXP is a bundle directory, or an experiment directory whose EXP/bundles/MODEL is
@@ -47,12 +47,12 @@ def _bundle_dir(path: Path, model: str, log) -> Path:
         return path
     if not (path / "models.json").is_file():
         raise SystemExit(f"{path} is neither a bundle (bundle.json) nor an experiment directory (models.json)")
-    from export.api import resolve_model_entry
+    from ekd_compress.export.api import resolve_model_entry
 
     name = resolve_model_entry(path, model)["name"]
     bundle_dir = path / "bundles" / name
     if not (bundle_dir / "bundle.json").is_file():
-        from export.api import export_bundle
+        from ekd_compress.export.api import export_bundle
 
         log(f"no bundle at {bundle_dir}: exporting {name} (with INT8) first")
         export_bundle(path, model=name, int8=True, int8_method="dynamic", max_int8_wer_increase=float("inf"),
@@ -75,7 +75,7 @@ def _features(bundle: dict[str, Any]) -> tuple[np.ndarray, str]:
     if exp_dir and (Path(exp_dir) / "features" / "dev_cuts.jsonl.gz").exists():
         try:
             from ekd_compress.contract.features import FeatureSpec
-            from export.api import load_dev_utterances
+            from ekd_compress.export.api import load_dev_utterances
 
             utts = load_dev_utterances(Path(exp_dir), FeatureSpec.from_dict(bundle["features"]), 8)
             longest = max(utts, key=lambda u: u.feats.shape[0])
@@ -91,8 +91,8 @@ def bench(path: Path, model: str = "student", chunks: int = 300, warmup: int = 2
     import onnxruntime as ort
 
     from ekd_compress.contract.bundle import read_bundle
-    from export.ort_stream import OrtStreamer
-    from export.quantize import chunk_latencies_ms, quantize_dynamic_int8
+    from ekd_compress.export.ort_stream import OrtStreamer
+    from ekd_compress.export.quantize import chunk_latencies_ms, quantize_dynamic_int8
 
     bundle_dir = _bundle_dir(Path(path), model, log)
     bundle = read_bundle(bundle_dir)

@@ -27,8 +27,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from export.ort_stream import OrtStreamer, pad_to_chunks
-from export.verify import Utterance
+from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
+from ekd_compress.export.verify import Utterance
 
 METHODS = ("dynamic", "static")
 DEFAULT_MAX_WER_INCREASE = 0.3  # absolute WER points (the export gate's, export/int8_gate.py)

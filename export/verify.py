@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.ort_stream import OrtStreamer, pad_to_chunks
+from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
 
 DEFAULT_TOLERANCE = 1e-4
 

@@ -1,6 +1,6 @@
 """Plain-HTTP side of the recognition server: the websocket upgrade checks (path, token,
 connection limit), the browser page and static files, /health, /metrics and /stats.
-Re-exported by `serve.server`."""
+Re-exported by `ekd_compress.serve.server`."""
 from __future__ import annotations
 
 import hmac
@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ekd_compress.contract.tokens import BLANK_ID, BPE_MARK, SPACE, UNK
-from serve.metrics import rss_mb
-from serve.protocol import _json
+from ekd_compress.serve.metrics import rss_mb
+from ekd_compress.serve.protocol import _json
 
 log = logging.getLogger("serve")
 

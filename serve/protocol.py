@@ -1,6 +1,6 @@
 """Websocket protocols of the recognition server: message parsing and validation, and the
 per-connection state machines of the native (`/ws`) and Vosk-compatible (`/`) protocols
-(`_Session`), specified below. Re-exported by `serve.server` (limits, authentication,
+(`_Session`), specified below. Re-exported by `ekd_compress.serve.server` (limits, authentication,
 shutdown and batching are described there).
 
 Endpoints (one port):
@@ -70,10 +70,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve.runtime import EndpointConfig, Segment, Stream
+from ekd_compress.serve.runtime import EndpointConfig, Segment, Stream
 
 if TYPE_CHECKING:
-    from serve.server import RecognitionServer
+    from ekd_compress.serve.server import RecognitionServer
 
 
 class SessionOver(Exception):
@@ -254,7 +254,7 @@ class _Session:
 
     async def _new_stream(self, rate: int, endpointing: bool = True) -> None:
         """A new Stream at `rate`, built off the event loop (its resampler's filters take tens of
-        ms at unusual rates the first time; `serve.resample` caches them per rate pair)."""
+        ms at unusual rates the first time; `ekd_compress.serve.resample` caches them per rate pair)."""
         ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
         create = self.server.rec.create_stream
         self.stream = await asyncio.get_running_loop().run_in_executor(

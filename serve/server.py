@@ -3,7 +3,7 @@
     ekd-compress serve BUNDLE --port 2700
 
 Endpoints and the two websocket protocols (native `/ws`, Vosk-compatible `/`), their messages,
-error codes and close codes: `serve.protocol`'s docstring (beside the code that implements them).
+error codes and close codes: `ekd_compress.serve.protocol`'s docstring (beside the code that implements them).
 
 Limits (each a `serve` option; 0 turns the optional ones off):
   --max-connections 64   beyond it the HTTP upgrade gets 503 with a hint and Retry-After.
@@ -62,11 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
-from serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
-from serve.protocol import ClientError, SessionOver, _json, _Session, _vosk_result, _words_native  # noqa: F401
-from serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
-from serve.scheduler import BatchScheduler
+from ekd_compress.serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
+from ekd_compress.serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
+from ekd_compress.serve.protocol import ClientError, SessionOver, _json, _Session, _vosk_result, _words_native  # noqa: F401
+from ekd_compress.serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
+from ekd_compress.serve.scheduler import BatchScheduler
 
 __all__ = ["BatchScheduler", "ClientError", "Metrics", "RecognitionServer", "ServerConfig", "ServerThread",
            "resolve_token", "rss_mb", "run_server", "serve_subprocess"]
@@ -409,7 +409,7 @@ def serve_subprocess(spec: dict) -> None:
                on_ready=ready)
 
 
-if __name__ == "__main__":  # serve/bench.py: python -m serve.server SPEC_JSON (light: no click, no CLI imports)
+if __name__ == "__main__":  # serve/bench.py: python -m ekd_compress.serve.server SPEC_JSON (light: no click, no CLI imports)
     import json
     import sys
 

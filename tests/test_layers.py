@@ -130,7 +130,7 @@ def _folder_modules(folder: str) -> set[str]:
 def test_nothing_imports_serve_or_export_as_top_level_packages():
     """`python -m pytest` from the repository root puts the root on sys.path, so `import serve` would
     still find the serve/ folder there, as a second copy of ekd_compress.serve. Nothing may do it:
-    no import statement, no module path in a string (mock.patch targets, `-m serve.server`, code
+    no import statement, no module path in a string (mock.patch targets, `-m ekd_compress.serve.server`, code
     run in a subprocess)."""
     dotted = {pkg: re.compile(rf"^{pkg}\.({'|'.join(_folder_modules(pkg))})\b") for pkg in ("serve", "export")}
     bad = []

@@ -1,4 +1,4 @@
-"""`ekd-compress export EXPDIR`: a thin wrapper over `export.api.export_bundle`.
+"""`ekd-compress export EXPDIR`: a thin wrapper over `ekd_compress.export.api.export_bundle`.
 
 Registered in the CLI group with `cli.add_command(export)`. Heavy imports (torch, onnx,
 onnxruntime, tensorrt) happen inside the command.
@@ -44,13 +44,13 @@ def export(exp_dir: Path, model: str, out_dir: Optional[Path], int8: bool, int8_
     """Export a model of EXP_DIR as a deployable, verified bundle: streaming ONNX with explicit
     state, tokens.txt and bundle.json; optionally INT8 (--int8) and a TensorRT engine (--trt)."""
     if trt:  # before anything else: a missing GPU is a one-line answer, not a failure after the export
-        from export.tensorrt_build import TrtUnavailable, check_trt_available
+        from ekd_compress.export.tensorrt_build import TrtUnavailable, check_trt_available
 
         try:
             check_trt_available()
         except TrtUnavailable as e:
             raise UserError(str(e)) from None
-    from export.api import export_bundle
+    from ekd_compress.export.api import export_bundle
 
     path = friendly(export_bundle, exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt,
                     trt_precision=trt_precision, max_int8_wer_increase=max_int8_wer_increase,

@@ -75,8 +75,8 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     at http://HOST:PORT/, /health and /metrics."""
     import logging
 
-    from serve.runtime import EndpointConfig
-    from serve.server import ServerConfig, resolve_token, run_server
+    from ekd_compress.serve.runtime import EndpointConfig
+    from ekd_compress.serve.server import ServerConfig, resolve_token, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if lm_path:
@@ -159,8 +159,8 @@ def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path |
               as_json, out_json, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, int8=int8,
               provider=provider, token=token)
         return
-    from serve.bench import BenchConfig, bench_bundles
-    from serve.bench_report import JSON_KEYS, model_labels, plot, table
+    from ekd_compress.serve.bench import BenchConfig, bench_bundles
+    from ekd_compress.serve.bench_report import JSON_KEYS, model_labels, plot, table
 
     if url and other:
         raise UserError("--url measures one running server; drop --vs or --url")
@@ -188,8 +188,8 @@ def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path |
 
 def _soak(bundle: Path, streams: int, seconds: float, drain_s: float, audio_dir: Path | None, as_json: bool,
           out_json: Path | None, **server: object) -> None:
-    from serve.bench import BenchConfig
-    from serve.soak import soak_bundle, table
+    from ekd_compress.serve.bench import BenchConfig
+    from ekd_compress.serve.soak import soak_bundle, table
 
     report = friendly(soak_bundle, bundle, streams, seconds, BenchConfig(**server), audio_dir=audio_dir,
                        drain_s=drain_s, log=lambda m: click.echo(m, err=True))

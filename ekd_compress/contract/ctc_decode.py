@@ -49,7 +49,7 @@ class TokenHit:
 
 
 class CTCDecoder(Protocol):
-    """What the server needs of a decoder (greedy, prefix beam, KenLM in serve.decode)."""
+    """What the server needs of a decoder (greedy, prefix beam, KenLM in ekd_compress.serve.decode)."""
 
     def accept(self, log_probs: np.ndarray, frame_offset: int) -> None: ...
 

@@ -1,6 +1,6 @@
 """MLflow logging of a serving benchmark (`ekd-compress bench --mlflow`).
 
-The report is `serve.bench.bench_bundles`' dict; serve/ itself never imports mlflow, the
+The report is `ekd_compress.serve.bench.bench_bundles`' dict; serve/ itself never imports mlflow, the
 CLI calls `log_bench_report` after the benchmark when asked to.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ def log_bench_report(report: dict[str, Any], labels: Sequence[str], plot_path: P
     """Log one MLflow run 'bench' (params: config, audio) with a child run per bundle.
 
     Args:
-        report: the benchmark report: "config" (`serve.bench.public_config`: whether a token was
+        report: the benchmark report: "config" (`ekd_compress.serve.bench.public_config`: whether a token was
             used, never the token), "audio", and "models" (one dict of numbers per bundle).
-        labels: one run name per entry of report["models"] (`serve.bench_report.model_labels`).
+        labels: one run name per entry of report["models"] (`ekd_compress.serve.bench_report.model_labels`).
         plot_path: a PNG logged as an artifact of the parent run, or None.
         log: where the one-line outcome goes; an unreachable tracking server or a missing
             mlflow is reported there ("MLflow logging skipped: ..."), never raised.

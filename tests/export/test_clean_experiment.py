@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from export.api import export_bundle
+from ekd_compress.export.api import export_bundle
 from tests.export.conftest import TEXTS, make_experiment, write_dev_set
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from export.api import export_bundle
+from ekd_compress.export.api import export_bundle
 from ekd_compress.contract.bundle import BundleError, read_bundle, validate_bundle, write_bundle
 from onnx_helpers import greedy_ids, stream_onnx
 
@@ -45,7 +45,7 @@ def test_streaming_onnx_matches_pytorch(bundles, experiment, name):
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.experiment import load_any, read_registry
     from ekd_compress.recipe import load_recipe
-    from export.api import load_dev_utterances
+    from ekd_compress.export.api import load_dev_utterances
 
     b = read_bundle(bundles[name])
     entry = next(e for e in read_registry(experiment) if e["name"] == name)
@@ -129,7 +129,7 @@ def test_state_shape_contract(bundles, experiment, name):
 
 
 def test_onnx_metadata_carries_the_contract(bundles):
-    from export.onnx_export import read_metadata
+    from ekd_compress.export.onnx_export import read_metadata
 
     b = read_bundle(bundles["baseline"])
     meta = read_metadata(bundles["baseline"] / "model.onnx")

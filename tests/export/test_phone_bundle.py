@@ -69,9 +69,9 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
     from ekd_compress.contract.tokens import TokenTable
-    from export.api import export_bundle, load_dev_utterances
+    from ekd_compress.export.api import export_bundle, load_dev_utterances
     from ekd_compress.contract.bundle import Bundle, read_bundle
-    from serve.runtime import Recognizer
+    from ekd_compress.serve.runtime import Recognizer
 
     out = export_bundle(phone_exp, model="student", out_dir=tmp_path / "bundle", verify_utterances=3, log=quiet)
     meta = read_bundle(out)

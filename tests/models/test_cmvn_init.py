@@ -61,8 +61,8 @@ def test_cmvn_is_applied_identically_in_full_and_streaming_paths(arch, params):
 
 def test_cmvn_survives_onnx_export(tmp_path):
     pytest.importorskip("onnxruntime")
-    from export.onnx_export import export_streaming_onnx
-    from export.ort_stream import OrtStreamer
+    from ekd_compress.export.onnx_export import export_streaming_onnx
+    from ekd_compress.export.ort_stream import OrtStreamer
 
     model, _, _ = normalised_model("tdnn", {"hidden": 8, "layers": 2})
     spec = export_streaming_onnx(model, tmp_path / "model.onnx")

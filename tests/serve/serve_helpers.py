@@ -66,7 +66,7 @@ def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> 
     out.mkdir(parents=True, exist_ok=True)
     try:
         from ekd_compress.contract.bundle import write_bundle
-        from export.onnx_export import export_streaming_onnx
+        from ekd_compress.export.onnx_export import export_streaming_onnx
     except ImportError:
         write_bundle = export_streaming_onnx = None
     if export_streaming_onnx is not None:

@@ -12,9 +12,9 @@ from serve_helpers import ROOT, noise, silence, tone
 
 from ekd_compress.contract.ctc_decode import (GreedyDecoder, PrefixBeamDecoder, TokenHit, ctc_greedy_decode,
                                               ctc_prefix_beam_search)
-from serve.decode import KenLMDecoder, flashlight_available, words_from_hits
-from serve.resample import Resampler, resample
-from serve.runtime import Bundle, BundleError, EndpointConfig, Recognizer
+from ekd_compress.serve.decode import KenLMDecoder, flashlight_available, words_from_hits
+from ekd_compress.serve.resample import Resampler, resample
+from ekd_compress.serve.runtime import Bundle, BundleError, EndpointConfig, Recognizer
 
 
 def speechish(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
