@@ -2,8 +2,8 @@
 # ekd-compress: two images from one Dockerfile (BuildKit, Docker 23+), all on CUDA 13.
 #
 #   train  nvidia/cuda base + torch 2.13.0 (CUDA 13.0 wheel) + TensorRT 10.16: distil, evaluate, export (--trt).
-#   serve  python:3.12-slim, NO torch: the project wheel installed --no-deps plus only what `serve/`
-#          imports, onnxruntime-gpu 1.31.1 (CUDA 13) and the TensorRT 10 runtime libraries.
+#   serve  python:3.12-slim, NO torch: the project wheel with its base (torch-free serving)
+#          dependencies, onnxruntime-gpu 1.31.1 (CUDA 13) and the TensorRT 10 runtime libraries.
 #
 # Build (needs PyPI and, for TensorRT, NVIDIA's package index pypi.nvidia.com):
 #   docker build --target train -t ekd-compress:train .
@@ -92,9 +92,9 @@ COPY ekd_compress ./ekd_compress
 COPY export ./export
 COPY serve ./serve
 COPY recipes ./recipes
-# Everything above already satisfies the requirements: this adds the project (and the trt extra's
-# tensorrt, already here) without touching the pinned versions.
-RUN pip install --no-cache-dir "./[trt]" \
+# Everything above already satisfies the requirements: this adds the project (with the train
+# extra's packages and the trt extra's tensorrt, already here) without touching the pinned versions.
+RUN pip install --no-cache-dir "./[train,trt]" \
     && mkdir -p /app/exp /data \
     && chown 1000:1000 /app /app/exp /data
 
@@ -119,7 +119,8 @@ RUN useradd --create-home --uid 1000 --user-group ekd
 # The TensorRT 10 runtime libraries only (libnvinfer, libnvonnxparser): onnxruntime's TensorRT
 # provider loads them; no TensorRT Python bindings are needed to serve.
 RUN pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com tensorrt-cu13-libs==10.16.1.11
-# What serve/ and ekd_compress/spec/ import, and onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels.
+# The project's base dependencies (what serve/ and ekd_compress/contract/ import), pinned, and
+# onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels (the `gpu` extra).
 RUN pip install --no-cache-dir \
         "onnxruntime-gpu[cuda,cudnn]==1.31.1" \
         click==8.4.0 \
@@ -138,9 +139,10 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
            case "$cache" in *"$lib"*) ;; *) echo "missing $lib" >&2; exit 1 ;; esac; \
        done
 
-# The project itself without its (training) dependencies: the serving path never imports torch.
+# The project itself with its base dependencies (already pinned above, so pip adds nothing): they
+# are the torch-free serving install; torch comes only with the `train` extra.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-deps /wheels/ekd_compress-*.whl \
+    pip install --no-cache-dir /wheels/ekd_compress-*.whl \
     && ekd-compress serve --help > /dev/null \
     && python -c "import onnxruntime as o; assert {'CUDAExecutionProvider', 'TensorrtExecutionProvider'} <= set(o.get_available_providers())" \
     && if python -c "import torch" 2> /dev/null; then echo "torch must not be in the serve image" >&2; exit 1; fi

@@ -4,7 +4,7 @@
     export_bundle("exp/demo", model="ensemble", int8=True)      # members + fusion in one graph, + INT8
     export_bundle("exp/demo", trt=True, trt_precision="fp16")   # + TensorRT engine (NVIDIA GPU only)
 
-Steps (see bundle.py for the layout):
+Steps (the layout: ekd_compress/contract/bundle.py):
   1. with trt=True, check for a CUDA GPU and tensorrt first, before any work
   2. streaming ONNX with explicit state and metadata (onnx_export.py); tokens.txt beside it
   3. verification on dev utterances: onnxruntime chunk loop vs PyTorch full forward (verify.py)
@@ -23,15 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ekd_compress.spec.lexicon import LEXICON_FILE
-from export.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
+from ekd_compress.contract.bundle import BUNDLE_FILE, FORMAT, INT8_FILE, ONNX_FILE, TOKENS_FILE, TRT_FILE, write_bundle
+from ekd_compress.contract.lexicon import LEXICON_FILE
+from ekd_compress.contract.tokens import BLANK_ID
 
 Log = Callable[[str], None]
 
 
 def resolve_model_entry(exp_dir: Path, model: str) -> dict[str, Any]:
     """The models.json entry called `model`, else the only entry of that kind."""
-    from ekd_compress.pipeline.scoring import read_registry
+    from ekd_compress.experiment import read_registry
 
     entries = read_registry(exp_dir)
     for e in entries:
@@ -87,8 +88,8 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = 
     from lhotse import CutSet
 
     from ekd_compress.features.fbank import load_features
-    from ekd_compress.train.data import cut_text
-    from export.verify import Utterance
+    from ekd_compress.experiment import cut_text
+    from ekd_compress.export.verify import Utterance
 
     path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
     if not path.exists():
@@ -117,7 +118,7 @@ def probe_utterances(net, n: int = 8, seed: int = 0) -> list:
     without its dev audio. They have no transcripts, so no WER can be measured on them."""
     import numpy as np
 
-    from export.verify import Utterance
+    from ekd_compress.export.verify import Utterance
 
     model = net.members[0] if hasattr(net, "members") else net
     mean = model.feat_mean.detach().cpu().numpy()
@@ -181,8 +182,8 @@ def export_bundle(
         calibration_utterances: training utterances static INT8 calibrates on (dev without training audio).
         log: progress messages.
     """
-    from export.quantize import METHODS
-    from export.tensorrt_build import PRECISIONS, check_trt_available
+    from ekd_compress.export.quantize import METHODS
+    from ekd_compress.export.tensorrt_build import PRECISIONS, check_trt_available
 
     exp_dir = Path(exp_dir)
     if int8_method not in (*METHODS, "both"):
@@ -221,18 +222,13 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
            int8_utterances: Optional[int], trt_max_batch: int, log: Log) -> dict[str, Any]:
     import ekd_compress
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
-    from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
-    from export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
-    from export.verify import verify_onnx
+    from ekd_compress.experiment import load_any, read_recipe, read_tokens, recipe_text
+    from ekd_compress.export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
+    from ekd_compress.export.verify import verify_onnx
 
-    recipe_file = exp_dir / "recipe.yaml"
-    if not recipe_file.exists():
-        raise FileNotFoundError(f"{recipe_file} not found: {exp_dir} is not an experiment directory of `ekd-compress distill`")
-    recipe = load_recipe(recipe_file)
+    recipe = read_recipe(exp_dir)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
-    tokens = TokenTable.load(exp_dir / "tokens.txt")
+    tokens = read_tokens(exp_dir)
     net = load_any(exp_dir / entry["path"]).eval()
     if net.input_dim != spec.num_mel_bins:
         raise ValueError(f"model {entry['name']!r} takes {net.input_dim} fbank bins but the recipe's features have "
@@ -261,11 +257,11 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
         "states": io["states"],
         "outputs": io["outputs"],
         "vocab_size": int(net.vocab_size),
-        "blank_id": 0,
+        "blank_id": BLANK_ID,
         "token_kind": tokens.kind,
         "provenance": {
             "exp_dir": str(exp_dir.resolve()),
-            "recipe": recipe_file.read_text(),
+            "recipe": recipe_text(exp_dir),
             "mlflow_run_id": parent_run_id(exp_dir) or meta_run,
             "model_mlflow_run_id": meta_run,
             "model_path": entry["path"],
@@ -310,8 +306,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     log(f"  max |Δ log-prob| {report['max_abs_logprob_diff']:.2e}, transcripts identical")
 
     if int8:
-        from export.int8_gate import int8_gate
-        from export.quantize import METHODS
+        from ekd_compress.export.int8_gate import int8_gate
+        from ekd_compress.export.quantize import METHODS
 
         methods = list(METHODS) if int8_method == "both" else [int8_method]
         calib, calib_on = dev[:gate["calibration_utterances"]], "dev"
@@ -331,8 +327,8 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
             raise
 
     if trt:
-        from export.quantize import quantize_static_int8
-        from export.tensorrt_build import build_engine
+        from ekd_compress.export.quantize import quantize_static_int8
+        from ekd_compress.export.tensorrt_build import build_engine
 
         qdq = None
         if trt_precision == "int8":
@@ -355,9 +351,9 @@ def log_to_mlflow(exp_dir: Path, bundle_dir: Path, name: str, bundle: dict[str, 
     id, or its store cannot be reached; a failed upload never fails the export."""
     run_id = bundle["provenance"].get("mlflow_run_id")
     try:
-        from ekd_compress.recipe import load_recipe
+        from ekd_compress.experiment import read_recipe
 
-        tracking = load_recipe(exp_dir / "recipe.yaml").tracking
+        tracking = read_recipe(exp_dir).tracking
     except Exception as e:  # noqa: BLE001
         log(f"MLflow: not logged ({e})")
         return False

@@ -1,6 +1,7 @@
 """Per-chunk latency on one CPU thread: PyTorch forward_chunk vs ONNX fp32 vs ONNX INT8.
 
-    python -m export.bench_latency BUNDLE_OR_EXP [--model student] [--chunks 300] [--json]
+    from ekd_compress.export.bench_latency import bench, format_table
+    print(format_table(bench("exp/demo/bundles/student", chunks=300)))   # or an experiment dir + model=
 
 BUNDLE_OR_EXP is a bundle directory, or an experiment directory whose EXP/bundles/MODEL is
 used (exported first, with INT8, when missing). Without an INT8 model in the bundle, a
@@ -14,14 +15,11 @@ p50 as a ratio to PyTorch's, and the real-time factor (p50 / chunk duration).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -49,12 +47,12 @@ def _bundle_dir(path: Path, model: str, log) -> Path:
         return path
     if not (path / "models.json").is_file():
         raise SystemExit(f"{path} is neither a bundle (bundle.json) nor an experiment directory (models.json)")
-    from export.api import resolve_model_entry
+    from ekd_compress.export.api import resolve_model_entry
 
     name = resolve_model_entry(path, model)["name"]
     bundle_dir = path / "bundles" / name
     if not (bundle_dir / "bundle.json").is_file():
-        from export.api import export_bundle
+        from ekd_compress.export.api import export_bundle
 
         log(f"no bundle at {bundle_dir}: exporting {name} (with INT8) first")
         export_bundle(path, model=name, int8=True, int8_method="dynamic", max_int8_wer_increase=float("inf"),
@@ -67,7 +65,7 @@ def _torch_model(bundle: dict[str, Any]):
     exp_dir, model_path = prov.get("exp_dir"), prov.get("model_path")
     if not exp_dir or not model_path or not (Path(exp_dir) / model_path).exists():
         return None
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
 
     return load_any(Path(exp_dir) / model_path)
 
@@ -76,8 +74,8 @@ def _features(bundle: dict[str, Any]) -> tuple[np.ndarray, str]:
     exp_dir = bundle["provenance"].get("exp_dir")
     if exp_dir and (Path(exp_dir) / "features" / "dev_cuts.jsonl.gz").exists():
         try:
-            from ekd_compress.spec.features import FeatureSpec
-            from export.api import load_dev_utterances
+            from ekd_compress.contract.features import FeatureSpec
+            from ekd_compress.export.api import load_dev_utterances
 
             utts = load_dev_utterances(Path(exp_dir), FeatureSpec.from_dict(bundle["features"]), 8)
             longest = max(utts, key=lambda u: u.feats.shape[0])
@@ -92,9 +90,9 @@ def bench(path: Path, model: str = "student", chunks: int = 300, warmup: int = 2
     """Measure and return {"rows": [{backend, p50_ms, p95_ms, ratio_to_pytorch, rtf}], ...}."""
     import onnxruntime as ort
 
-    from export.bundle import read_bundle
-    from export.ort_stream import OrtStreamer
-    from export.quantize import chunk_latencies_ms, quantize_dynamic_int8
+    from ekd_compress.contract.bundle import read_bundle
+    from ekd_compress.export.ort_stream import OrtStreamer
+    from ekd_compress.export.quantize import chunk_latencies_ms, quantize_dynamic_int8
 
     bundle_dir = _bundle_dir(Path(path), model, log)
     bundle = read_bundle(bundle_dir)
@@ -149,22 +147,3 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines.append(f"machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, onnxruntime {m['onnxruntime']}")
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.bench_latency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a bundle directory or an experiment directory")
-    parser.add_argument("--model", default="student", help="model of the experiment (when PATH is one)")
-    parser.add_argument("--chunks", type=int, default=300, help="timed chunks per backend")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = bench(args.path, args.model, args.chunks, args.warmup, log=log)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Each candidate method (dynamic: weights INT8, activations quantized per call; static: QDQ,
 per-channel weights, activation scales calibrated on training audio) is quantized and measured
-against the fp32 graph on this machine (export.quantize.measure_int8):
+against the fp32 graph on this machine (ekd_compress.export.quantize.measure_int8):
 
     accuracy  dev WER change <= `max_wer_increase` absolute points (default +0.3), each utterance
               streamed alone (batch 1), so the WER does not depend on how utterances are batched
@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from export.quantize import DEFAULT_MAX_WER_INCREASE, Int8AccuracyError, measure_int8, quantize_int8
+from ekd_compress.export.quantize import DEFAULT_MAX_WER_INCREASE, Int8AccuracyError, measure_int8, quantize_int8
 
 DEFAULT_MIN_SPEEDUP = 1.2  # fp32 / INT8 median chunk CPU time
 
@@ -81,7 +81,7 @@ def int8_gate(staging: Path, onnx_file: str, int8_file: str, bundle: dict[str, A
         calibration_on: where the calibration utterances came from ("train", or "dev" without train audio).
     Returns the bundle's "int8" entry (see the module docstring); sets bundle["files"]["int8"].
     """
-    from export.onnx_export import copy_metadata
+    from ekd_compress.export.onnx_export import copy_metadata
 
     candidates, files = [], {}
     for method in methods:

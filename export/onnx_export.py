@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ekd_compress.contract.bundle import DTYPES
+
 OPSET = 17
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.int32: "int32"}
+_DTYPE_NAMES = {getattr(torch, name): name for name in DTYPES}  # torch dtype -> its bundle.json name
 
 
 class StreamingChunkModule(nn.Module):

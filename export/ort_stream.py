@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.bundle import state_shape
+from ekd_compress.contract.bundle import state_shape
 
 
 def session_options(threads: int | None = 1):

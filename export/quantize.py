@@ -27,8 +27,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from export.ort_stream import OrtStreamer, pad_to_chunks
-from export.verify import Utterance
+from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
+from ekd_compress.export.verify import Utterance
 
 METHODS = ("dynamic", "static")
 DEFAULT_MAX_WER_INCREASE = 0.3  # absolute WER points (the export gate's, export/int8_gate.py)
@@ -134,7 +134,7 @@ def quantize_int8(src: Path | str, dst: Path | str, bundle: dict[str, Any], meth
 def onnx_hyps(runner: OrtStreamer, utterances: Sequence[Utterance], tokens) -> list[str]:
     """Greedy CTC transcripts over the ONNX chunk loop, each utterance streamed alone (batch 1),
     so an utterance's transcript never depends on the others (dynamic INT8 scales per call)."""
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
 
     outs = runner.run_utterances([u.feats for u in utterances], batch_size=1)
     return [tokens.decode(ctc_greedy_decode(lp[: u.feats.shape[0] // runner.subsampling])[0])

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.bundle import state_shape
+from ekd_compress.contract.bundle import state_shape
 
 PRECISIONS = ("fp16", "int8", "fp32")
 INSTALL_HINT = ("install it on a machine with an NVIDIA GPU and driver: pip install 'ekd-compress[trt]' "

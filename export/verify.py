@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.ort_stream import OrtStreamer, pad_to_chunks
+from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -39,7 +39,7 @@ class Utterance:
 
 
 def _greedy(log_probs: np.ndarray) -> list[int]:
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
 
     return ctc_greedy_decode(log_probs)[0]
 

@@ -2,7 +2,7 @@
 
     ekd-compress bench STUDENT_BUNDLE --vs ENSEMBLE_BUNDLE --streams 4 --audio wavs/ --json
 
-For each bundle a server is started in a subprocess (`python -m serve.server`, so its memory and
+For each bundle a server is started in a subprocess (`ekd_compress.serve.server.serve_subprocess`, so its memory and
 CPU are its own; `url=` uses a running server instead), then:
 
 1. latency run: `streams` clients stream the audio concurrently, at real-time pace (`realtime`,
@@ -53,7 +53,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serve.bench_audio import _fit, load_audio_dir, synthetic_audio  # noqa: F401 - load_audio_dir: serve.soak
+from ekd_compress.serve.bench_audio import _fit, load_audio_dir, synthetic_audio  # noqa: F401 - load_audio_dir: ekd_compress.serve.soak
 
 SEND_MS = 100
 
@@ -116,19 +116,19 @@ class ModelResult:
 
 # ============================================================================ server handling
 class ServerProcess:
-    """`python -m serve.server BUNDLE --port 0` in a subprocess; .url, .stop()."""
+    """A server for `bundle` on a free port in a subprocess (`ekd_compress.serve.server.serve_subprocess`); .url, .stop()."""
 
     def __init__(self, bundle: str | Path, cfg: BenchConfig, max_connections: int) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ekd-bench-")
         port_file = Path(self._dir.name) / "port"
         root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-        cmd = [sys.executable, "-m", "serve.server", str(bundle), "--port", "0", "--port-file", str(port_file),
-               "--max-connections", str(max_connections), "--max-per-address", "0",  # every client is local
-               "--max-batch", str(cfg.max_batch),
-               "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads), "--provider", cfg.provider]
-        if cfg.int8:
-            cmd.append("--int8")
+        spec = {"bundle": str(bundle), "port_file": str(port_file), "provider": cfg.provider, "threads": cfg.threads,
+                "use_int8": bool(cfg.int8),
+                "config": {"host": "127.0.0.1", "port": 0, "max_connections": max_connections,
+                           "max_per_address": 0,  # every client is local
+                           "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms}}
+        cmd = [sys.executable, "-m", "ekd_compress.serve.server", json.dumps(spec)]  # ekd_compress.serve.server.serve_subprocess
         if cfg.token:
             env["EKD_SERVE_TOKEN"] = cfg.token
         self._log = open(Path(self._dir.name) / "server.log", "w+")
@@ -312,7 +312,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 
     # 3. ramp real-time streams until real time breaks
     if cfg.ramp:
-        from serve.bench_ramp import measure_level, run_ramp
+        from ekd_compress.serve.bench_ramp import measure_level, run_ramp
 
         def level(n: int) -> dict[str, Any]:
             return measure_level(
@@ -344,7 +344,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg: BenchConfig) -> tuple[float, float]:
     """(wall, CPU) time / audio time of `Recognizer.recognize` (features + model + greedy decoding)
     over the clips; CPU time is this process's, so other processes do not inflate it."""
-    from serve.runtime import Recognizer
+    from ekd_compress.serve.runtime import Recognizer
 
     rec = Recognizer(bundle, provider=cfg.provider, threads=cfg.threads, use_int8=cfg.int8)
     rec.recognize(*clips[0])  # warm-up
@@ -361,9 +361,9 @@ def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg
 def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: str | Path | None = None,
                   url: str | None = None, log=lambda m: None) -> dict[str, Any]:
     """Benchmark each bundle with its own server subprocess (or the server at `url`, one bundle)."""
-    from serve.bench_ramp import MAX_LEVEL
-    from serve.bench_report import ratios
-    from serve.machine import matmul_rate
+    from ekd_compress.serve.bench_ramp import MAX_LEVEL
+    from ekd_compress.serve.bench_report import ratios
+    from ekd_compress.serve.machine import matmul_rate
 
     if not url:
         for b in bundles:  # a folder that is not a bundle: one line now, not a server's traceback later
@@ -398,7 +398,7 @@ def bench_bundles(bundles: Sequence[str | Path], cfg: BenchConfig, audio_dir: st
 
 def _floors(m: ModelResult, gflops: float) -> None:
     """Fill a result's FLOP floor and how far each measured RTF is above it."""
-    from serve.machine import rtf_floor
+    from ekd_compress.serve.machine import rtf_floor
 
     m.rtf_floor = rtf_floor(m.flops_per_audio_second, gflops)
     if m.rtf_floor:
@@ -417,7 +417,7 @@ def public_config(cfg: BenchConfig) -> dict[str, Any]:
 
 def check_bundle(bundle: str | Path, int8: bool = False) -> None:
     """Raise BundleError (one line naming the folder and the fix) unless `bundle` can be served."""
-    from serve.bundle import Bundle, BundleError
+    from ekd_compress.contract.bundle import Bundle, BundleError
 
     b = Bundle.load(bundle)
     if int8 and b.file("int8") is None:

@@ -1,4 +1,4 @@
-"""Audio for `serve.bench` and `serve.soak`: recordings from a directory, or synthetic
+"""Audio for `ekd_compress.serve.bench` and `ekd_compress.serve.soak`: recordings from a directory, or synthetic
 speech-like clips (compute latency does not depend on what is said)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The capacity ramp of `serve.bench`: real-time streams until real time breaks.
+"""The capacity ramp of `ekd_compress.serve.bench`: real-time streams until real time breaks.
 
 Levels N = 1, 2, 4, ... concurrent real-time streams, `ramp_seconds` of audio each, until a
 level is not held: a stream failed, or the p95 chunk compute (server) or the p95 final latency

@@ -1,4 +1,4 @@
-"""Tables and plots of `serve.bench` reports (the dict `bench_bundles` returns).
+"""Tables and plots of `ekd_compress.serve.bench` reports (the dict `bench_bundles` returns).
 
 `table(report)` is the text table `ekd-compress bench` prints (one figure per cell, a column
 per model named by its model name, size and dev WER where the bundle records them), with a

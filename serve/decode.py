@@ -1,49 +1,48 @@
-"""Incremental CTC decoders for streaming (numpy only), plus word timings.
+"""The server's CTC decoders: the contract's greedy and prefix beam decoders, a KenLM beam
+decoder, `make_decoder` to pick one, and word timings (numpy only).
 
-Every decoder takes log-probabilities one chunk at a time and can be asked for its current
-best hypothesis at any point (a partial result) or reset at an endpoint (a final result):
+Greedy and prefix beam search live in `ekd_compress.contract.ctc_decode` (shared with
+evaluation, so the server writes the transcripts that were scored); this module adds
 
-    dec = GreedyDecoder(blank=0)          # best path: argmax, collapse repeats, drop blanks
-    dec = PrefixBeamDecoder(beam=8)       # CTC prefix beam search (no LM)
-    dec = KenLMDecoder(tokens, "lm.arpa") # lexicon-free beam search + token-level KenLM n-gram,
-                                          # through flashlight-text (optional dependency)
-    dec.accept(log_probs_chunk, frame_offset)   # (T, V) natural-log posteriors, absolute frame index
-    hits = dec.hypothesis()                     # [TokenHit(id, frame, logprob)] of the best path
-    dec.reset()                                 # start a new segment (keeps repeat-collapse context)
+    dec = KenLMDecoder(tokens, "lm.arpa")   # lexicon-free beam search + token-level KenLM n-gram,
+                                            # through flashlight-text (optional dependency)
+    dec = make_decoder("greedy" | "beam", ...)
+
+All share the incremental interface `CTCDecoder`: accept((T, V) log-probs, frame_offset),
+hypothesis() -> [TokenHit], reset().
 
 Token frames are output-frame indices from the start of the stream; `words_from_hits` turns
 them into words with times in seconds: a word starts at its first token's frame and ends one
 frame after its last token's frame (frame duration = subsampling x feature frame shift), and
 its confidence is the mean posterior of its tokens at their emitting frames.
 
-Conventions (shared with `ekd_compress.spec.tokens`): id 0 is the blank; character tables spell
-the word boundary `|`, BPE tables mark word starts with `▁`.
+Token conventions (`ekd_compress.contract.tokens`): id BLANK_ID (0) is the blank; character
+tables spell the word boundary SPACE (`|`), BPE tables mark word starts with BPE_MARK (`▁`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-BPE_MARK = "\u2581"
-SPACE = "|"
-NEG_INF = -math.inf
-
-
-@dataclass(frozen=True)
-class TokenHit:
-    """One emitted token: id, output frame index (from stream start), its log-posterior there."""
-
-    id: int
-    frame: int
-    logprob: float
+from ekd_compress.contract.ctc_decode import (  # noqa: F401 (re-exported: the server's decoders)
+    CTCDecoder,
+    GreedyDecoder,
+    PrefixBeamDecoder,
+    TokenHit,
+    check_chunk,
+    ctc_prefix_beam_search,
+)
+from ekd_compress.contract.tokens import BLANK_ID, BPE_MARK, SPACE
 
 
 @dataclass(frozen=True)
 class Word:
+    """One word (a phone for phone models) of a result, with times in seconds and a confidence."""
+
     word: str
     start: float  # seconds from the stream start
     end: float
@@ -51,122 +50,6 @@ class Word:
 
     def to_dict(self) -> dict:
         return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3), "conf": round(self.conf, 4)}
-
-
-class CTCDecoder(Protocol):
-    def accept(self, log_probs: np.ndarray, frame_offset: int) -> None: ...
-
-    def hypothesis(self) -> list[TokenHit]: ...
-
-    def reset(self) -> None: ...
-
-
-def _check_chunk(log_probs: np.ndarray) -> np.ndarray:
-    lp = np.asarray(log_probs, dtype=np.float32)
-    if lp.ndim != 2:
-        raise ValueError(f"log_probs must be (frames, vocab), got shape {lp.shape}")
-    return lp
-
-
-class GreedyDecoder:
-    """Best-path decoding, incremental: the last frame's argmax is kept across chunks (and
-    segments) so a token spanning a chunk boundary is emitted once."""
-
-    def __init__(self, blank: int = 0) -> None:
-        self.blank = blank
-        self._prev = blank
-        self._hits: list[TokenHit] = []
-
-    def accept(self, log_probs: np.ndarray, frame_offset: int) -> None:
-        lp = _check_chunk(log_probs)
-        if lp.shape[0] == 0:
-            return
-        best = lp.argmax(axis=-1)  # (T,)
-        prev = np.concatenate([[self._prev], best[:-1]])
-        for t in np.nonzero((best != prev) & (best != self.blank))[0]:
-            self._hits.append(TokenHit(int(best[t]), frame_offset + int(t), float(lp[t, best[t]])))
-        self._prev = int(best[-1])
-
-    def hypothesis(self) -> list[TokenHit]:
-        return list(self._hits)
-
-    def reset(self) -> None:
-        self._hits = []
-
-
-class PrefixBeamDecoder:
-    """CTC prefix beam search (Hannun et al. 2014) in the log domain, incremental over chunks.
-
-    Each prefix keeps log P(prefix, ending in blank) and log P(prefix, ending in non-blank).
-    Per frame only the `token_beam` most likely tokens (and those within `prune` nats of the
-    best) are tried. On `reset` the best prefix's last token is kept as context, so a token
-    spanning the cut is not emitted twice.
-    """
-
-    def __init__(self, beam: int = 8, token_beam: int | None = None, prune: float = 10.0, blank: int = 0) -> None:
-        if beam < 1:
-            raise ValueError(f"beam={beam}: use 1 or more")
-        self.beam = beam
-        self.token_beam = token_beam or beam
-        self.prune = prune
-        self.blank = blank
-        self._context: int | None = None
-        self._beams: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG_INF]}
-        self._hits: dict[tuple[int, ...], tuple[TokenHit, ...]] = {(): ()}
-
-    def accept(self, log_probs: np.ndarray, frame_offset: int) -> None:
-        lp = _check_chunk(log_probs).astype(np.float64)
-        lae = np.logaddexp
-        for t in range(lp.shape[0]):
-            row = lp[t]
-            k = min(self.token_beam, row.shape[0])
-            cands = np.argpartition(-row, k - 1)[:k]
-            cands = [int(c) for c in cands if c != self.blank and row[c] >= row.max() - self.prune]
-            nxt: dict[tuple[int, ...], list[float]] = {}
-            hits = self._hits
-            new_hits: dict[tuple[int, ...], tuple[TokenHit, ...]] = {}
-
-            def slot(prefix: tuple[int, ...]) -> list[float]:
-                if prefix not in nxt:
-                    nxt[prefix] = [NEG_INF, NEG_INF]
-                return nxt[prefix]
-
-            for prefix, (pb, pnb) in self._beams.items():
-                total = lae(pb, pnb)
-                s = slot(prefix)
-                s[0] = lae(s[0], total + row[self.blank])
-                new_hits.setdefault(prefix, hits[prefix])
-                last = prefix[-1] if prefix else self._context
-                for c in cands:
-                    p = row[c]
-                    ext = prefix + (c,)
-                    if c == last:
-                        s[1] = lae(s[1], pnb + p)  # repeat collapses into the same prefix
-                        e = slot(ext)
-                        e[1] = lae(e[1], pb + p)  # blank in between: a new token
-                    else:
-                        e = slot(ext)
-                        e[1] = lae(e[1], total + p)
-                    if ext not in new_hits:
-                        new_hits[ext] = hits.get(ext) or hits[prefix] + (TokenHit(c, frame_offset + t, float(p)),)
-            ranked = sorted(nxt.items(), key=lambda kv: lae(kv[1][0], kv[1][1]), reverse=True)[: self.beam]
-            self._beams = {p: v for p, v in ranked}
-            self._hits = {p: new_hits[p] for p in self._beams}
-
-    def _best(self) -> tuple[int, ...]:
-        return max(self._beams, key=lambda p: np.logaddexp(*self._beams[p]))
-
-    def hypothesis(self) -> list[TokenHit]:
-        return list(self._hits[self._best()])
-
-    def reset(self) -> None:
-        best = self._best()
-        pb, pnb = self._beams[best]
-        total = np.logaddexp(pb, pnb)
-        if best:
-            self._context = best[-1]
-        self._beams = {(): [pb - total, pnb - total]}  # keep blank/non-blank split for the context token
-        self._hits = {(): ()}
 
 
 class DecoderUnavailable(RuntimeError):
@@ -191,7 +74,7 @@ class KenLMDecoder:
 
     def __init__(self, tokens: Sequence[str], lm_path: str | Path | None = None, lm_weight: float = 0.5,
                  word_score: float = 0.0, beam: int = 16, token_beam: int | None = None, beam_threshold: float = 25.0,
-                 blank: int = 0, lm=None) -> None:
+                 blank: int = BLANK_ID, lm=None) -> None:
         """lm: a model from `load_kenlm` shared by many decoders (else lm_path is loaded here)."""
         from flashlight.lib.text.decoder import CriterionType, LexiconFreeDecoder, LexiconFreeDecoderOptions
 
@@ -214,7 +97,7 @@ class KenLMDecoder:
         self._dec.decode_begin()
 
     def accept(self, log_probs: np.ndarray, frame_offset: int) -> None:
-        lp = np.ascontiguousarray(_check_chunk(log_probs))
+        lp = np.ascontiguousarray(check_chunk(log_probs))
         if lp.shape[1] != self.vocab:
             raise ValueError(f"log_probs have {lp.shape[1]} classes, the token table {self.vocab}")
         if self._frames == 0:
@@ -258,7 +141,7 @@ def load_kenlm(tokens: Sequence[str], lm_path: str | Path):
     return KenLM(str(lm_path), Dictionary(list(tokens)))
 
 
-def make_decoder(kind: str = "greedy", tokens: Sequence[str] | None = None, blank: int = 0, beam: int = 8,
+def make_decoder(kind: str = "greedy", tokens: Sequence[str] | None = None, blank: int = BLANK_ID, beam: int = 8,
                  lm_path: str | Path | None = None, lm_weight: float = 0.5, word_score: float = 0.0,
                  lm=None) -> CTCDecoder:
     """'greedy' | 'beam' (prefix beam search; with lm / lm_path, KenLM through flashlight-text)."""
@@ -274,21 +157,6 @@ def make_decoder(kind: str = "greedy", tokens: Sequence[str] | None = None, blan
                                 lm=lm)
         return PrefixBeamDecoder(beam=beam, blank=blank)
     raise ValueError(f"decoder {kind!r} is unknown; use 'greedy' or 'beam'")
-
-
-# ----------------------------------------------------------------------------- offline helpers
-def ctc_greedy(log_probs: np.ndarray, blank: int = 0) -> list[int]:
-    """(T, V) -> token ids of the best path."""
-    dec = GreedyDecoder(blank)
-    dec.accept(log_probs, 0)
-    return [h.id for h in dec.hypothesis()]
-
-
-def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 8, blank: int = 0) -> list[int]:
-    """(T, V) -> token ids of the most probable labelling found by prefix beam search."""
-    dec = PrefixBeamDecoder(beam=beam, blank=blank)
-    dec.accept(log_probs, 0)
-    return [h.id for h in dec.hypothesis()]
 
 
 # ----------------------------------------------------------------------------- words

@@ -1,16 +1,16 @@
-"""Endpoint rules and the segments they close (the rules are described in `serve.runtime`'s
-docstring; `Stream` applies them). Re-exported by `serve.runtime`."""
+"""Endpoint rules and the segments they close (the rules are described in `ekd_compress.serve.runtime`'s
+docstring; `Stream` applies them). Re-exported by `ekd_compress.serve.runtime`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.decode import Word
+from ekd_compress.serve.decode import Word
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """Endpoint rules, seconds (see `serve.runtime`'s docstring). enabled=False: one segment until finalize."""
+    """Endpoint rules, seconds (see `ekd_compress.serve.runtime`'s docstring). enabled=False: one segment until finalize."""
 
     enabled: bool = True
     trailing_silence_s: float = 0.8

@@ -1,6 +1,6 @@
 """Plain-HTTP side of the recognition server: the websocket upgrade checks (path, token,
 connection limit), the browser page and static files, /health, /metrics and /stats.
-Re-exported by `serve.server`."""
+Re-exported by `ekd_compress.serve.server`."""
 from __future__ import annotations
 
 import hmac
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from serve.metrics import rss_mb
-from serve.protocol import _json
+from ekd_compress.contract.tokens import BLANK_ID, BPE_MARK, SPACE, UNK
+from ekd_compress.serve.metrics import rss_mb
+from ekd_compress.serve.protocol import _json
 
 log = logging.getLogger("serve")
 
@@ -216,7 +217,7 @@ def model_info(bundle) -> dict[str, Any]:
     """What the model knows, for /health and the page: its token set (blank and the word separator
     left out), their kind, the language when the bundle records one, and the dev WER it was exported with."""
     meta = bundle.meta
-    symbols = [t for t in bundle.tokens.tokens[1:] if t not in ("|", "▁", "<unk>")]
+    symbols = [t for t in bundle.tokens.tokens[BLANK_ID + 1:] if t not in (SPACE, BPE_MARK, UNK)]
     wer = (meta.get("provenance") or {}).get("dev_wer")
     return {"vocabulary": symbols, "token_kind": meta.get("token_kind", "char"),
             "language": meta.get("language") or (meta.get("provenance") or {}).get("language"),

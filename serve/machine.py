@@ -1,6 +1,6 @@
 """The machine's own arithmetic limit: single-thread float32 matrix-product rate (GFLOP/s).
 
-`serve.bench` measures it once per run and compares every bundle's measured RTF with its
+`ekd_compress.serve.bench` measures it once per run and compares every bundle's measured RTF with its
 FLOP floor, `flops_per_audio_second / matmul_flops_per_second`: the RTF the model would have
 if it did nothing but its matrix products at the machine's best one-thread rate. The gap
 (measured / floor) is what the rest costs: feature extraction, onnxruntime's per-call and

@@ -1,5 +1,5 @@
 """Prometheus metrics of the recognition server, exact per-chunk compute times for /stats, and
-the process's resident memory. Re-exported by `serve.server`."""
+the process's resident memory. Re-exported by `ekd_compress.serve.server`."""
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,65 @@
 """Websocket protocols of the recognition server: message parsing and validation, and the
-per-connection state machines of the native (`/ws`) and Vosk-compatible (`/`) protocols, both
-documented in `serve.server`'s docstring. Re-exported by `serve.server`."""
+per-connection state machines of the native (`/ws`) and Vosk-compatible (`/`) protocols
+(`_Session`), specified below. Re-exported by `ekd_compress.serve.server` (limits, authentication,
+shutdown and batching are described there).
+
+Endpoints (one port):
+
+    ws://HOST:PORT/ws       native protocol (below)
+    ws://HOST:PORT/         Vosk-compatible protocol (below), what Vosk clients, Asterisk, Jigasi
+                            and FreeSWITCH integrations connect to
+    GET  /                  (plain HTTP) the browser demo page: microphone -> live text
+    GET  /health            JSON: {"status": "ok", "model", "output": "words"|"phones", "streams",
+                            "max_connections", "rss_mb", ...}
+                            (only {"status": "ok"} without the token, when one is set)
+    GET  /metrics           Prometheus text format (prometheus-client)
+    GET  /stats?since=N     JSON: exact per-chunk compute latency quantiles of chunks N.. (bench)
+
+Native protocol (`/ws`):
+
+    client -> {"type": "start", "sample_rate": 16000}      first message; optional
+              "endpointing": true|false (default true). sample_rate: integer Hz within
+              [min_sample_rate, max_sample_rate] (8000-96000 by default); other rates than the
+              model's are resampled on the server.
+    client -> binary messages: mono little-endian int16 PCM at that rate, any size up to the
+              message limit (an odd trailing byte is kept for the next message).
+    client -> {"type": "end"}                              no more audio.
+    server -> {"type": "ready", "sample_rate": 16000, "model_sample_rate": 16000, "chunk_ms": 320}
+              in reply to start.
+    server -> {"type": "partial", "text": "...", "start": s}  after each audio message that
+              completed one or more model chunks (chunk_ms of audio); text of the open segment.
+    server -> {"type": "final", "text": "...", "words": [{"word", "start", "end", "conf"}],
+               "start": s, "end": s, "reason": "trailing_silence" | "max_length" | "end" | "shutdown"}
+              when an endpoint rule closes a segment with text, and once after "end" (the
+              last one, possibly empty text, reason "end"); then the server closes (1000).
+              Times are seconds from the start of the stream.
+    server -> {"type": "error", "error": CODE, "message": "..."} then a close with a
+              websocket close code: bad_json / bad_message / bad_sample_rate (1007),
+              not_started / already_started / idle_timeout / unauthorized (1008),
+              too_big (1009), busy (1013), internal (1011). bad_json covers malformed JSON
+              and JSON Python would accept but the protocol does not: NaN, Infinity,
+              numbers beyond float range (1e400), integers over 4,300 digits, nesting too
+              deep. Each such close is logged on one line (code, close code, client
+              address), never with a traceback; 1011 is kept for server bugs.
+
+Phone models (a bundle with token_kind "phone", trained with `tokens.kind: phone`) write phones,
+not words: every "text" / "partial" is a phone string such as "HH AH L OW" (ARPAbet from the
+model's lexicon.txt, stress-stripped), and each entry of "words" / "result" is one phone with its
+times and confidence (its "word" field holds the phone). /health says "output": "phones".
+
+Vosk-compatible protocol (`/`): text `{"config": {"sample_rate": 8000}}` (optional, before audio;
+other config keys are accepted and ignored; a repeated config at the same rate keeps the stream
+and its audio, another rate after audio is bad_sample_rate; more than max_configs config
+messages on one connection close it with too_many_configs, 1008), binary int16 PCM frames, then text `{"eof" : 1}`.
+Exactly one reply per binary frame: `{"partial": "..."}`, or at an endpoint
+`{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (`{"text": ""}` when the
+segment had no words). After eof: the final result, then the server closes. Errors: `{"error": "..."}`
+and a close as above.
+
+HTTP: an ambiguous request (the Upgrade or Authorization header sent twice) gets 400; any
+path that is not a route or a file of serve/static gets 404 (request paths never reach the
+filesystem, and are echoed back cut to 100 characters).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -11,10 +70,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve.runtime import EndpointConfig, Segment, Stream
+from ekd_compress.serve.runtime import EndpointConfig, Segment, Stream
 
 if TYPE_CHECKING:
-    from serve.server import RecognitionServer
+    from ekd_compress.serve.server import RecognitionServer
 
 
 class SessionOver(Exception):
@@ -195,7 +254,7 @@ class _Session:
 
     async def _new_stream(self, rate: int, endpointing: bool = True) -> None:
         """A new Stream at `rate`, built off the event loop (its resampler's filters take tens of
-        ms at unusual rates the first time; `serve.resample` caches them per rate pair)."""
+        ms at unusual rates the first time; `ekd_compress.serve.resample` caches them per rate pair)."""
         ep = self.cfg.endpoint if endpointing else EndpointConfig(enabled=False)
         create = self.server.rec.create_stream
         self.stream = await asyncio.get_running_loop().run_in_executor(

@@ -43,13 +43,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ekd_compress.spec.features import OnlineFeatures
-from serve.bundle import _DTYPES, BUNDLE_FORMAT, Bundle, BundleError, StateInfo  # noqa: F401 (re-exported)
-from serve.decode import CTCDecoder, TokenHit, Word, load_kenlm, make_decoder, words_from_hits  # noqa: F401
-from serve.endpoint import EndpointConfig, Segment
-from serve.resample import Resampler
+from ekd_compress.contract.features import OnlineFeatures
+from ekd_compress.contract.bundle import Bundle, BundleError, StateInfo  # noqa: F401 (re-exported)
+from ekd_compress.serve.decode import CTCDecoder, TokenHit, Word, load_kenlm, make_decoder, words_from_hits  # noqa: F401
+from ekd_compress.serve.endpoint import EndpointConfig, Segment
+from ekd_compress.serve.resample import Resampler
 
-__all__ = ["BUNDLE_FORMAT", "PROVIDERS", "Bundle", "BundleError", "EndpointConfig", "Recognizer", "Segment",
+__all__ = ["PROVIDERS", "Bundle", "BundleError", "EndpointConfig", "Recognizer", "Segment",
            "StateInfo", "Stream"]
 
 PROVIDERS = {

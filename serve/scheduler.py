@@ -1,6 +1,6 @@
 """Batching scheduler of the recognition server: gathers streams with ready chunks (up to
 max_batch, waiting at most max_wait_ms after the first) and runs `Recognizer.decode_batch` in one
-worker thread. Re-exported by `serve.server`."""
+worker thread. Re-exported by `ekd_compress.serve.server`."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +8,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from serve.metrics import Metrics
-from serve.runtime import Recognizer, Stream
+from ekd_compress.serve.metrics import Metrics
+from ekd_compress.serve.runtime import Recognizer, Stream
 
 log = logging.getLogger("serve")
 

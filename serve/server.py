@@ -1,63 +1,9 @@
 """Streaming speech recognition server: websockets (asyncio), batched decoding off the event loop.
 
-    ekd-compress serve BUNDLE --port 2700          # or: python -m serve.server BUNDLE --port 2700
+    ekd-compress serve BUNDLE --port 2700
 
-Endpoints (one port):
-
-    ws://HOST:PORT/ws       native protocol (below)
-    ws://HOST:PORT/         Vosk-compatible protocol (below), what Vosk clients, Asterisk, Jigasi
-                            and FreeSWITCH integrations connect to
-    GET  /                  (plain HTTP) the browser demo page: microphone -> live text
-    GET  /health            JSON: {"status": "ok", "model", "output": "words"|"phones", "streams",
-                            "max_connections", "rss_mb", ...}
-                            (only {"status": "ok"} without the token, when one is set)
-    GET  /metrics           Prometheus text format (prometheus-client)
-    GET  /stats?since=N     JSON: exact per-chunk compute latency quantiles of chunks N.. (bench)
-
-Native protocol (`/ws`):
-
-    client -> {"type": "start", "sample_rate": 16000}      first message; optional
-              "endpointing": true|false (default true). sample_rate: integer Hz within
-              [min_sample_rate, max_sample_rate] (8000-96000 by default); other rates than the
-              model's are resampled on the server.
-    client -> binary messages: mono little-endian int16 PCM at that rate, any size up to the
-              message limit (an odd trailing byte is kept for the next message).
-    client -> {"type": "end"}                              no more audio.
-    server -> {"type": "ready", "sample_rate": 16000, "model_sample_rate": 16000, "chunk_ms": 320}
-              in reply to start.
-    server -> {"type": "partial", "text": "...", "start": s}  after each audio message that
-              completed one or more model chunks (chunk_ms of audio); text of the open segment.
-    server -> {"type": "final", "text": "...", "words": [{"word", "start", "end", "conf"}],
-               "start": s, "end": s, "reason": "trailing_silence" | "max_length" | "end" | "shutdown"}
-              when an endpoint rule closes a segment with text, and once after "end" (the
-              last one, possibly empty text, reason "end"); then the server closes (1000).
-              Times are seconds from the start of the stream.
-    server -> {"type": "error", "error": CODE, "message": "..."} then a close with a
-              websocket close code: bad_json / bad_message / bad_sample_rate (1007),
-              not_started / already_started / idle_timeout / unauthorized (1008),
-              too_big (1009), busy (1013), internal (1011). bad_json covers malformed JSON
-              and JSON Python would accept but the protocol does not: NaN, Infinity,
-              numbers beyond float range (1e400), integers over 4,300 digits, nesting too
-              deep. Each such close is logged on one line (code, close code, client
-              address), never with a traceback; 1011 is kept for server bugs.
-
-Phone models (a bundle with token_kind "phone", trained with `tokens.kind: phone`) write phones,
-not words: every "text" / "partial" is a phone string such as "HH AH L OW" (ARPAbet from the
-model's lexicon.txt, stress-stripped), and each entry of "words" / "result" is one phone with its
-times and confidence (its "word" field holds the phone). /health says "output": "phones".
-
-Vosk-compatible protocol (`/`): text `{"config": {"sample_rate": 8000}}` (optional, before audio;
-other config keys are accepted and ignored; a repeated config at the same rate keeps the stream
-and its audio, another rate after audio is bad_sample_rate; more than max_configs config
-messages on one connection close it with too_many_configs, 1008), binary int16 PCM frames, then text `{"eof" : 1}`.
-Exactly one reply per binary frame: `{"partial": "..."}`, or at an endpoint
-`{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (`{"text": ""}` when the
-segment had no words). After eof: the final result, then the server closes. Errors: `{"error": "..."}`
-and a close as above.
-
-HTTP: an ambiguous request (the Upgrade or Authorization header sent twice) gets 400; any
-path that is not a route or a file of serve/static gets 404 (request paths never reach the
-filesystem, and are echoed back cut to 100 characters).
+Endpoints and the two websocket protocols (native `/ws`, Vosk-compatible `/`), their messages,
+error codes and close codes: `ekd_compress.serve.protocol`'s docstring (beside the code that implements them).
 
 Limits (each a `serve` option; 0 turns the optional ones off):
   --max-connections 64   beyond it the HTTP upgrade gets 503 with a hint and Retry-After.
@@ -116,14 +62,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
-from serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
-from serve.protocol import ClientError, SessionOver, _json, _Session, _vosk_result, _words_native  # noqa: F401
-from serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
-from serve.scheduler import BatchScheduler
+from ekd_compress.serve.http_routes import STATIC_DIR, HTTPRoutes, _peer  # noqa: F401 (re-exported)
+from ekd_compress.serve.metrics import Metrics, rss_mb  # noqa: F401 (re-exported)
+from ekd_compress.serve.protocol import ClientError, SessionOver, _json, _Session, _vosk_result, _words_native  # noqa: F401
+from ekd_compress.serve.runtime import EndpointConfig, Recognizer, Segment, Stream  # noqa: F401 (re-exported)
+from ekd_compress.serve.scheduler import BatchScheduler
 
-__all__ = ["BatchScheduler", "ClientError", "Metrics", "RecognitionServer", "ServerConfig", "ServerThread", "main",
-           "resolve_token", "rss_mb", "run_server"]
+__all__ = ["BatchScheduler", "ClientError", "Metrics", "RecognitionServer", "ServerConfig", "ServerThread",
+           "resolve_token", "rss_mb", "run_server", "serve_subprocess"]
 
 log = logging.getLogger("serve")
 
@@ -445,37 +391,26 @@ def run_server(bundle: str | Path, config: ServerConfig | None = None, provider:
     asyncio.run(main())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m serve.server BUNDLE [--host H] [--port P] ...` (the CLI's serve command, without click)."""
-    import argparse
+def serve_subprocess(spec: dict) -> None:
+    """Serve one bundle as the benchmark's server subprocess (serve/bench.py `ServerProcess`).
 
-    p = argparse.ArgumentParser(prog="python -m serve.server", description="Serve a bundle over websockets.")
-    p.add_argument("bundle")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=2700)
-    p.add_argument("--max-connections", type=int, default=64)
-    p.add_argument("--max-per-address", type=int, default=16, help="open connections per client address, 0: any")
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--token", default=None, help="deprecated (visible in the process list): --token-file or "
-                                                  "EKD_SERVE_TOKEN")
-    p.add_argument("--token-file", default=None, help="file holding the bearer token (else EKD_SERVE_TOKEN)")
-    p.add_argument("--int8", action="store_true")
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--port-file", help="write the bound port here once listening (for --port 0)")
-    a = p.parse_args(argv)
+    spec: {"bundle": path, "port_file": path the bound port is written to once listening
+    (for port 0), "config": ServerConfig keyword arguments (numbers and strings), "provider",
+    "threads", "use_int8"}; the token comes from EKD_SERVE_TOKEN. Not a command line: people
+    run `ekd-compress serve`.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ServerConfig(host=a.host, port=a.port, max_connections=a.max_connections,
-                       max_per_address=a.max_per_address, max_batch=a.max_batch,
-                       max_wait_ms=a.max_wait_ms, token=resolve_token(a.token, a.token_file))
+    cfg = ServerConfig(**spec["config"], token=resolve_token())
 
     def ready(server: RecognitionServer) -> None:
-        if a.port_file:
-            Path(a.port_file).write_text(str(server.port))
+        Path(spec["port_file"]).write_text(str(server.port))
 
-    run_server(a.bundle, cfg, provider=a.provider, threads=a.threads, use_int8=a.int8, on_ready=ready)
+    run_server(spec["bundle"], cfg, provider=spec["provider"], threads=spec["threads"], use_int8=spec["use_int8"],
+               on_ready=ready)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # serve/bench.py: python -m ekd_compress.serve.server SPEC_JSON (light: no click, no CLI imports)
+    import json
+    import sys
+
+    serve_subprocess(json.loads(sys.argv[1]))

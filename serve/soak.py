@@ -2,7 +2,7 @@
 
     ekd-compress bench BUNDLE --soak-streams 50 --soak-seconds 600 --audio wavs/ --out soak.json
 
-The server is started in a subprocess as `serve.bench` does (`ServerProcess`, so its memory is
+The server is started in a subprocess as `ekd_compress.serve.bench` does (`ServerProcess`, so its memory is
 its own), then `streams` clients each send utterances one after another, at real-time pace
 (100 ms messages), until `seconds` have passed. Each utterance is one clip of the bench's audio
 set (`--audio DIR`, else the synthetic speech-like clips) on its own connection: the native
@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from serve.bench import (BenchConfig, ServerProcess, StreamStats, _http_json, _q, check_bundle, load_audio_dir,
+from ekd_compress.serve.bench import (BenchConfig, ServerProcess, StreamStats, _http_json, _q, check_bundle, load_audio_dir,
                          pcm16, stream_client, synthetic_audio)
 
 MAX_MISMATCH_EXAMPLES = 5
@@ -56,7 +56,7 @@ def offline_transcripts(bundle: str | Path, clips: Sequence[tuple[np.ndarray, in
     """Each clip decoded offline (whole signal, `Recognizer.recognize`) with the server's default
     endpoint rules; the non-empty segment texts joined by spaces. The clip is decoded as the server
     receives it: as the int16 PCM the clients send (models can be sensitive to the last bit)."""
-    from serve.runtime import EndpointConfig, Recognizer
+    from ekd_compress.serve.runtime import EndpointConfig, Recognizer
 
     rec = Recognizer(bundle, provider=cfg.provider, threads=cfg.threads, use_int8=cfg.int8)
     out = []

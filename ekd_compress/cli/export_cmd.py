@@ -1,4 +1,4 @@
-"""`ekd-compress export EXPDIR`: a thin wrapper over `export.api.export_bundle`.
+"""`ekd-compress export EXPDIR`: a thin wrapper over `ekd_compress.export.api.export_bundle`.
 
 Registered in the CLI group with `cli.add_command(export)`. Heavy imports (torch, onnx,
 onnxruntime, tensorrt) happen inside the command.
@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 import click
+
+from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 @click.command("export")
@@ -34,29 +37,23 @@ import click
               help="TensorRT engine in INT8 (explicit Q/DQ, calibrated on dev features).")
 @click.option("--verify-utterances", type=click.IntRange(min=1), default=50, show_default=True,
               help="Dev utterances on which ONNX must match PyTorch (|Δ log-prob| <= 1e-4, same transcripts).")
+@needs("train")
 def export(exp_dir: Path, model: str, out_dir: Optional[Path], int8: bool, int8_method: str,
            max_int8_wer_increase: float, min_int8_speedup: float, require_int8: bool, trt: bool, trt_precision: str,
            verify_utterances: int) -> None:
     """Export a model of EXP_DIR as a deployable, verified bundle: streaming ONNX with explicit
     state, tokens.txt and bundle.json; optionally INT8 (--int8) and a TensorRT engine (--trt)."""
     if trt:  # before anything else: a missing GPU is a one-line answer, not a failure after the export
-        from export.tensorrt_build import TrtUnavailable, check_trt_available
+        from ekd_compress.export.tensorrt_build import TrtUnavailable, check_trt_available
 
         try:
             check_trt_available()
         except TrtUnavailable as e:
-            raise click.ClickException(str(e)) from None
-    from export.api import export_bundle
+            raise UserError(str(e)) from None
+    from ekd_compress.export.api import export_bundle
 
-    try:
-        path = export_bundle(exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt, trt_precision=trt_precision,
-                             max_int8_wer_increase=max_int8_wer_increase, verify_utterances=verify_utterances,
-                             int8_method=int8_method, min_int8_speedup=min_int8_speedup, require_int8=require_int8,
-                             log=click.echo)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:  # our own errors name the fix (verification, INT8 accuracy, TensorRT)
-        if type(e).__module__.startswith(("export", "ekd_compress")):
-            raise click.ClickException(f"{type(e).__name__}: {e}") from None
-        raise
+    path = friendly(export_bundle, exp_dir, model=model, out_dir=out_dir, int8=int8, trt=trt,
+                    trt_precision=trt_precision, max_int8_wer_increase=max_int8_wer_increase,
+                    verify_utterances=verify_utterances, int8_method=int8_method, min_int8_speedup=min_int8_speedup,
+                    require_int8=require_int8, log=click.echo)
     click.echo(f"bundle written: {path}")

@@ -1,7 +1,9 @@
 """`ekd-compress` command line: thin click wrappers, one library call each.
 
-Heavy libraries (torch, lhotse, mlflow) are imported inside the commands, so
-`ekd-compress --help` answers at once.
+The group and the training-side commands (distill, evaluate, recipe, data-bench, train-bench)
+are here; export is in export_cmd.py, serve and bench in serve_cmd.py; every command reports
+errors through errors.py. Heavy libraries (torch, lhotse, mlflow) are imported inside the
+commands, so `ekd-compress --help` answers at once.
 """
 from __future__ import annotations
 
@@ -12,22 +14,8 @@ from pathlib import Path
 import click
 
 from ekd_compress import __version__
-
-
-class UserError(click.ClickException):
-    """Shown as 'Error: ...' with exit code 1 and no traceback."""
-
-
-def _friendly(fn, *args, **kwargs):
-    """Run a library call; known user errors become one clear line instead of a traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from e
-    except Exception as e:  # errors from our own modules that name the fix
-        if type(e).__module__.startswith("ekd_compress"):
-            raise UserError(f"{type(e).__name__}: {e}") from e
-        raise
+from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,6 +39,7 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE"
 @click.option("--resume", is_flag=True,
               help="Update an experiment made with a different recipe in place (only the stages the change affects "
                    "re-run). Without it such a folder is refused; the same recipe always resumes.")
+@needs("train")
 def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_mlflow: bool, fresh: bool,
             resume: bool) -> None:
     """Run every stage of RECIPE (a YAML file, or a bundled recipe's name: demo, fsdd, ...): data,
@@ -62,14 +51,14 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
 
     from ekd_compress.train.distributed import dist_info
 
-    r = _friendly(load_recipe, recipe, overrides)
+    r = friendly(load_recipe, recipe, overrides)
     target = out_dir or Path(r.out_dir)
     main_rank = dist_info().is_main  # under torchrun: rank 0 deletes and reports; the ranks meet in run_distill
     if fresh and main_rank:
-        _friendly(clean_experiment, target)
+        friendly(clean_experiment, target)
     elif not fresh:
-        _friendly(check_out_dir, r, target, resume=resume)
-    _friendly(run_distill, r, target, tracking=not no_mlflow)
+        friendly(check_out_dir, r, target, resume=resume)
+    friendly(run_distill, r, target, tracking=not no_mlflow)
     if main_rank:
         click.echo(f"results: {target / 'results.md'}")
 
@@ -87,12 +76,13 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="Bad utterances in DATA stop the run, or are skipped and counted.")
+@needs("train")
 def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
     """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does."""
-    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+    from ekd_compress.evaluate.on_data import evaluate_on_data
 
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    result = _friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
+    result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log)
     if as_json:
         click.echo(json.dumps(result))
@@ -115,13 +105,14 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
 @click.option("--eager", is_flag=True,
               help="Load the manifests eagerly, features cached (the small-corpus path), for comparison.")
 @click.option("--in-process", is_flag=True, help="Run every phase in this process (peak memory then accumulates).")
+@needs("train")
 def data_bench(n: int, fraction: float, work_dir: Path, out: Path | None, max_duration: float, num_workers: int,
                seconds: tuple[float, float], keep: bool, eager: bool, in_process: bool) -> None:
     """Time data preparation and one epoch of training-batch loading over a lazy manifest of N
     generated utterances (and of N*FRACTION), with each phase's peak memory."""
     from ekd_compress.data.scale_bench import format_table, run_scale_bench
 
-    result = _friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
+    result = friendly(run_scale_bench, n, work_dir, fraction=fraction, isolate=not in_process, keep=keep, out=out,
                        max_duration=max_duration, num_workers=num_workers, min_seconds=seconds[0],
                        max_seconds=seconds[1], lazy=not eager)
     click.echo(format_table(result))
@@ -139,16 +130,18 @@ def recipe() -> None:
 @_recipe_arg
 @_set_opt
 @click.option("--keys", is_flag=True, help="One line per settable key: key = value (type).")
+@needs("train", preload=())  # recipe files need only pyyaml
 def recipe_show(recipe: str, overrides: tuple[str, ...], keys: bool) -> None:
     """Print RECIPE (a file or a bundled name) fully resolved: defaults filled in, --set applied,
     ${...} expanded; what `distill` would run."""
     from ekd_compress.recipe import load_recipe
     from ekd_compress.recipe_files import show_recipe
 
-    click.echo(show_recipe(_friendly(load_recipe, recipe, overrides), keys=keys))
+    click.echo(show_recipe(friendly(load_recipe, recipe, overrides), keys=keys))
 
 
 @recipe.command("list")
+@needs("train", preload=())  # recipe files need only pyyaml
 def recipe_list() -> None:
     """The recipes `distill NAME` finds, with their files and first comment line."""
     from ekd_compress.recipe_files import bundled_recipes
@@ -172,6 +165,7 @@ def recipe_list() -> None:
 @click.option("--utt-seconds", type=float, default=8.0, show_default=True, help="Length of each utterance.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Timed training steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@needs("train")
 def train_bench(recipe: str, which: str, device: str, precision: str, batch_seconds: float | None,
                 utt_seconds: float, steps: int, as_json: bool) -> None:
     """Training throughput of one recipe model on random features: input frames per second,
@@ -179,12 +173,12 @@ def train_bench(recipe: str, which: str, device: str, precision: str, batch_seco
     from ekd_compress.recipe import load_recipe
     from ekd_compress.train.throughput import measure_throughput
 
-    r = _friendly(load_recipe, recipe)
+    r = friendly(load_recipe, recipe)
     models = {"baseline": (r.baseline.arch, r.baseline.params), **{m.name: (m.arch, m.params) for m in r.members}}
     if which not in models:
         raise UserError(f"--model {which!r} is not in {recipe}; choose one of {sorted(models)}")
     arch, params = models[which]
-    res = _friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
+    res = friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
                     batch_seconds=batch_seconds or r.train.max_duration, utt_seconds=utt_seconds, steps=steps,
                     num_mel_bins=r.features.num_mel_bins)
     if as_json:

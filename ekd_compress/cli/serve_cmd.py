@@ -1,4 +1,5 @@
-"""`ekd-compress serve` and `ekd-compress bench`: thin click wrappers over serve/ (torch-free).
+"""`ekd-compress serve` and `ekd-compress bench`: thin click wrappers over serve/ (torch-free;
+bench's optional MLflow logging is `ekd_compress.tracking.bench`).
 
 Register with `cli.add_command(serve)` and `cli.add_command(bench)`.
 """
@@ -9,16 +10,8 @@ from pathlib import Path
 
 import click
 
-
-class _UserError(click.ClickException):
-    """Shown as 'Error: ...' with exit code 1 and no traceback."""
-
-
-def _friendly(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise _UserError(str(e)) from None
+from ekd_compress.cli.errors import UserError, friendly
+from ekd_compress.cli.extras import needs
 
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -71,6 +64,7 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--trailing-silence", default=0.8, show_default=True, type=float,
               help="Endpoint after this much trailing blank following speech (s).")
 @click.option("--max-utterance", default=20.0, show_default=True, type=float, help="Endpoint at this length (s).")
+@needs("serve")
 def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: int, max_wait_ms: float,
           max_message_kb: int, max_queue: int, max_configs: int, drain_grace: float, idle_timeout: float,
           max_session: float, min_data_rate: float, max_per_address: int, token_file: Path | None,
@@ -81,17 +75,17 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
     at http://HOST:PORT/, /health and /metrics."""
     import logging
 
-    from serve.runtime import EndpointConfig
-    from serve.server import ServerConfig, resolve_token, run_server
+    from ekd_compress.serve.runtime import EndpointConfig
+    from ekd_compress.serve.server import ServerConfig, resolve_token, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if lm_path:
         decoder = "beam"
-    cfg = _friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
+    cfg = friendly(ServerConfig, host=host, port=port, max_connections=max_connections, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_message_bytes=max_message_kb * 1024, max_queue=max_queue,
                     max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
                     max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
-                    token=_friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
+                    token=friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
                     allowed_origins=allowed_origins,
                     endpoint=EndpointConfig(trailing_silence_s=trailing_silence, max_utterance_s=max_utterance))
 
@@ -99,7 +93,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
         click.echo(f"serving {server.rec.bundle.name}: page http://{host}:{server.port}/  "
                    f"native ws://{host}:{server.port}/ws  Vosk ws://{host}:{server.port}/  (Ctrl-C stops)", err=True)
 
-    _friendly(run_server, bundle, cfg, provider=provider, threads=threads, use_int8=int8, decoder=decoder, beam=beam,
+    friendly(run_server, bundle, cfg, provider=provider, threads=threads, use_int8=int8, decoder=decoder, beam=beam,
               lm_path=lm_path, lm_weight=lm_weight, on_ready=ready)
 
 
@@ -144,6 +138,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--soak-seconds", type=float, default=None, help="Length of the soak (s) [default: 60].")
 @click.option("--soak-drain-seconds", type=float, default=10.0, show_default=True,
               help="After the soak, utterances in flight get their length plus this long to finish.")
+@needs("serve", preload=())  # --url measures a server elsewhere
 def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
           seconds: float, ramp: bool, ramp_seconds: float, max_streams: int | None, ramp_refine: int, matmul_seconds: float,
           rtf_seconds: float, max_batch: int,
@@ -157,29 +152,31 @@ def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path |
     With --soak-streams N: a soak of N streams for --soak-seconds instead (serve/soak.py)."""
     if soak_streams is not None or soak_seconds is not None:
         if soak_streams is None:
-            raise _UserError("--soak-seconds needs --soak-streams N (the number of concurrent streams)")
+            raise UserError("--soak-seconds needs --soak-streams N (the number of concurrent streams)")
         if url or other:
-            raise _UserError("a soak starts its own server on BUNDLE (to read its memory); drop --url and --vs")
+            raise UserError("a soak starts its own server on BUNDLE (to read its memory); drop --url and --vs")
         _soak(bundle, soak_streams, 60.0 if soak_seconds is None else soak_seconds, soak_drain_seconds, audio_dir,
               as_json, out_json, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, int8=int8,
               provider=provider, token=token)
         return
-    from serve.bench import BenchConfig, bench_bundles
-    from serve.bench_report import JSON_KEYS, plot, table
+    from ekd_compress.serve.bench import BenchConfig, bench_bundles
+    from ekd_compress.serve.bench_report import JSON_KEYS, model_labels, plot, table
 
     if url and other:
-        raise _UserError("--url measures one running server; drop --vs or --url")
+        raise UserError("--url measures one running server; drop --vs or --url")
     cfg = BenchConfig(streams=streams, seconds=seconds, realtime=realtime, ramp=ramp, ramp_seconds=ramp_seconds,
                       max_streams=max_streams, ramp_refine=ramp_refine, matmul_seconds=matmul_seconds, rtf_seconds=rtf_seconds, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       threads=threads, int8=int8, provider=provider, token=token)
     log = (lambda m: click.echo(m, err=True))
-    report = _friendly(bench_bundles, [bundle, *other], cfg, audio_dir=audio_dir, url=url, log=log)
+    report = friendly(bench_bundles, [bundle, *other], cfg, audio_dir=audio_dir, url=url, log=log)
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2))
     plot_file = plot(report, plot_path) if plot_path else None
     if mlflow:
-        _log_mlflow(report, plot_file, log)
+        from ekd_compress.tracking.bench import log_bench_report
+
+        log_bench_report(report, model_labels(report), plot_file, log)
     if as_json:
         click.echo(json.dumps({"models": [{k: m[k] for k in JSON_KEYS} for m in report["models"]],
                                "ratios": report["ratios"], "machine": report["machine"]}))
@@ -191,32 +188,12 @@ def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path |
 
 def _soak(bundle: Path, streams: int, seconds: float, drain_s: float, audio_dir: Path | None, as_json: bool,
           out_json: Path | None, **server: object) -> None:
-    from serve.bench import BenchConfig
-    from serve.soak import soak_bundle, table
+    from ekd_compress.serve.bench import BenchConfig
+    from ekd_compress.serve.soak import soak_bundle, table
 
-    report = _friendly(soak_bundle, bundle, streams, seconds, BenchConfig(**server), audio_dir=audio_dir,
+    report = friendly(soak_bundle, bundle, streams, seconds, BenchConfig(**server), audio_dir=audio_dir,
                        drain_s=drain_s, log=lambda m: click.echo(m, err=True))
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2))
     click.echo(json.dumps(report) if as_json else table(report))
-
-
-def _log_mlflow(report: dict, plot_path: Path | None, log) -> None:
-    """One MLflow run 'bench' with a child run per bundle."""
-    from ekd_compress.tracking import Tracker, TrackingError, resolve_tracking_uri
-    from serve.bench_report import model_labels
-
-    try:
-        tracker = Tracker(resolve_tracking_uri(), "ekd-bench")
-        # report["config"] is serve.bench.public_config: whether a token was used, never the token
-        tracker.start_parent("bench", params={"config": report["config"], "audio": report["audio"]})
-        for m, label in zip(report["models"], model_labels(report)):
-            with tracker.child(label, params={"bundle": m["bundle"]}) as run:
-                run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if plot_path is not None:
-            tracker.log_artifact(plot_path)
-        tracker.end()
-        log(f"logged to MLflow at {tracker.uri} (experiment ekd-bench)")
-    except (TrackingError, ImportError) as e:
-        log(f"MLflow logging skipped: {e}")

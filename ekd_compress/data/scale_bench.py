@@ -142,8 +142,8 @@ def load_epoch(
     from lhotse import CutSet
     from tqdm import tqdm
 
-    from ekd_compress.spec.features import FeatureSpec
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.features import FeatureSpec
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.data import AsrDataset, make_loader
 
     base = rss_mb()

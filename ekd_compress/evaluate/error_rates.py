@@ -5,7 +5,7 @@ All three are `compute_wer` (jiwer's alignment) over different units, in percent
   wer  words of the normalised text (split on white space)
   cer  characters of the normalised text, spaces excluded: `"ab c"` is scored as `a b c`
   per  phones. Reference phones are the lexicon's first pronunciation of each reference
-       word (the training target, see `ekd_compress.spec.lexicon`); the hypothesis of a
+       word (the training target, see `ekd_compress.contract.lexicon`); the hypothesis of a
        phone model is already a phone string (`"HH AH L OW"`). A reference word missing
        from the lexicon contributes no phones and is counted in `oov_words`.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from ekd_compress.evaluate.wer import WerResult, compute_wer
-from ekd_compress.spec.lexicon import Lexicon
+from ekd_compress.contract.lexicon import Lexicon
 
 METRICS = ("wer", "cer", "per")
 LABELS = {"wer": "WER", "cer": "CER", "per": "PER"}

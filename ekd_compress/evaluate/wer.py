@@ -97,7 +97,7 @@ def _check_texts(refs: Sequence[str], hyps: Sequence[str]) -> None:
     for name, texts in (("refs", refs), ("hyps", hyps)):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise TypeError(f"{name}[{i}] is {type(t).__name__} ({t!r}); pass text, e.g. decode token ids with ids_to_text first")
+                raise TypeError(f"{name}[{i}] is {type(t).__name__} ({t!r}); pass text, e.g. decode token ids with TokenTable.decode first")
 
 
 def compute_wer(refs: Sequence[str], hyps: Sequence[str]) -> WerResult:

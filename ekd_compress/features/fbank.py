@@ -1,6 +1,6 @@
 """kaldi-native-fbank as a lhotse feature extractor, plus feature storage for CutSets.
 
-The extractor computes exactly what `ekd_compress.spec.features.compute_fbank` (and so
+The extractor computes exactly what `ekd_compress.contract.features.compute_fbank` (and so
 the streaming server) computes, so training and serving features cannot drift.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from lhotse import CutSet
 from lhotse.features.base import FeatureExtractor, register_extractor
 
 from ekd_compress.recipe import FeatureConfig
-from ekd_compress.spec.features import FeatureSpec, compute_fbank
+from ekd_compress.contract.features import FeatureSpec, compute_fbank
 
 
 @register_extractor

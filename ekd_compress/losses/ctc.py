@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BLANK = 0
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
+from ekd_compress.losses.compose import register_loss
 
 
 def check_lengths(name: str, lengths: Tensor, batch: int, maximum: int, unit: str) -> None:
@@ -20,6 +21,7 @@ def check_lengths(name: str, lengths: Tensor, batch: int, maximum: int, unit: st
                          f"each must count the valid {unit}s of a padded tensor with {maximum} of them")
 
 
+@register_loss("ctc")
 class CTCLoss(nn.Module):
     """Connectionist temporal classification on the transcripts (Graves et al., ICML 2006).
 
@@ -36,9 +38,15 @@ class CTCLoss(nn.Module):
     turns into zero (and zero gradient) instead of a NaN that would ruin the batch.
     """
 
+    log_name = "ctc"
+
     def __init__(self, blank: int = BLANK) -> None:
         super().__init__()
         self.blank = blank
+
+    def batch_loss(self, log_probs: Tensor, out_lengths: Tensor, batch: dict) -> Tensor:
+        """`forward` on a training batch's transcripts (batch["targets"], batch["target_lengths"])."""
+        return self(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
 
     def forward(self, log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
         """log_probs (B, T, V) log-softmax over V; out_lengths (B,) int64 valid frames;

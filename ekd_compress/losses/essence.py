@@ -16,10 +16,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ekd_compress.losses.ctc import CTCLoss, check_lengths
+from ekd_compress.contract.tokens import BLANK_ID as BLANK
+from ekd_compress.losses.compose import WeightedLoss, register_loss
+from ekd_compress.losses.ctc import check_lengths
 
 REST_ID = -2  # id of the residual "rest" bucket in sparse targets (cache: uint16 65535)
-BLANK = 0
 REDUCTIONS = ("frame", "utterance")
 
 
@@ -32,6 +33,7 @@ def _check_number(name: str, value: object, low: float, high: float, low_open: b
     return float(value)
 
 
+@register_loss("essence_kd")
 class EssenceKDLoss(nn.Module):
     """T²-scaled KL divergence from sparse essence targets to the tempered student (arXiv 1906.10834).
 
@@ -59,6 +61,8 @@ class EssenceKDLoss(nn.Module):
     (Hinton et al. 2015) and with k = 1 it is frame cross-entropy to the teacher's argmax.
     The T² factor keeps gradient magnitudes comparable across temperatures.
     """
+
+    log_name = "kd"
 
     def __init__(self, temperature: float = 1.0, blank_weight: float = 1.0,
                  reduction: Literal["frame", "utterance"] = "frame", blank: int = BLANK) -> None:
@@ -102,6 +106,10 @@ class EssenceKDLoss(nn.Module):
             w = torch.where(top1 == self.blank, w * self.blank_weight, w)
         return w
 
+    def batch_loss(self, log_probs: Tensor, out_lengths: Tensor, batch: dict) -> Tensor:
+        """`forward` on a training batch's essence targets (batch["kd_ids"], batch["kd_probs"])."""
+        return self(log_probs, out_lengths, batch["kd_ids"], batch["kd_probs"])
+
     def forward(self, student_log_probs: Tensor, out_lengths: Tensor, ids: Tensor, probs: Tensor) -> Tensor:
         """student_log_probs (B, T, V) log-softmax; out_lengths (B,) int64 valid frames;
         ids (B, T, K) int64 (REST_ID = rest bucket); probs (B, T, K) float -> scalar loss."""
@@ -131,30 +139,38 @@ class EssenceKDLoss(nn.Module):
         return self.temperature ** 2 * total / weight
 
 
-class DistillationLoss(nn.Module):
+class DistillationLoss(WeightedLoss):
     """The student loss of essence KD (arXiv 1906.10834, with CTC as the hard-label loss):
 
         L = λ · L_CTC + (1 − λ) · T² · KL(p_essence ‖ q_T)
 
-    L_CTC is `CTCLoss` (per-utterance sum, batch mean) and the second term `EssenceKDLoss`
-    (T² included). λ = 1 is CTC only; λ = 0 is KD only.
-    Returns (total, {"ctc": L_CTC, "kd": T²·KL}) so both parts can be logged.
+    the composition {"ctc": λ, "essence_kd": 1 − λ} of `CTCLoss` (per-utterance sum, batch
+    mean, Graves et al. 2006) and `EssenceKDLoss` (T² included). λ = 1 is CTC only; λ = 0 is
+    KD only. Returns (total, {"ctc": L_CTC, "kd": T²·KL}) so both parts can be logged.
     """
 
     def __init__(self, lam: float = 0.5, temperature: float = 1.0, blank_weight: float = 1.0,
                  reduction: Literal["frame", "utterance"] = "frame") -> None:
-        super().__init__()
-        self.lam = _check_number("lam", lam, 0.0, 1.0)
-        self.ctc = CTCLoss()
-        self.kd = EssenceKDLoss(temperature=temperature, blank_weight=blank_weight, reduction=reduction)
+        lam = _check_number("lam", lam, 0.0, 1.0)
+        super().__init__({"ctc": lam, "essence_kd": 1.0 - lam},
+                         {"essence_kd": {"temperature": temperature, "blank_weight": blank_weight,
+                                         "reduction": reduction}})
+        self.lam = lam
 
-    def forward(
+    @property
+    def ctc(self) -> nn.Module:
+        return self.terms["ctc"]
+
+    @property
+    def kd(self) -> EssenceKDLoss:
+        return self.terms["essence_kd"]
+
+    def forward(  # type: ignore[override]
         self, log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
         kd_ids: Tensor, kd_probs: Tensor,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """log_probs (B, T, V), out_lengths (B,), targets (B, S), target_lengths (B,),
         kd_ids / kd_probs (B, T, K) -> (scalar total, {"ctc": scalar, "kd": scalar})."""
-        ctc = self.ctc(log_probs, out_lengths, targets, target_lengths)
-        kd = self.kd(log_probs, out_lengths, kd_ids, kd_probs)
-        total = self.lam * ctc + (1.0 - self.lam) * kd
-        return total, {"ctc": ctc, "kd": kd}
+        batch = {"targets": targets, "target_lengths": target_lengths, "kd_ids": kd_ids, "kd_probs": kd_probs}
+        total, parts = super().forward(log_probs, out_lengths, batch)
+        return total, {"ctc": parts["ctc"], "kd": parts["essence_kd"]}

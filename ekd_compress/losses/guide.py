@@ -19,10 +19,13 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ekd_compress.losses.compose import register_loss
+
 IGNORE = -1
 _FLOOR = -1e10  # finite stand-in for log(0) emissions, so unreachable and unlikely stay distinct
 
 
+@register_loss("guide_ce")
 class GuideAlignmentLoss(nn.Module):
     """Frame cross-entropy to the guide's forced alignment (Kurata & Audhkhasi, Interspeech 2019).
 
@@ -36,12 +39,18 @@ class GuideAlignmentLoss(nn.Module):
     β weighs the two as comparable quantities.
     """
 
+    log_name = "guide_ce"
+
     def __init__(self, ignore_index: int = IGNORE, reduction: str = "frame") -> None:
         super().__init__()
         if reduction not in ("frame", "utterance"):
             raise ValueError(f"reduction={reduction!r} is unknown; use 'frame' or 'utterance'")
         self.ignore_index = ignore_index
         self.reduction = reduction
+
+    def batch_loss(self, log_probs: Tensor, out_lengths: Tensor, batch: dict) -> Tensor:
+        """`forward` on a training batch's guide alignment (batch["align"]; padding is −1)."""
+        return self(log_probs, batch["align"])
 
     def forward(self, log_probs: Tensor, align: Tensor) -> Tensor:
         """log_probs (B, T, V) log-softmax; align (B, T) int64 frame labels, −1 = ignore -> scalar (nats/frame)."""

@@ -13,7 +13,7 @@ so a matrix-vector product of an (m, n) weight is 2·m·n FLOPs):
 Not counted: biases, norms, activations, softmax, fusion, feature extraction (fbank): a few
 per cent of the products at these sizes, and not matrix work a BLAS kernel speeds up. This is
 what the model must compute at the least, so FLOPs / (the machine's matmul FLOP/s) is the
-RTF floor that `serve.bench` compares measured RTFs against.
+RTF floor that `ekd_compress.serve.bench` compares measured RTFs against.
 
 The count is for batch 1 in the steady state: `forward_chunk` runs `warm_chunks` chunks from
 the initial state (so every cache, e.g. a transformer's left context, is full) and the last

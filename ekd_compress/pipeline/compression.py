@@ -58,8 +58,8 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
         threads: onnxruntime intra-op threads.
         passes: timed passes over the same chunks; the fastest is kept (others share the CPU).
     """
-    from export.onnx_export import export_streaming_onnx
-    from export.ort_stream import OrtStreamer, pad_to_chunks
+    from ekd_compress.export.onnx_export import export_streaming_onnx
+    from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
 
     if seconds <= 0:
         raise ValueError(f"seconds={seconds}: stream at least some audio, e.g. 20 s")

@@ -14,10 +14,10 @@ from lhotse import CutSet
 from ekd_compress.data.kaldi import load_kaldi_dir
 from ekd_compress.data.text import get_normalizer
 from ekd_compress.recipe import Recipe, RecipeError
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.tokens import TokenTable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ekd_compress.spec.lexicon import Lexicon
+    from ekd_compress.contract.lexicon import Lexicon
 
 
 def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -191,7 +191,7 @@ def filter_duration(cuts: CutSet, low: float, high: float) -> tuple[CutSet, str]
 
 def load_lexicon(recipe: Recipe) -> "Lexicon":
     """The recipe's pronunciation lexicon (tokens.lexicon), stress digits stripped if tokens.strip_stress."""
-    from ekd_compress.spec.lexicon import Lexicon
+    from ekd_compress.contract.lexicon import Lexicon
 
     path = Path(recipe.tokens.lexicon or "")
     if not path.is_file():

@@ -1,4 +1,6 @@
-"""Essence targets, the distilled students, and the final report (stages after the ensemble)."""
+"""The stages after the ensemble: essence targets, the distilled students (one `TrainJob`
+each), and the evaluation of every model -> results.json and the report.
+"""
 from __future__ import annotations
 
 import json
@@ -7,12 +9,20 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ekd_compress.pipeline.scoring import load_any, load_registered, register_model, score_models
-from ekd_compress.pipeline.stage_impl import file_hash, model_outputs, stage_train, teacher_path, test_sets
+from ekd_compress.evaluate.scoring import score_models
+from ekd_compress.experiment import load_any, load_registered, model_file_hash, record_model
+from ekd_compress.pipeline.context import Context, EssenceResult
+from ekd_compress.pipeline.plan import (
+    CHOSEN, CONTROL, seed_student_name, student_kind, student_name, sweep_name, train_key,
+)
+from ekd_compress.pipeline.teacher import model_outputs, teacher_path
+from ekd_compress.pipeline.stages import StageRunner
 from ekd_compress.recipe import config_hash
+from ekd_compress.train.job import EssenceTargets, TrainJob, TrainResult
 
 
 def k_value(k: Any, vocab: int) -> int:
+    """The number of essence entries per frame: k, at most the vocabulary (k = all: all of it)."""
     return vocab if k == "all" else min(int(k), vocab)
 
 
@@ -20,18 +30,32 @@ def k_label(k: Any) -> str:
     return "all" if k == "all" else f"k{k}"
 
 
-def selection(ctx, k: Any) -> dict[str, Any]:
+def selection(ctx: Context, k: Any) -> dict[str, Any]:
     d = ctx.recipe.distill
     return {"k": k_value(k, len(ctx.tokens)), "temperature": d.temperature, "mode": d.mode, "top_p": d.top_p}
 
 
-def cache_keys(ctx, teacher_file: Path, k: Any) -> dict[str, Any]:
+def cache_keys(ctx: Context, teacher_file: Path, k: Any) -> dict[str, Any]:
     """What an essence cache must have been made from for this run (checked when it is opened)."""
-    return {"feature_hash": ctx.spec.hash(), "teacher_hash": file_hash(teacher_file), "selection": selection(ctx, k)}
+    return {"feature_hash": ctx.spec.hash(), "teacher_hash": model_file_hash(teacher_file), "selection": selection(ctx, k)}
+
+
+def essence_targets(ctx: Context, k: Any, teacher_file: Path, cache: Optional[EssenceResult]) -> EssenceTargets:
+    """A student's essence targets: read from `cache` (the essence stage's), or without one
+    computed in every step by the frozen teacher (distill.cache=fly, loaded here)."""
+    d = ctx.recipe.distill
+    targets = EssenceTargets(k=k_value(k, len(ctx.tokens)), temperature=d.temperature, mode=d.mode, top_p=d.top_p,
+                             blank_weight=d.blank_weight)
+    if cache is None:
+        targets.teacher = load_any(teacher_file)
+    else:
+        targets.cache_dir = Path(cache.dirs[str(k)])
+        targets.cache_keys = cache_keys(ctx, teacher_file, k)
+    return targets
 
 
 # --------------------------------------------------------------------- essence caches
-def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dict[str, Any]:
+def stage_essence(ctx: Context, teacher_file: Path, ks: list[Any], out_root: Path) -> EssenceResult:
     """One pass of the (clean-feature) teacher over the training set, writing one cache per k.
 
     Runs on every rank of a torchrun job: each rank takes its share of the utterances and
@@ -79,20 +103,18 @@ def stage_essence(ctx, teacher_file: Path, ks: list[Any], out_root: Path) -> dic
                                            for k in ks}, "joining the essence cache parts")
     else:
         bytes_per_frame = {k: caches[k].bytes_per_frame() for k in ks}
-    out = {"dirs": {str(k): str(v) for k, v in dirs.items()},
-           "bytes_per_frame": {str(k): b for k, b in bytes_per_frame.items()},
-           "topk_mass": (mass_sum / max(frames, 1)).tolist(), "blank_top1_share": blank_top / max(frames, 1),
-           "frames": frames, "parts": info.world_size}
+    out = EssenceResult(dirs={str(k): str(v) for k, v in dirs.items()},
+                        bytes_per_frame={str(k): b for k, b in bytes_per_frame.items()},
+                        topk_mass=(mass_sum / max(frames, 1)).tolist(), blank_top1_share=blank_top / max(frames, 1),
+                        frames=frames, parts=info.world_size)
     ctx.log(f"essence cache: {frames} frames; bytes/frame " +
-            ", ".join(f"{k_label(k)}={b:.1f}" for k, b in out["bytes_per_frame"].items()))
+            ", ".join(f"{k_label(k)}={b:.1f}" for k, b in out.bytes_per_frame.items()))
     return out
 
 
 # ---------------------------------------------------------------------------- students
-def run_students(ctx, runner, teacher_key: str) -> None:
+def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     """Essence caches, a student per k, the control student, and more seeds of the chosen one."""
-    from ekd_compress.pipeline.distill import train_key
-
     r = ctx.recipe
     d = r.distill
     cfg = r.student_train or r.train
@@ -102,95 +124,88 @@ def run_students(ctx, runner, teacher_key: str) -> None:
     teacher_file = teacher_path(ctx)
     sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["trainset"])
     fly = d.cache == "fly"
-    if fly:  # no cache: each student's frozen teacher computes its targets in every step
-        ess: dict[str, Any] = {}
-    else:
+    if not fly:  # without a cache, each student's frozen teacher computes its targets in every step
         ess_key = config_hash(teacher_key, sel_key, ks)
-        ess = runner.run("essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ctx.exp_dir / "essence" / "teacher"),
-                         work_dir=ctx.exp_dir / "essence" / "teacher", all_ranks=True)
-    ctx.data["essence"] = ess
+        ess_dir = ctx.exp_dir / "essence" / "teacher"
+        ctx.essence = EssenceResult.from_json(runner.run(
+            "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
+            work_dir=ess_dir, all_ranks=True))
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment)
 
-    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: dict, t_file: Path,
-                      size: Optional[dict] = None) -> dict:
-        cache_dir = None if fly else Path(cache["dirs"][str(k)])
-        return runner.run(name, key, lambda: stage_train(
-            ctx, name, kind, arch, size or params, "essence", seed, cfg, k=k_value(k, len(ctx.tokens)),
-            essence_dir=cache_dir, teacher=load_any(t_file) if fly else None, teacher_file=t_file),
-            work_dir=ctx.exp_dir / "models" / name, all_ranks=True)
+    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
+                      t_file: Path, size: Optional[dict] = None) -> TrainResult:
+        def run() -> dict[str, Any]:
+            job = TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
+                           losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
+                           essence=essence_targets(ctx, k, t_file, cache))
+            return ctx.train(job).to_json()
+
+        res = TrainResult.from_json(runner.run(name, key, run, work_dir=ctx.exp_dir / "models" / name, all_ranks=True))
+        ctx.keys[name] = key
+        return res
 
     rows = {}
     for k in ks:
-        name = "kd_all" if k == "all" else f"essence_{k_label(k)}"
-        kind = "kd" if k == "all" else "student"
-        key = config_hash(student_key, teacher_key, k, seeds[0])
-        rows[k] = (name, train_student(name, kind, k, seeds[0], key, ess, teacher_file))
-        ctx.keys[name] = key
+        name = student_name(k)
+        rows[k] = (name, train_student(name, student_kind(k), k, seeds[0], config_hash(student_key, teacher_key, k, seeds[0]),
+                                       ctx.essence, teacher_file))
     if d.control:
-        base_file = ctx.exp_dir / "models" / ctx.data["guide"] / "model.pt"  # the best baseline seed
-        ctl: dict[str, Any] = {}
+        base_file = ctx.model_path(ctx.guide)  # the best baseline seed
+        ctl: Optional[EssenceResult] = None
         if not fly:
             ctl_key = config_hash(ctx.keys["guide"], sel_key, ["all"])
-            ctl = runner.run("essence_control", ctl_key, lambda: stage_essence(
-                ctx, base_file, ["all"], ctx.exp_dir / "essence" / "control"), work_dir=ctx.exp_dir / "essence" / "control",
-                all_ranks=True)
-        key = config_hash(student_key, ctx.keys["guide"], "all", seeds[0])
-        train_student("control_baseline_teacher", "kd", "all", seeds[0], key, ctl, base_file)
-        ctx.keys["control_baseline_teacher"] = key
+            ctl_dir = ctx.exp_dir / "essence" / "control"
+            ctl = EssenceResult.from_json(runner.run("essence_control", ctl_key, lambda: stage_essence(
+                ctx, base_file, ["all"], ctl_dir).to_json(), work_dir=ctl_dir, all_ranks=True))
+        train_student(CONTROL, "kd", "all", seeds[0], config_hash(student_key, ctx.keys["guide"], "all", seeds[0]),
+                      ctl, base_file)
 
-    chosen = min(ks, key=lambda k: rows[k][1]["best_dev"]) if d.student_k == "auto" else d.student_k
+    chosen = min(ks, key=lambda k: rows[k][1].best_dev) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
-    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res['best_dev']:.2f}; "
+    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res.best_dev:.2f}; "
             f"the recipe's metric is {r.data.metric})")
     from ekd_compress.train.distributed import on_main
 
-    on_main(lambda: register_model(ctx.exp_dir, "student", "student", Path(res["model"]), seed=res.get("seed", seeds[0]),
-                                   same_as=name, k=str(chosen)), "registering the student")
-    ctx.data["chosen_k"] = str(chosen)
+    seed = res.seed if res.seed is not None else seeds[0]
+    on_main(lambda: record_model(ctx.exp_dir, CHOSEN, "student", Path(res.model), seed=seed,
+                                 same_as=name, k=str(chosen)), "registering the student")
+    ctx.chosen_k = str(chosen)
     for seed in seeds[1:]:
-        key = config_hash(student_key, teacher_key, chosen, seed)
-        train_student(f"student_s{seed}", "student", chosen, seed, key, ess, teacher_file)
-        ctx.keys[f"student_s{seed}"] = key
+        train_student(seed_student_name(seed), "student", chosen, seed,
+                      config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
     for size in d.student_sizes:  # the size sweep: the chosen k and first seed, other widths/depths
         size_params = {**params, **size.params}
         size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
                                r.features.specaugment)
-        name = sweep_name(size.name)
-        key = config_hash(size_key, teacher_key, chosen, seeds[0])
-        train_student(name, "student", chosen, seeds[0], key, ess, teacher_file, size=size_params)
-        ctx.keys[name] = key
-
-
-def sweep_name(size_name: str) -> str:
-    """The models.json name of the size-sweep student `size_name` (recipe distill.student_sizes)."""
-    return f"sweep_{size_name}"
+        train_student(sweep_name(size.name), "student", chosen, seeds[0],
+                      config_hash(size_key, teacher_key, chosen, seeds[0]), ctx.essence, teacher_file, size=size_params)
 
 
 # --------------------------------------------------------------------------- evaluate
-def stage_evaluate(ctx) -> dict[str, Any]:
+def stage_evaluate(ctx: Context) -> dict[str, Any]:
+    """Score every registered model on dev and every test set -> results.json, results.md, plots."""
     from ekd_compress.pipeline.report import write_report
 
     scoring = "swbd" if ctx.recipe.data.corpus == "switchboard" else "plain"
     models = load_registered(ctx.exp_dir)  # loaded once, scored on every set
     metric = ctx.recipe.data.metric
     tests = {name: score_models(models, ctx.cuts(split), name, ctx.tokens, ctx.spec, scoring, ctx.log, metric)
-             for name, split in test_sets(ctx).items()}
+             for name, split in ctx.features.scored_sets().items()}
     registry = [entry for entry, _ in models.values()]
     results = {
         "metric": metric,
         "tests": tests,
-        "chosen_k": ctx.data.get("chosen_k"),
-        "coincidence": ctx.data.get("coincide", {}),
-        "essence": {key: ctx.data["essence"][key] for key in ("bytes_per_frame", "topk_mass", "blank_top1_share", "frames")
-                    if key in ctx.data["essence"]},
+        "chosen_k": ctx.chosen_k,
+        "coincidence": ctx.coincidence,
+        "essence": {key: getattr(ctx.essence, key) for key in EssenceResult.SUMMARY} if ctx.essence else {},
         "train_seconds": _train_seconds(ctx, registry),
         "seeds": list(ctx.recipe.distill.seeds),
-        "guide": ctx.data.get("guide"),
-        "ensemble": {k: v for k, v in ctx.data.get("ensemble", {}).items() if k != "grid"},
+        "guide": ctx.guide,
+        "ensemble": {k: v for k, v in ctx.ensemble.to_json().items() if k != "grid"} if ctx.ensemble else {},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
-        "oov": ctx.data["data"].get("oov", {}),
+        "oov": ctx.data.oov,
     }
     if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
         results["compression"] = _compression(ctx, models, tests)
@@ -198,7 +213,7 @@ def stage_evaluate(ctx) -> dict[str, Any]:
     return results
 
 
-def _compression(ctx, models: dict, tests: dict[str, Any]) -> dict[str, Any]:
+def _compression(ctx: Context, models: dict, tests: dict[str, Any]) -> dict[str, Any]:
     from ekd_compress.features.fbank import load_features
     from ekd_compress.pipeline.compression import measure_compression
     from ekd_compress.pipeline.verdict import verdict_split
@@ -215,7 +230,7 @@ def _compression(ctx, models: dict, tests: dict[str, Any]) -> dict[str, Any]:
                                frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log)
 
 
-def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:
+def _train_seconds(ctx: Context, registry: list[dict]) -> dict[str, float]:
     out = {}
     for e in registry:
         fit = ctx.exp_dir / Path(e["path"]).parent / "fit.json"
@@ -224,7 +239,7 @@ def _train_seconds(ctx, registry: list[dict]) -> dict[str, float]:
     return out
 
 
-def log_report(ctx, results: dict[str, Any]) -> None:
+def log_report(ctx: Context, results: dict[str, Any]) -> None:
     """Print the table and attach results, plots and the recipe to the parent MLflow run (rank 0)."""
     from ekd_compress.train.distributed import dist_info
 

@@ -1,1 +1,2 @@
-"""Training: datasets over lhotse CutSets, the Lightning module, and the fit loop."""
+"""Training: datasets over lhotse CutSets, one training job (job.py: TrainJob -> TrainResult),
+the Lightning module and its weighted losses, and the fit loop."""

@@ -16,8 +16,8 @@ import torch
 from lhotse import CutSet
 
 from ekd_compress.features.fbank import load_features
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 
 # utt id -> (T',) int alignment of output frames
 AlignmentStore = dict[str, np.ndarray]

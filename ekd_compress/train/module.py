@@ -1,12 +1,12 @@
 """The Lightning module that trains one streaming CTC model.
 
-Three objectives, chosen by `mode`:
-  ctc     : CTC on transcripts (the baseline / guide).
-  guided  : CTC + beta * frame CE to the guide's forced alignment (Kurata & Audhkhasi 2019),
-            keeping ensemble members' spikes on the guide's frames.
-  essence : lam * CTC + (1 - lam) * T^2 * KL(essence || student) (arXiv 1906.10834),
-            targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or computed
-            on the fly from a frozen teacher.
+The objective is a weighted sum of losses registered by name (ekd_compress.losses.compose):
+  {"ctc": 1}                      the baseline / guide: CTC on transcripts (Graves et al. 2006).
+  {"ctc": 1, "guide_ce": beta}    ensemble members: + frame CE to the guide's forced alignment
+                                  (Kurata & Audhkhasi 2019), keeping their spikes on the guide's frames.
+  {"ctc": lam, "essence_kd": 1 - lam}  students: + T^2 * KL(essence || student) (arXiv 1906.10834),
+                                  targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or
+                                  computed on the fly from a frozen teacher (`EssenceTargets.teacher`).
 Validation decodes greedily and logs the recipe's error rate `dev_<metric>` (`dev_wer`, `dev_cer`
 or `dev_per`, percent; see ekd_compress.evaluate.error_rates), `dev_loss` (CTC) and `dev_blank`
 (share of dev utterances decoded as empty, read by the convergence watchdog) per epoch.
@@ -17,108 +17,97 @@ every rank logs the same numbers and takes the same checkpoint and early-stoppin
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
 
-from ekd_compress.evaluate.decode import ctc_greedy_decode
+from ekd_compress.contract.tokens import TokenTable
+from ekd_compress.contract.ctc_decode import ctc_greedy_decode
 from ekd_compress.evaluate.error_rates import METRICS, error_rate
 from ekd_compress.features.specaug import SpecAugment
+from ekd_compress.losses.compose import WeightedLoss, check_weights
 from ekd_compress.losses.ctc import CTCLoss
-from ekd_compress.losses.essence import EssenceKDLoss
-from ekd_compress.losses.guide import GuideAlignmentLoss
-from ekd_compress.recipe import DistillConfig, SpecAugmentConfig, TrainConfig
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
 
-MODES = ("ctc", "guided", "essence")
+if TYPE_CHECKING:
+    from ekd_compress.train.job import EssenceTargets
+
+CTC_ONLY = {"ctc": 1.0}
 
 
 class AsrModule(L.LightningModule):
+    """`model` trained on the weighted losses `losses`; `essence` says how its essence targets
+    are made (needed when "essence_kd" is among the losses)."""
+
     def __init__(
         self,
         model: torch.nn.Module,
         tokens: TokenTable,
         train_cfg: TrainConfig,
         specaug: SpecAugmentConfig,
-        mode: str = "ctc",
-        beta: float = 0.0,
-        distill: Optional[DistillConfig] = None,
-        k: Optional[int] = None,
-        teacher: Optional[torch.nn.Module] = None,
+        losses: Optional[dict[str, float]] = None,
+        essence: Optional["EssenceTargets"] = None,
         steps_per_epoch: int = 1,
         metric: str = "wer",
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"training mode {mode!r} is unknown; use one of {MODES}")
+        weights = check_weights(dict(losses or CTC_ONLY))
         if metric not in METRICS or (metric == "per") != (tokens.kind == "phone"):
             raise ValueError(f"metric {metric!r} does not fit {tokens.kind} tokens; phone tokens are scored on 'per', "
                              "character and BPE tokens on 'wer' or 'cer'")
         self.metric = metric
-        if mode == "essence" and distill is None:
-            raise ValueError("mode='essence' needs the distill settings")
+        if "essence_kd" in weights and essence is None:
+            raise ValueError("the essence_kd loss needs essence targets (EssenceTargets: temperature, k, cache or teacher)")
         self.model = model
         self.tokens = tokens
         self.cfg = train_cfg
-        self.mode = mode
-        self.beta = beta
-        self.distill = distill
-        self.k = k
+        self.essence = essence
+        teacher = essence.teacher if essence is not None else None
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.specaug = SpecAugment(specaug)
-        self.ctc = CTCLoss()
+        self.ctc = CTCLoss()  # the dev loss
         # guide CE and KD are summed over frames and divided by B, like CTC, so beta and lam
         # weigh quantities on one per-utterance scale (a frame mean would shrink them ~T' times)
-        self.guide_loss = GuideAlignmentLoss(reduction="utterance")
-        if distill is not None:
-            self.kd_loss = EssenceKDLoss(
-                temperature=distill.temperature, blank_weight=distill.blank_weight, reduction="utterance"
-            )
+        options: dict[str, dict[str, Any]] = {"guide_ce": {"reduction": "utterance"}}
+        if essence is not None:
+            options["essence_kd"] = {"temperature": essence.temperature, "blank_weight": essence.blank_weight,
+                                     "reduction": "utterance"}
+        self.objective = WeightedLoss(weights, options)
         self._dev: dict[str, tuple[str, str, float]] = {}  # utt id -> (reference, hypothesis, CTC loss)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats = self.specaug(batch["feats"], batch["lengths"])
         log_probs, out_lengths = self.model(feats, batch["lengths"])
-        ctc = self.ctc(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
-        logs = {"train_ctc": ctc}
-        if self.mode == "ctc":
-            loss = ctc
-        elif self.mode == "guided":
-            guide = self.guide_loss(log_probs, batch["align"])
-            loss = ctc + self.beta * guide
-            logs["train_guide_ce"] = guide
-        else:
-            kd_ids, kd_probs = self._essence_targets(batch)
-            kd = self.kd_loss(log_probs, out_lengths, kd_ids, kd_probs)
-            lam = self.distill.lam
-            loss = lam * ctc + (1.0 - lam) * kd
-            logs["train_kd"] = kd
+        if "essence_kd" in self.objective.weights and "kd_ids" not in batch:
+            kd_ids, kd_probs = self._teacher_targets(batch)
+            batch = {**batch, "kd_ids": kd_ids, "kd_probs": kd_probs}
+        loss, parts = self.objective(log_probs, out_lengths, batch)
+        logs = {f"train_{self.objective.terms[name].log_name}": value for name, value in parts.items()}
         logs["train_loss"] = loss
         B = len(batch["ids"])
         self.log_dict(logs, on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
         return loss
 
     @torch.no_grad()
-    def _essence_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if "kd_ids" in batch:
-            return batch["kd_ids"], batch["kd_probs"]
+    def _teacher_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Essence targets of the frozen teacher on the batch's clean features (distill.cache=fly)."""
         if self.teacher is None:
             raise ValueError("essence training needs cached targets or a teacher (distill.cache=fly)")
         from ekd_compress.ensemble.essence import select_essence
 
         t_log_probs, _ = self.teacher(batch["feats"], batch["lengths"])  # clean features
-        d = self.distill
-        k = self.k if self.k is not None else t_log_probs.shape[-1]
-        return select_essence(t_log_probs, k=k, temperature=d.temperature, mode=d.mode, top_p=d.top_p)
+        e = self.essence
+        k = e.k if e.k is not None else t_log_probs.shape[-1]
+        return select_essence(t_log_probs, k=k, temperature=e.temperature, mode=e.mode, top_p=e.top_p)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         log_probs, out_lengths = self.model(batch["feats"], batch["lengths"])
         losses = self.ctc.per_utterance(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
-        hyps = ctc_greedy_decode(log_probs, out_lengths)
+        hyps = ctc_greedy_decode(log_probs.detach().float().cpu().numpy(), out_lengths.detach().cpu().numpy())
         for uid, ids, ref, loss in zip(batch["ids"], hyps, batch["texts"], losses.tolist()):
             self._dev[uid] = (ref, self.tokens.decode(ids), loss)
 

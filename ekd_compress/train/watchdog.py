@@ -11,7 +11,7 @@ epoch listed in its checks [(epoch, max dev WER %), ...] at the dev metrics the 
   dev_wer    dev WER, percent (or the recipe's metric, `dev_cer` / `dev_per`: `monitor`)
 
 and raises `StalledRun` when dev_blank is 1.0 or dev_wer is above that epoch's bound. The caller
-(`pipeline.stage_impl.stage_train`) restarts the run with the next seed and records the
+(`ekd_compress.train.job.train`) restarts the run with the next seed and records the
 failed attempt in models.json, results.json/results.md and MLflow.
 """
 from __future__ import annotations

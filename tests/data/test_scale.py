@@ -12,10 +12,10 @@ from lhotse import CutSet
 from ekd_compress.data.scale_bench import (
     ALPHABET, _call, format_table, id_checksum, load_epoch, peak_rss_mb, prepare_corpus, run_scale_bench,
 )
-from ekd_compress.pipeline.distill import Context
+from ekd_compress.pipeline.context import Context, Features
 from ekd_compress.recipe import RecipeError, config_hash, load_recipe
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 from ekd_compress.train.data import AsrDataset, make_loader
 
 
@@ -94,11 +94,11 @@ def test_batches_carry_padded_features(corpus):
 def test_context_opens_large_splits_lazily(corpus, tmp_path, setting, expected):
     recipe = load_recipe(None, [f"data.lazy={str(setting).lower()}", "data.lazy_min_cuts=100"])
     ctx = Context(recipe, tmp_path)
-    ctx.data["features"] = {"train": corpus["manifest"]}
+    ctx.features = Features({"train": corpus["manifest"]}, feature_hash="", cmvn="")
     assert ctx.cuts("train").is_lazy is expected
     big = load_recipe(None, ["data.lazy_min_cuts=300"])  # 300 cuts are not above 300: eager
     ctx = Context(big, tmp_path)
-    ctx.data["features"] = {"train": corpus["manifest"]}
+    ctx.features = Features({"train": corpus["manifest"]}, feature_hash="", cmvn="")
     assert not ctx.cuts("train").is_lazy
 
 

@@ -167,7 +167,7 @@ def test_weighted_real_members_stream_and_export_like_forward(tmp_path):
     (run here with onnxruntime, not through the exporter's own report) match forward."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from export.onnx_export import export_streaming_onnx
+    from ekd_compress.export.onnx_export import export_streaming_onnx
 
     ens = FusedEnsemble(_real_members(), WEIGHTS).eval()
     feats = torch.randn(2, 32, 6, generator=torch.Generator().manual_seed(1))

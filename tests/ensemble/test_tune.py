@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ekd_compress.ensemble.tune import search_weights, simplex_grid
-from ekd_compress.evaluate.decode import ctc_greedy_decode
+from ekd_compress.contract.ctc_decode import ctc_greedy_decode
 
 
 def test_simplex_grid_covers_every_weight_vector_once():
@@ -26,7 +26,7 @@ def frames(tokens, confidence):
 
 
 def decode(lp):
-    return " ".join(str(i) for i in ctc_greedy_decode(lp[None])[0])
+    return " ".join(str(i) for i in ctc_greedy_decode(lp[None].numpy())[0])
 
 
 def test_search_prefers_the_member_that_is_right_and_reports_equal_weights():

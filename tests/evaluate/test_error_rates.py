@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ekd_compress.evaluate.error_rates import char_units, error_rate, metric_counts, score_texts
-from ekd_compress.spec.lexicon import Lexicon
+from ekd_compress.contract.lexicon import Lexicon
 
 
 @pytest.fixture

@@ -56,9 +56,9 @@ def write_dev_set(exp_dir: Path, texts=TEXTS, seed: int = 0) -> Path:
 
 def make_experiment(exp_dir: Path, models: dict = SMALL_MODELS, ensemble=ENSEMBLE, seed: int = 0) -> Path:
     """Build EXP with `models` (name -> (arch, params, kind)) and, if given, an ensemble of those names."""
-    from ekd_compress.pipeline.scoring import register_model, save_ensemble
+    from ekd_compress.experiment import record_model, save_ensemble
     from ekd_compress.recipe import load_recipe, save_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, save_model
 
     exp_dir = Path(exp_dir)
@@ -78,10 +78,10 @@ def make_experiment(exp_dir: Path, models: dict = SMALL_MODELS, ensemble=ENSEMBL
             for p in model.parameters():
                 p.add_(0.2 * torch.randn_like(p))
         paths[name] = save_model(model, exp_dir / "models" / name / "model.pt", {"name": name, "kind": kind})
-        register_model(exp_dir, name, kind, paths[name])
+        record_model(exp_dir, name, kind, paths[name])
     if ensemble:
         path = save_ensemble(exp_dir / "models" / "ensemble.json", [paths[n] for n in ensemble], None)
-        register_model(exp_dir, "ensemble", "ensemble", path)
+        record_model(exp_dir, "ensemble", "ensemble", path)
     write_dev_set(exp_dir)
     return exp_dir
 

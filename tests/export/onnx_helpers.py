@@ -1,5 +1,5 @@
 """Run an exported streaming ONNX graph with a plain onnxruntime loop written for the tests
-(independent of export.ort_stream and export.verify), decode greedily, count word errors."""
+(independent of ekd_compress.export.ort_stream and ekd_compress.export.verify), decode greedily, count word errors."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from export.api import export_bundle
+from ekd_compress.export.api import export_bundle
 from tests.export.conftest import TEXTS, make_experiment, write_dev_set
 
 
@@ -37,7 +37,7 @@ def test_int8_from_a_clean_experiment_says_what_is_missing(clean_exp, tmp_path):
 
 
 def test_evaluate_scores_a_clean_experiment_on_given_data(clean_exp, tmp_path):
-    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+    from ekd_compress.evaluate.on_data import evaluate_on_data
 
     data = tmp_path / "data"
     cuts = write_dev_set(data, TEXTS[:3])  # a lhotse manifest of three utterances, made here

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from export.api import export_bundle
-from export.bundle import BundleError, read_bundle, validate_bundle, write_bundle
+from ekd_compress.export.api import export_bundle
+from ekd_compress.contract.bundle import BundleError, read_bundle, validate_bundle, write_bundle
 from onnx_helpers import greedy_ids, stream_onnx
 
 ARCH_MODELS = ["baseline", "lstm", "tdnn", "transformer"]  # gru, lstm, tdnn, transformer
@@ -43,9 +43,9 @@ def test_streaming_onnx_matches_pytorch(bundles, experiment, name):
     import torch
 
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any, read_registry
+    from ekd_compress.experiment import load_any, read_registry
     from ekd_compress.recipe import load_recipe
-    from export.api import load_dev_utterances
+    from ekd_compress.export.api import load_dev_utterances
 
     b = read_bundle(bundles[name])
     entry = next(e for e in read_registry(experiment) if e["name"] == name)
@@ -80,7 +80,7 @@ def test_streaming_onnx_matches_pytorch(bundles, experiment, name):
 
 
 def test_ensemble_is_one_graph_with_member_states(bundles, experiment):
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
 
     b = read_bundle(bundles["ensemble"])
     assert b["model"]["arch"] == "ensemble"
@@ -98,7 +98,7 @@ def test_state_shape_contract(bundles, experiment, name):
     have exactly these names and shapes, with a dynamic batch axis."""
     import onnxruntime as ort
 
-    from ekd_compress.pipeline.scoring import load_any, read_registry
+    from ekd_compress.experiment import load_any, read_registry
 
     entry = next(e for e in read_registry(experiment) if e["name"] == name)
     model = load_any(experiment / entry["path"])
@@ -129,7 +129,7 @@ def test_state_shape_contract(bundles, experiment, name):
 
 
 def test_onnx_metadata_carries_the_contract(bundles):
-    from export.onnx_export import read_metadata
+    from ekd_compress.export.onnx_export import read_metadata
 
     b = read_bundle(bundles["baseline"])
     meta = read_metadata(bundles["baseline"] / "model.onnx")

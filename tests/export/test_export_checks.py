@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from ekd_compress.cli.export_cmd import export as export_cmd
-from export.api import export_bundle, load_dev_utterances
-from export.bundle import read_bundle
-from export.quantize import Int8AccuracyError
-from export.verify import VerificationError, verify_onnx
+from ekd_compress.export.api import export_bundle, load_dev_utterances
+from ekd_compress.contract.bundle import read_bundle
+from ekd_compress.export.quantize import Int8AccuracyError
+from ekd_compress.export.verify import VerificationError, verify_onnx
 from onnx_helpers import greedy_texts, word_errors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def baseline_bundle(experiment, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------ verification
 def test_verification_fails_on_corrupted_onnx_weights(baseline_bundle, experiment, tmp_path):
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
 
     proto = onnx.load(str(baseline_bundle / "model.onnx"))
@@ -60,7 +60,7 @@ def test_verification_fails_on_corrupted_onnx_weights(baseline_bundle, experimen
 
 
 def test_failed_verification_fails_the_export(experiment, tmp_path, monkeypatch):
-    import export.verify as verify
+    import ekd_compress.export.verify as verify
 
     original = verify.OrtStreamer.run_utterances
 
@@ -117,7 +117,7 @@ def test_int8_writes_its_wer_report(make_exp, tmp_path):
     on a dev set where that WER is neither 0 nor 100 %."""
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
 
     experiment = make_exp(tmp_path / "exp", models=["tdnn"])
     tokens = TokenTable.load(experiment / "tokens.txt")
@@ -142,7 +142,7 @@ def test_int8_writes_its_wer_report(make_exp, tmp_path):
     assert r["wer_increase"] == pytest.approx(wer_int8 - wer_fp32, abs=1e-6)
     assert r["latency_ms_fp32"] > 0 and r["latency_ms_int8"] > 0
     assert r["speedup"] == pytest.approx(r["latency_ms_fp32"] / r["latency_ms_int8"])
-    from export.onnx_export import read_metadata
+    from ekd_compress.export.onnx_export import read_metadata
 
     assert read_metadata(out / "model.int8.onnx")["states"] == b["states"]  # metadata survives quantization
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
@@ -175,7 +175,7 @@ def test_required_int8_fails_loudly_on_accuracy(experiment, tmp_path):
 
 # ------------------------------------------------------------------------------------ TensorRT
 def test_trt_without_gpu_stops_at_once_without_traceback(experiment, tmp_path, monkeypatch):
-    import export.tensorrt_build as tb
+    import ekd_compress.export.tensorrt_build as tb
 
     monkeypatch.setattr(tb, "cuda_gpus", lambda: [])  # as on any machine without an NVIDIA GPU
     out = tmp_path / "b"
@@ -191,7 +191,7 @@ def test_trt_without_gpu_stops_at_once_without_traceback(experiment, tmp_path, m
 def test_trt_check_names_the_missing_package(monkeypatch):
     import builtins
 
-    import export.tensorrt_build as tb
+    import ekd_compress.export.tensorrt_build as tb
 
     real_import = builtins.__import__
 
@@ -209,7 +209,7 @@ def test_trt_check_names_the_missing_package(monkeypatch):
 
 
 def test_trt_profile_covers_the_streaming_shapes(baseline_bundle):
-    from export.tensorrt_build import profile_shapes
+    from ekd_compress.export.tensorrt_build import profile_shapes
 
     b = read_bundle(baseline_bundle)
     shapes = profile_shapes(b, 1, 4, 16)
@@ -235,8 +235,8 @@ def test_bundle_runs_in_a_process_without_torch(baseline_bundle):
         import sys
         import numpy as np
         import onnxruntime as ort
-        from export.bundle import read_bundle
-        from export.ort_stream import OrtStreamer
+        from ekd_compress.contract.bundle import read_bundle
+        from ekd_compress.export.ort_stream import OrtStreamer
 
         bundle_dir = {str(baseline_bundle)!r}
         b = read_bundle(bundle_dir)
@@ -306,8 +306,8 @@ def test_export_logs_to_the_store_distill_recorded(tmp_path, make_exp, monkeypat
 
 
 def test_cli_passes_trt_precision(experiment, monkeypatch):
-    import export.api as api
-    import export.tensorrt_build as tb
+    import ekd_compress.export.api as api
+    import ekd_compress.export.tensorrt_build as tb
 
     seen = []
     monkeypatch.setattr(tb, "check_trt_available", lambda: (None, "NVIDIA H100"))
@@ -318,11 +318,10 @@ def test_cli_passes_trt_precision(experiment, monkeypatch):
         assert seen[-1]["trt"] is True and seen[-1]["trt_precision"] == want
 
 
-def test_latency_benchmark_runs(baseline_bundle, capsys):
-    from export.bench_latency import main
+def test_latency_benchmark_runs(baseline_bundle):
+    from ekd_compress.export.bench_latency import bench, format_table
 
-    assert main([str(baseline_bundle), "--chunks", "3", "--warmup", "1"]) == 0
-    out = capsys.readouterr().out
+    out = format_table(bench(baseline_bundle, chunks=3, warmup=1, log=lambda m: None))
     for backend in ("pytorch", "onnx_fp32", "onnx_int8"):
         assert backend in out
     assert "p50 / pytorch" in out

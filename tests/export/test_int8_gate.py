@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from export.api import export_bundle, load_dev_utterances
-from export.bundle import read_bundle
-from export.int8_gate import choose
+from ekd_compress.export.api import export_bundle, load_dev_utterances
+from ekd_compress.contract.bundle import read_bundle
+from ekd_compress.export.int8_gate import choose
 
 GATE = {"max_wer_increase": 0.3, "min_speedup": 1.2}
 
@@ -84,9 +84,9 @@ def test_int8_scoring_is_batch_independent(experiment, tmp_path):
 
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
-    from export.ort_stream import OrtStreamer
-    from export.quantize import onnx_hyps, onnx_wer, quantize_dynamic_int8
+    from ekd_compress.contract.tokens import TokenTable
+    from ekd_compress.export.ort_stream import OrtStreamer
+    from ekd_compress.export.quantize import onnx_hyps, onnx_wer, quantize_dynamic_int8
 
     b = export_bundle(experiment, model="tdnn", out_dir=tmp_path / "b", verify_utterances=1, log=lambda m: None)
     bundle = read_bundle(b)

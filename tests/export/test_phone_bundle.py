@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import NUM_BINS, SAMPLE_RATE, TEXTS, write_dev_set
 
-from ekd_compress.spec.lexicon import Lexicon
+from ekd_compress.contract.lexicon import Lexicon
 
 LEXICON = "ONE W AH1 N\nTWO T UW1\nTHREE TH R IY1\nFOUR F AO1 R\nFIVE F AY1 V\nSIX S IH1 K S\n" \
           "SEVEN S EH1 V AH0 N\nEIGHT EY1 T\nNINE N AY1 N\nZERO Z IH1 R OW0\nZERO Z IY1 R OW0\n"
@@ -22,9 +22,9 @@ def quiet(msg: str) -> None:
 @pytest.fixture(scope="module")
 def phone_exp(tmp_path_factory) -> Path:
     """EXP with a phone recipe (tokens.kind=phone, data.metric=per), a tiny TDNN student and a dev set."""
-    from ekd_compress.pipeline.scoring import register_model
+    from ekd_compress.experiment import record_model
     from ekd_compress.recipe import load_recipe, save_recipe
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, save_model
 
     root = tmp_path_factory.mktemp("phone")
@@ -42,13 +42,13 @@ def phone_exp(tmp_path_factory) -> Path:
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))  # peaky outputs, so the transcripts hold phones
     path = save_model(model, exp / "models" / "student" / "model.pt", {"name": "student", "kind": "student"})
-    register_model(exp, "student", "student", path)
+    record_model(exp, "student", "student", path)
     write_dev_set(exp)
     return exp
 
 
 def test_phone_experiment_evaluates_on_per(phone_exp):
-    from ekd_compress.pipeline.evaluate_cmd import evaluate_on_data
+    from ekd_compress.evaluate.on_data import evaluate_on_data
 
     out = evaluate_on_data(phone_exp, phone_exp / "features" / "dev_cuts.jsonl.gz", log=quiet)
     assert out["metric"] == "per"
@@ -64,15 +64,14 @@ def test_phone_experiment_evaluates_on_per(phone_exp):
 
 
 def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import load_any
+    from ekd_compress.experiment import load_any
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.spec.tokens import TokenTable
-    from export.api import export_bundle, load_dev_utterances
-    from export.bundle import read_bundle
-    from serve.bundle import Bundle
-    from serve.runtime import Recognizer
+    from ekd_compress.contract.tokens import TokenTable
+    from ekd_compress.export.api import export_bundle, load_dev_utterances
+    from ekd_compress.contract.bundle import Bundle, read_bundle
+    from ekd_compress.serve.runtime import Recognizer
 
     out = export_bundle(phone_exp, model="student", out_dir=tmp_path / "bundle", verify_utterances=3, log=quiet)
     meta = read_bundle(out)
@@ -95,7 +94,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     for i, u in enumerate(dev):
         with torch.no_grad():
             lp, n = model(torch.from_numpy(u.feats)[None], torch.tensor([u.feats.shape[0]]))
-        expected = b.tokens.decode(ctc_greedy_decode(lp, n)[0])
+        expected = b.tokens.decode(ctc_greedy_decode(lp.numpy(), n.numpy())[0])
         audio, sr = sf.read(phone_exp / "audio" / f"utt{i}.wav", dtype="float32")
         segs = rec.recognize(audio, sr)
         text = " ".join(s.text for s in segs if s.text)
@@ -108,7 +107,7 @@ def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
 
     # a phone bundle without its lexicon is refused with the fix
     (out / "lexicon.txt").unlink()
-    from serve.bundle import BundleError
+    from ekd_compress.contract.bundle import BundleError
 
     with pytest.raises(BundleError, match="lexicon"):
         Bundle.load(out)

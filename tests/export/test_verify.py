@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import Utterance, VerificationError, verify_onnx
+from ekd_compress.export.verify import Utterance, VerificationError, verify_onnx
 
 pytest.importorskip("onnxruntime")
 
@@ -26,7 +26,7 @@ BUMP = 1e-2
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, dict]:
     from ekd_compress.models import build_model
-    from export.onnx_export import export_streaming_onnx
+    from ekd_compress.export.onnx_export import export_streaming_onnx
 
     torch.manual_seed(0)
     model = build_model("tdnn", F_DIM, VOCAB, hidden=8, layers=2, chunk_frames=CHUNK).eval()
@@ -44,7 +44,7 @@ def corrupt(monkeypatch, utt_index: int, batched: bool) -> list[int]:
     """Wrap OrtStreamer.run_utterances: in the single-stream (batched=False) or the dynamic-batch
     (batched=True) call, raise one log-prob of utterance `utt_index` by BUMP (frame 2, its argmax).
     Returns the list of batch sizes whose output was corrupted (filled in as verification runs)."""
-    import export.verify as verify
+    import ekd_compress.export.verify as verify
 
     original: Callable = verify.OrtStreamer.run_utterances
     corrupted: list[int] = []

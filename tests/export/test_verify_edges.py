@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import Utterance, VerificationError, verify_onnx
+from ekd_compress.export.verify import Utterance, VerificationError, verify_onnx
 from tests.export.test_verify import CHUNK, exported, utterances  # noqa: F401  (module fixture)
 
 pytest.importorskip("onnxruntime")
@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 
 def patch_outputs(monkeypatch, change: Callable[[list[np.ndarray], int], None]) -> None:
     """Let `change(outputs, batch_size)` edit the streamer's outputs in place."""
-    import export.verify as verify
+    import ekd_compress.export.verify as verify
 
     original = verify.OrtStreamer.run_utterances
 

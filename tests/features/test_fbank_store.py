@@ -7,7 +7,7 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from ekd_compress.features.fbank import load_features, store_features
 from ekd_compress.features.specaug import SpecAugment
 from ekd_compress.recipe import SpecAugmentConfig
-from ekd_compress.spec.features import FeatureSpec, compute_fbank
+from ekd_compress.contract.features import FeatureSpec, compute_fbank
 
 
 def tiny_cuts(tmp_path, sr=8000):

@@ -22,7 +22,7 @@ def normalised_model(arch: str, params: dict, seed: int = 0):
 
 
 def test_feature_stats_golden(tmp_path):
-    from ekd_compress.pipeline.stage_impl import feature_stats
+    from ekd_compress.pipeline.teacher import feature_stats
 
     frames = [np.array([[1.0, 2.0], [3.0, 6.0]], np.float32), np.array([[5.0, 10.0]], np.float32)]
     cuts = [SimpleNamespace(feats=f) for f in frames]
@@ -61,8 +61,8 @@ def test_cmvn_is_applied_identically_in_full_and_streaming_paths(arch, params):
 
 def test_cmvn_survives_onnx_export(tmp_path):
     pytest.importorskip("onnxruntime")
-    from export.onnx_export import export_streaming_onnx
-    from export.ort_stream import OrtStreamer
+    from ekd_compress.export.onnx_export import export_streaming_onnx
+    from ekd_compress.export.ort_stream import OrtStreamer
 
     model, _, _ = normalised_model("tdnn", {"hidden": 8, "layers": 2})
     spec = export_streaming_onnx(model, tmp_path / "model.onnx")
@@ -87,13 +87,12 @@ def test_lstm_forget_gate_bias_is_one():
 
 
 def test_label_prior_golden_and_output_bias():
-    from ekd_compress.pipeline.stage_impl import label_prior
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
+    from ekd_compress.train.job import label_prior
 
     tokens = TokenTable.build_chars(["ab"])  # blank, then the characters
     cut = SimpleNamespace(supervisions=[SimpleNamespace(text="ab")], duration=1.0)
-    ctx = SimpleNamespace(tokens=tokens, spec=SimpleNamespace(frame_shift_ms=10.0), cuts=lambda split: [cut])
-    prior = label_prior(ctx, subsampling=4)
+    prior = label_prior([cut], tokens, frame_shift_ms=10.0, subsampling=4)
     # 100 input frames -> 25 output frames: 'a' and 'b' one each, blank the other 23
     expected = np.zeros(len(tokens), np.float32)
     expected[0] = 23

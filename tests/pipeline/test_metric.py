@@ -30,7 +30,7 @@ def test_metric_must_fit_the_tokens_and_the_selection():
 
 def test_new_token_settings_leave_existing_keys_alone():
     """Char/BPE experiments keep their stage keys: the lexicon settings join the key only for phones."""
-    from ekd_compress.pipeline.distill import lexicon_key
+    from ekd_compress.pipeline.plan import lexicon_key
     from ekd_compress.recipe import config_hash
 
     char = load_recipe(None)
@@ -69,8 +69,8 @@ def test_training_selects_checkpoints_on_dev_per(tmp_path):
     import torch
 
     from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.spec.lexicon import Lexicon
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.lexicon import Lexicon
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, fit_model, load_model
     from ekd_compress.train.module import AsrModule
 

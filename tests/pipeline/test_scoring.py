@@ -3,9 +3,9 @@ import numpy as np
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
-from ekd_compress.pipeline.scoring import score_model
-from ekd_compress.spec.features import FeatureSpec
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.evaluate.scoring import score_model
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
 from ekd_compress.train.fit import build
 
 

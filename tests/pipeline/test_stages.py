@@ -40,7 +40,7 @@ def test_interrupted_stage_keeps_work_dir_only_for_same_key(tmp_path):
 
 
 def test_stop_on_changes_the_training_key_only_when_set():
-    from ekd_compress.pipeline.distill import train_key
+    from ekd_compress.pipeline.plan import train_key
     from ekd_compress.recipe import TrainConfig
 
     assert "stop_on" not in train_key(TrainConfig())  # experiments made before stop_on keep their keys

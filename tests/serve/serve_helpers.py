@@ -23,9 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FEATURES = {"sample_rate": 16000, "num_mel_bins": 80, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
-            "dither": 0.0, "low_freq": 20.0, "high_freq": 0.0, "snip_edges": False}
-CHARS = ["<blk>", "|", "a", "b", "c", "d", "e", "f", "g", "h"]
+from ekd_compress.contract.features import FeatureSpec  # noqa: E402
+from ekd_compress.contract.tokens import BLANK, BLANK_ID, SPACE  # noqa: E402
+
+FEATURES = FeatureSpec().to_dict()  # 16 kHz, 80 mel bins, 25/10 ms frames
+CHARS = [BLANK, SPACE, "a", "b", "c", "d", "e", "f", "g", "h"]
 
 
 def bundle_json(name: str, states: list[dict], vocab: int, chunk_frames: int = 32, params: int = 0,
@@ -42,7 +44,7 @@ def bundle_json(name: str, states: list[dict], vocab: int, chunk_frames: int = 3
         "inputs": {"chunk": {"shape": ["B", chunk_frames, 80], "dtype": "float32"}},
         "states": states,
         "outputs": outputs,
-        "vocab_size": vocab, "blank_id": 0, "token_kind": "char",
+        "vocab_size": vocab, "blank_id": BLANK_ID, "token_kind": "char",
         "provenance": {"exp_dir": None, "recipe": None, "mlflow_run_id": None, "dev_wer": None,
                        "created": "2024-01-01T00:00:00", "ekd_compress_version": "0.1.0"},
         "verification": {"max_abs_logprob_diff": 0.0, "transcripts_identical": True, "utterances": 0},
@@ -57,14 +59,14 @@ def write_tokens(path: Path, tokens: list[str]) -> None:
 def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> Path:
     """Write model.onnx, tokens.txt, bundle.json (+ torch_state.pt) for a streaming torch model.
 
-    Uses the export package (export/onnx_export.py, export/bundle.py) when present, so the tests
+    Uses the export package (export/onnx_export.py, ekd_compress/contract/bundle.py) when present, so the tests
     run against the real exporter; otherwise an equivalent torch.onnx.export call."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from export.bundle import write_bundle
-        from export.onnx_export import export_streaming_onnx
+        from ekd_compress.contract.bundle import write_bundle
+        from ekd_compress.export.onnx_export import export_streaming_onnx
     except ImportError:
         write_bundle = export_streaming_onnx = None
     if export_streaming_onnx is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from serve_helpers import make_heavy_bundle
 
-from serve.bench import BenchConfig, bench_bundles
-from serve.bench_ramp import level_verdict, run_ramp
+from ekd_compress.serve.bench import BenchConfig, bench_bundles
+from ekd_compress.serve.bench_ramp import level_verdict, run_ramp
 
 CHUNK_MS = 320.0
 
@@ -85,7 +85,7 @@ def test_matmul_rate_without_onnx_uses_numpy_on_one_thread(monkeypatch):
     subprocess pinned to one thread."""
     import builtins
 
-    from serve import machine
+    from ekd_compress.serve import machine
 
     real_import = builtins.__import__
 

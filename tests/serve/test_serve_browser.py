@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from serve_helpers import silence, tone, write_wav
 
-from serve.runtime import Recognizer
-from serve.server import ServerConfig, ServerThread
+from ekd_compress.serve.runtime import Recognizer
+from ekd_compress.serve.server import ServerConfig, ServerThread
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -80,7 +80,7 @@ def test_sigterm_drains_open_streams_and_exits_0(energy_bundle):
 def test_token_from_file_or_env_never_empty(energy_bundle, tmp_path):
     """The token comes from --token-file or EKD_SERVE_TOKEN (not the process list); an empty
     one is refused with a clear error instead of silently serving without authentication."""
-    from serve.server import resolve_token
+    from ekd_compress.serve.server import resolve_token
 
     env = {k: v for k, v in os.environ.items() if k != "EKD_SERVE_TOKEN"}
     r = CliRunner().invoke(serve, [str(energy_bundle)], env={"EKD_SERVE_TOKEN": ""})
@@ -123,7 +123,7 @@ def test_bench_json(energy_bundle, gru_bundle, tmp_path):
     r = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    from serve.bench_report import JSON_KEYS
+    from ekd_compress.serve.bench_report import JSON_KEYS
 
     keys = set(JSON_KEYS)
     assert {"bundle", "model", "params", "size_mb", "dev_wer", "chunk_ms_p50", "rtf", "rtf_cpu", "max_realtime_streams", "flops_per_audio_second",

@@ -20,9 +20,9 @@ from hypothesis import strategies as st  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from serve.metrics import ERROR_CODES  # noqa: E402
-from serve.runtime import Recognizer  # noqa: E402
-from serve.server import ServerConfig, ServerThread  # noqa: E402
+from ekd_compress.serve.metrics import ERROR_CODES  # noqa: E402
+from ekd_compress.serve.runtime import Recognizer  # noqa: E402
+from ekd_compress.serve.server import ServerConfig, ServerThread  # noqa: E402
 
 LIMIT = 16_000  # message limit of the fuzzed server (bytes)
 DOCUMENTED_CLOSES = {1000, 1007, 1008, 1009, 1013}

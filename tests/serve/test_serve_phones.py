@@ -11,8 +11,8 @@ import pytest
 from serve_helpers import make_energy_bundle, noise, silence, to_pcm16, tone, write_tokens
 from websockets.sync.client import connect
 
-from serve.runtime import Recognizer
-from serve.server import ServerConfig, ServerThread
+from ekd_compress.serve.runtime import Recognizer
+from ekd_compress.serve.server import ServerConfig, ServerThread
 
 PHONES = ["<blk>", "AA", "HH", "IY", "K", "L", "OW", "S", "T", "Z"]  # as many tokens as the graph's outputs
 

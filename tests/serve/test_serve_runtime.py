@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from serve_helpers import ROOT, noise, silence, tone
 
-from serve.decode import (GreedyDecoder, KenLMDecoder, PrefixBeamDecoder, TokenHit, ctc_greedy,
-                          ctc_prefix_beam_search, flashlight_available, words_from_hits)
-from serve.resample import Resampler, resample
-from serve.runtime import Bundle, BundleError, EndpointConfig, Recognizer
+from ekd_compress.contract.ctc_decode import (GreedyDecoder, PrefixBeamDecoder, TokenHit, ctc_greedy_decode,
+                                              ctc_prefix_beam_search)
+from ekd_compress.serve.decode import KenLMDecoder, flashlight_available, words_from_hits
+from ekd_compress.serve.resample import Resampler, resample
+from ekd_compress.serve.runtime import Bundle, BundleError, EndpointConfig, Recognizer
 
 
 def speechish(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
@@ -99,14 +100,14 @@ def _torch_greedy(bundle_dir, model, x):
     """Greedy transcript of the torch model's full-utterance forward (the export's reference)."""
     import torch
 
-    from ekd_compress.evaluate.decode import ctc_greedy_decode
-    from ekd_compress.spec.features import FeatureSpec, compute_fbank
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
+    from ekd_compress.contract.features import FeatureSpec, compute_fbank
 
     model.load_state_dict(torch.load(bundle_dir / "torch_state.pt"))
     feats = compute_fbank(x, FeatureSpec.from_dict(json.loads((bundle_dir / "bundle.json").read_text())["features"]))
     with torch.no_grad():
         lp, n = model(torch.from_numpy(feats)[None], torch.tensor([feats.shape[0]]))
-    return ctc_greedy_decode(lp, n)[0], feats.shape[0]
+    return ctc_greedy_decode(lp.numpy(), n.numpy())[0], feats.shape[0]
 
 
 @pytest.mark.parametrize("which", ["gru", "ensemble"])
@@ -223,7 +224,7 @@ def test_greedy_incremental_keeps_repeat_context():
     lp = np.full((6, 3), -10.0, np.float32)
     for t, k in enumerate([1, 1, 1, 0, 1, 2]):
         lp[t, k] = 0.0
-    assert ctc_greedy(lp) == [1, 1, 2]
+    assert ctc_greedy_decode(lp)[0] == [1, 1, 2]
     d = GreedyDecoder()
     d.accept(lp[:2], 0)
     d.accept(lp[2:], 2)  # the 1 spanning the chunk boundary is emitted once
@@ -231,7 +232,7 @@ def test_greedy_incremental_keeps_repeat_context():
 
 
 def test_prefix_beam_search_matches_reference_and_is_incremental():
-    from ekd_compress.evaluate.decode import ctc_prefix_beam_search as reference
+    from ctc_reference import prefix_beam_search as reference
 
     for seed in range(5):
         lp = _random_log_probs(30, 6, seed)
@@ -258,7 +259,7 @@ def test_kenlm_decoder(tmp_path, energy_bundle):
     one.accept(lp, 0)
     assert hyp and hyp == one.hypothesis()  # chunked == one shot
     assert all(0 <= h.frame < 20 for h in hyp)
-    assert [h.id for h in hyp] == ctc_greedy(lp)  # LM weight 0, max (Viterbi) scoring: the best path
+    assert [h.id for h in hyp] == ctc_greedy_decode(lp)[0]  # LM weight 0, max (Viterbi) scoring: the best path
     # through the recognizer: one LM shared by every stream
     rec = Recognizer(energy_bundle, decoder="beam", lm_path=arpa, lm_weight=0.3)
     x = np.concatenate([silence(0.3), tone(0.5), silence(1.2), tone(0.4)])
@@ -277,8 +278,13 @@ def test_words_from_hits():
 
 # ----------------------------------------------------------------------------- torch-free
 def test_serve_imports_without_torch():
-    code = ("import sys; import serve.runtime, serve.server, serve.decode, serve.resample, serve.bench, serve.bench_report, serve.soak; "
-            "bad = [m for m in ('torch', 'lightning', 'lhotse') if m in sys.modules]; "
+    """Every serve module and the runtime contract import without torch, lightning, lhotse, mlflow
+    or a training package of ekd_compress, not even indirectly."""
+    code = ("import importlib, pkgutil, sys, serve, ekd_compress.contract as c; "
+            "[importlib.import_module(m.name) for p in (serve, c) for m in pkgutil.iter_modules(p.__path__, p.__name__ + '.')]; "
+            "training = ('train', 'models', 'pipeline', 'data', 'features', 'losses', 'ensemble', 'tracking'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'lhotse', 'mlflow') "
+            "or (m.startswith('ekd_compress.') and m.split('.')[1] in training)]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

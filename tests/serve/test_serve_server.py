@@ -18,8 +18,8 @@ from serve_helpers import noise, silence, to_pcm16, tone
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from serve.runtime import EndpointConfig, Recognizer
-from serve.server import BatchScheduler, Metrics, ServerConfig, ServerThread
+from ekd_compress.serve.runtime import EndpointConfig, Recognizer
+from ekd_compress.serve.server import BatchScheduler, Metrics, ServerConfig, ServerThread
 
 AUDIO = np.concatenate([silence(0.3), tone(0.5), silence(1.2), tone(0.4), silence(0.3)])  # "a" . "a"
 
@@ -316,7 +316,7 @@ def test_oversized_message_refused_while_received(server):
 
 def test_sample_rate_rate_check_is_total():
     """_Session._rate never raises anything but ClientError, whatever JSON gave it."""
-    from serve.protocol import ClientError, _Session
+    from ekd_compress.serve.protocol import ClientError, _Session
 
     sess = _Session.__new__(_Session)
     sess.cfg = ServerConfig()
@@ -490,7 +490,7 @@ def test_empty_token_refused():
 
 def test_every_refusal_reason_is_a_metric(server):
     """/metrics lists a counter for every refusal reason from the start (issue 14, item 6 of the brief)."""
-    from serve.metrics import ERROR_CODES, REJECT_REASONS
+    from ekd_compress.serve.metrics import ERROR_CODES, REJECT_REASONS
 
     body = http(server, "/metrics")[2]
     for reason in REJECT_REASONS:

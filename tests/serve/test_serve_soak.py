@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from serve_helpers import noise, silence, tone, write_wav
 
 from ekd_compress.cli.serve_cmd import bench
-from serve.soak import hold_streams
+from ekd_compress.serve.soak import hold_streams
 
 FIELDS = {"bundle", "streams", "seconds", "drain_s", "wall_s", "connection", "chunk_ms", "utterances", "completed",
           "errors", "errors_by_kind", "agreed", "agreement", "mismatches", "first_partial_ms_p50",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.tokens import TokenTable
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,7 +12,7 @@ import torch
 from ekd_compress.train.distributed import DistInfo, dist_info, owns
 
 ROOT = Path(__file__).resolve().parents[2]
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.tokens import TokenTable
 
 TOKENS = TokenTable.build_chars(["a b", "b a"])
 F, V, T, S = 12, len(TOKENS), 40, 5  # mel bins, vocabulary, input frames, target tokens

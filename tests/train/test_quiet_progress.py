@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIT = textwrap.dedent("""
     import sys, torch
     from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.spec.tokens import TokenTable
+    from ekd_compress.contract.tokens import TokenTable
     from ekd_compress.train.fit import build, fit_model
     from ekd_compress.train.module import AsrModule
 
@@ -59,7 +59,7 @@ def test_stage_lines_say_n_of_N_elapsed_and_eta(tmp_path):
 
 
 def test_planned_stages_match_a_run():
-    from ekd_compress.pipeline.distill import expected_models, planned_stages
+    from ekd_compress.pipeline.plan import expected_models, planned_stages
     from ekd_compress.recipe import load_recipe
 
     r = load_recipe("demo", ["distill.seeds=[0,1]"])
@@ -68,3 +68,14 @@ def test_planned_stages_match_a_run():
     trained = {m for m in expected_models(r) if m not in ("ensemble", "student")}
     assert trained <= {p.removeprefix("member_") for p in plan}
     assert len(plan) == len(set(plan))
+
+
+def test_the_plan_names_every_stage_and_model_once():
+    from ekd_compress.pipeline.plan import expected_models, planned_stages
+    from ekd_compress.recipe import load_recipe
+
+    r = load_recipe("demo", ["distill.seeds=[0,3]", "distill.ks=[2,all]", "distill.student_sizes=[{name: s8, params: {hidden: 8}}]"])
+    assert planned_stages(r)[-4:] == ["control_baseline_teacher", "student_s3", "sweep_s8", "evaluate"]
+    assert {"baseline_s3", "essence_k2", "kd_all", "student", "student_s3", "sweep_s8"} <= set(expected_models(r))
+    fly = load_recipe("demo", ["distill.cache=fly"])
+    assert "essence" not in planned_stages(fly) and "essence_control" not in planned_stages(fly)

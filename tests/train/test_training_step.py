@@ -1,4 +1,4 @@
-"""AsrModule.training_step in essence mode: the loss it returns is λ·CTC + (1 − λ)·KD on a
+"""AsrModule.training_step with the student objective {"ctc": λ, "essence_kd": 1 − λ}: the loss it returns is λ·CTC + (1 − λ)·KD on a
 fixed batch, both parts computed here independently of the project's loss classes, and
 λ = 0 and λ = 1 train different students."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ekd_compress.models import build_model
-from ekd_compress.recipe import DistillConfig, SpecAugmentConfig, TrainConfig
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
+from ekd_compress.contract.tokens import TokenTable
+from ekd_compress.train.job import EssenceTargets
 from ekd_compress.train.module import AsrModule
 
 # training_step logs through Lightning; outside a Trainer that is a warning, not an error
@@ -45,9 +46,9 @@ def fixed_batch(model: torch.nn.Module) -> dict:
 def make_module(lam: float) -> AsrModule:
     torch.manual_seed(0)
     model = build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2)
-    distill = DistillConfig(temperature=TEMPERATURE, lam=lam)
-    module = AsrModule(model, TOKENS, TrainConfig(), SpecAugmentConfig(enabled=False), mode="essence",
-                       distill=distill)
+    essence = EssenceTargets(k=K, temperature=TEMPERATURE)
+    module = AsrModule(model, TOKENS, TrainConfig(), SpecAugmentConfig(enabled=False),
+                       losses={"ctc": lam, "essence_kd": 1.0 - lam}, essence=essence)
     return module.eval()  # no dropout: the step is a deterministic function of the batch
 
 

@@ -1,10 +1,12 @@
 import itertools
 
+"""Golden values of the shared CTC decoders (offline entry points) and ids -> text."""
 import numpy as np
 import pytest
 import torch
 
-from ekd_compress.evaluate import ctc_greedy_decode, ctc_prefix_beam_search, ids_to_text
+from ekd_compress.contract.ctc_decode import ctc_greedy_decode, ctc_prefix_beam_search
+from ekd_compress.contract.tokens import ids_to_text
 
 
 def peaky(path: list[int], vocab: int, p: float = 0.97) -> np.ndarray:
@@ -20,10 +22,12 @@ def test_greedy_collapses_repeats_and_drops_blanks():
 
 
 def test_greedy_batch_with_lengths_and_tensor_input():
+    """Tensors are converted at the call site, as training and scoring do."""
     a = peaky([1, 1, 2, 0, 0, 3], 4)
     b = peaky([2, 0, 2, 3, 3, 3], 4)
     batch = torch.from_numpy(np.stack([a, b])).float()
-    assert ctc_greedy_decode(batch, torch.tensor([3, 6])) == [[1, 2], [2, 2, 3]]
+    assert ctc_greedy_decode(batch.detach().float().cpu().numpy(), torch.tensor([3, 6]).cpu().numpy()) == [
+        [1, 2], [2, 2, 3]]
     assert ctc_greedy_decode(batch, [0, 6])[0] == []
 
 

@@ -1,13 +1,22 @@
-"""`ekd-compress evaluate EXPDIR --data DIR`: score an experiment's models on other data."""
+"""`ekd-compress evaluate EXPDIR --data DIR`: score an experiment's models on other data.
+
+The experiment (recipe, tokens, models) is read through ekd_compress.experiment; the data
+is a Kaldi data dir or a lhotse manifest, normalised like the experiment's training text.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ekd_compress.recipe import load_recipe
+from ekd_compress.experiment import read_recipe
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
+
+    from ekd_compress.recipe import Recipe
 
 
-def load_eval_cuts(data: Path, recipe, on_error: str = "raise", log: Callable[[str], None] = print):
+def load_eval_cuts(data: Path, recipe: "Recipe", on_error: str = "raise", log: Callable[[str], None] = print) -> "CutSet":
     """A Kaldi data dir or a lhotse manifest -> CutSet at the recipe's rate, text normalised like training."""
     from lhotse import CutSet
 
@@ -30,13 +39,11 @@ def load_eval_cuts(data: Path, recipe, on_error: str = "raise", log: Callable[[s
 def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = None, scoring: str = "plain",
                      on_error: str = "raise", log: Callable[[str], None] = print) -> dict[str, Any]:
     from ekd_compress.features.fbank import feature_spec
-    from ekd_compress.pipeline.scoring import evaluate_experiment
+    """Score the experiment's models (all, or those in `names`) on `data` -> the `evaluate --json` object."""
+    from ekd_compress.evaluate.scoring import evaluate_experiment
 
     exp_dir = Path(exp_dir)
-    recipe_file = exp_dir / "recipe.yaml"
-    if not recipe_file.exists():
-        raise FileNotFoundError(f"{recipe_file} not found: {exp_dir} is not an experiment directory of `ekd-compress distill`")
-    recipe = load_recipe(recipe_file)
+    recipe = read_recipe(exp_dir)
     cuts = load_eval_cuts(data, recipe, on_error, log)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
     return evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log,

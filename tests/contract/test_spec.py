@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ekd_compress.spec.features import FeatureSpec, OnlineFeatures, compute_fbank
-from ekd_compress.spec.tokens import BLANK, TokenTable
+from ekd_compress.contract.features import FeatureSpec, OnlineFeatures, compute_fbank
+from ekd_compress.contract.tokens import BLANK, TokenTable
 
 
 def test_char_tokens_round_trip(tmp_path):
@@ -63,5 +63,5 @@ def test_feature_spec_validation_and_hash():
 
 
 def test_spec_and_cli_help_import_no_torch():
-    code = "import sys, ekd_compress.spec, ekd_compress.cli.main; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ekd_compress.contract, ekd_compress.cli.main; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

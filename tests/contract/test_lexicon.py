@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ekd_compress.spec.lexicon import Lexicon, strip_stress
-from ekd_compress.spec.tokens import TokenTable
+from ekd_compress.contract.lexicon import Lexicon, strip_stress
+from ekd_compress.contract.tokens import TokenTable
 
 LEXICON = """\
 ;;; a CMU-style comment line

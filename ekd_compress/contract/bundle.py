@@ -1,4 +1,6 @@
-"""The deployable bundle: a directory with the model, its tokens and `bundle.json`.
+"""The bundle format, written by `export/` and read by `serve/` and `evaluate`: one writer, one reader.
+
+A bundle is a directory with the model, its tokens and `bundle.json`:
 
     BUNDLE/
       model.onnx          streaming fp32 model, state as explicit inputs/outputs (always)
@@ -36,14 +38,30 @@ A runtime feeds `chunk` (B, chunk_frames, F) float32 fbank frames plus the state
 states. The chunk length is fixed at `chunk_frames`: zero-pad the last chunk of an
 utterance. The batch axis B is dynamic.
 
-This module is standard library only, so torch-free runtimes can use it.
+Two levels of checking, both here:
+
+- `validate_bundle` / `write_bundle` / `read_bundle`: the whole schema above (export writes
+  only what passes it; tests and tools read the full metadata with `read_bundle`).
+- `Bundle.load`: what a runtime needs to stream the model (format, files, features,
+  streaming geometry, states, tokens); it reads every bundle `write_bundle` accepts, and also
+  bundles of older exporters that lack metadata the runtime does not use. `inputs.chunk.shape[1]`
+  may exceed `chunk_frames` (a window of `window_frames` fed per call, `chunk_frames` consumed).
+
+numpy and the standard library only (torch-free): the streaming server loads it.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.lexicon import LEXICON_FILE
+from ekd_compress.contract.tokens import BLANK_ID, TokenTable
 
 FORMAT = "ekd-bundle/1"
 BUNDLE_FILE = "bundle.json"
@@ -51,6 +69,13 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 TRT_FILE = "model.plan"
 TOKENS_FILE = "tokens.txt"
+
+# dtype name in bundle.json -> numpy dtype (states and outputs); export maps torch dtypes onto these names
+DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+__all__ = ["BUNDLE_FILE", "DTYPES", "FORMAT", "INT8_FILE", "LEXICON_FILE", "ONNX_FILE", "SCHEMA", "TOKENS_FILE",
+           "TRT_FILE", "Bundle", "BundleError", "StateInfo", "read_bundle", "state_shape", "validate_bundle",
+           "write_bundle"]
 
 _NUM = (int, float)
 _OPT_STR = (str, type(None))
@@ -81,11 +106,11 @@ SCHEMA: dict[str, Any] = {
     "trt": ({"precision": str, "tensorrt_version": str, "gpu": str, "profiles": list}, "nullable"),
 }
 
-_DTYPES = ("float32", "float16", "int64", "int32")
+_DTYPE_NAMES = tuple(DTYPES)
 
 
 class BundleError(ValueError):
-    """bundle.json is missing, malformed or inconsistent with the files beside it."""
+    """bundle.json is missing, malformed or inconsistent with the files beside it (writer and readers)."""
 
 
 def _type_names(t: Any) -> str:
@@ -147,8 +172,8 @@ def _check_consistency(d: dict[str, Any], errors: list[str]) -> None:
             errors.append(f"{where} must be an object with name, shape and dtype, got {st!r:.80}")
             continue
         _check_shape(st["shape"], f"{where}.shape", errors)
-        if st["dtype"] not in _DTYPES:
-            errors.append(f"{where}.dtype {st['dtype']!r} is not one of {_DTYPES}")
+        if st["dtype"] not in DTYPES:
+            errors.append(f"{where}.dtype {st['dtype']!r} is not one of {_DTYPE_NAMES}")
         names.append(st["name"])
         out = d["outputs"].get(f"{st['name']}_out")
         if not isinstance(out, dict) or out.get("shape") != st["shape"] or out.get("dtype") != st["dtype"]:
@@ -208,19 +233,24 @@ def validate_bundle(d: Any, bundle_dir: Path | str | None = None) -> dict[str, A
     return d
 
 
-def read_bundle(bundle_dir: Path | str) -> dict[str, Any]:
-    """Load and validate BUNDLE/bundle.json; raises `BundleError` (a ValueError) when unusable."""
-    bundle_dir = Path(bundle_dir)
+def _load_json(bundle_dir: Path) -> Any:
+    """The parsed BUNDLE/bundle.json (any JSON value); `BundleError` when it is missing or not JSON."""
     path = bundle_dir / BUNDLE_FILE
     if not path.is_file():
         raise BundleError(
             f"{bundle_dir} is not a bundle: {BUNDLE_FILE} is missing; make one with `ekd-compress export EXPDIR`"
         )
     try:
-        d = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-    return validate_bundle(d, bundle_dir)
+
+
+def read_bundle(bundle_dir: Path | str) -> dict[str, Any]:
+    """Load BUNDLE/bundle.json and validate it against the whole schema (`validate_bundle`);
+    raises `BundleError` (a ValueError) when unusable. Runtimes use `Bundle.load`."""
+    bundle_dir = Path(bundle_dir)
+    return validate_bundle(_load_json(bundle_dir), bundle_dir)
 
 
 def write_bundle(bundle_dir: Path | str, d: dict[str, Any]) -> Path:
@@ -237,3 +267,134 @@ def write_bundle(bundle_dir: Path | str, d: dict[str, Any]) -> Path:
 def state_shape(shape: list[Any], batch: int) -> tuple[int, ...]:
     """A bundle shape with "B" -> concrete shape for `batch` streams."""
     return tuple(batch if dim == "B" else int(dim) for dim in shape)
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    """One streaming state tensor of a bundle: its name, shape (ints and "B") and dtype name."""
+
+    name: str
+    shape: tuple  # ints and the symbol "B"
+    dtype: str
+
+    @property
+    def batch_axis(self) -> int:
+        return self.shape.index("B")
+
+    def zeros(self, batch: int = 1) -> np.ndarray:
+        """The initial value for `batch` streams: zeros of the state's shape and dtype."""
+        return np.zeros(state_shape(list(self.shape), batch), dtype=DTYPES[self.dtype])
+
+
+@dataclass
+class Bundle:
+    """A bundle directory as a runtime sees it, checked by `Bundle.load` (schema: module docstring)."""
+
+    path: Path
+    meta: dict[str, Any]
+    features: FeatureSpec
+    tokens: TokenTable
+    states: list[StateInfo]
+    chunk_frames: int  # input frames consumed (hop) per model call
+    window_frames: int  # input frames fed per model call (inputs.chunk.shape[1])
+    subsampling: int
+    output_frames_per_chunk: int
+    blank_id: int
+    vocab_size: int
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("model", {}).get("name") or self.path.name)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration of one output frame (subsampling x feature frame shift), seconds."""
+        return self.subsampling * self.features.frame_shift_ms / 1000.0
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.chunk_frames * self.features.frame_shift_ms / 1000.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    def file(self, key: str) -> Path | None:
+        """The path of files[key] ("onnx", "int8", "trt", "tokens", ...), None when unset."""
+        name = self.meta["files"].get(key)
+        return self.path / name if name else None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        """Read and check the bundle at `path` for streaming; `BundleError` naming the problem and the fix."""
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"bundle directory {path} does not exist; make one with `ekd-compress export EXPDIR`")
+        meta_path = path / BUNDLE_FILE
+        meta = _load_json(path)
+        if not isinstance(meta, dict):
+            raise BundleError(f"{meta_path} must hold a JSON object")
+
+        def need(d: Any, key: str, typ: type | tuple, where: str) -> Any:
+            if not isinstance(d, dict) or key not in d:
+                raise BundleError(f"{meta_path}: missing key {where + key!r}; re-export the bundle")
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, typ):
+                raise BundleError(f"{meta_path}: {where + key!r} must be {typ}, got {v!r:.60}")
+            return v
+
+        fmt = need(meta, "format", str, "")
+        if fmt != FORMAT:
+            raise BundleError(f"{meta_path}: format {fmt!r} is not {FORMAT!r}; re-export with this version")
+        files = need(meta, "files", dict, "")
+        for key in ("onnx", "tokens"):
+            name = need(files, key, str, "files.")
+            if not (path / name).is_file():
+                raise BundleError(f"{path}: files.{key} names {name!r}, which is missing; re-export the bundle")
+        for key in ("int8", "trt"):
+            name = files.get(key)
+            if name is not None and not (path / str(name)).is_file():
+                raise BundleError(f"{path}: files.{key} names {name!r}, which is missing; re-export or set it to null")
+        try:
+            features = FeatureSpec.from_dict(need(meta, "features", dict, ""))
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{meta_path}: features: {e}") from None
+        st = need(meta, "streaming", dict, "")
+        chunk_frames = need(st, "chunk_frames", int, "streaming.")
+        subsampling = need(st, "subsampling", int, "streaming.")
+        out_per_chunk = need(st, "output_frames_per_chunk", int, "streaming.")
+        if subsampling < 1 or chunk_frames < subsampling or chunk_frames % subsampling:
+            raise BundleError(f"{meta_path}: streaming.chunk_frames={chunk_frames} must be a multiple of subsampling={subsampling}")
+        if out_per_chunk != chunk_frames // subsampling:
+            raise BundleError(f"{meta_path}: streaming.output_frames_per_chunk={out_per_chunk} != chunk_frames // subsampling")
+        chunk_in = need(need(need(meta, "inputs", dict, ""), "chunk", dict, "inputs."), "shape", list, "inputs.chunk.")
+        if len(chunk_in) != 3 or chunk_in[0] != "B" or chunk_in[2] != features.num_mel_bins or not isinstance(chunk_in[1], int) \
+                or chunk_in[1] < chunk_frames:
+            raise BundleError(f"{meta_path}: inputs.chunk.shape {chunk_in} must be ['B', >= chunk_frames, num_mel_bins]")
+        states = []
+        for i, s in enumerate(need(meta, "states", list, "")):
+            name = need(s, "name", str, f"states[{i}].")
+            shape = need(s, "shape", list, f"states[{i}].")
+            dtype = need(s, "dtype", str, f"states[{i}].")
+            if shape.count("B") != 1 or not all(d == "B" or (isinstance(d, int) and d >= 0) for d in shape):
+                raise BundleError(f"{meta_path}: states[{i}].shape {shape} must hold ints and 'B' exactly once")
+            if dtype not in DTYPES:
+                raise BundleError(f"{meta_path}: states[{i}].dtype {dtype!r} is not one of {sorted(DTYPES)}")
+            states.append(StateInfo(name, tuple(shape), dtype))
+        vocab = need(meta, "vocab_size", int, "")
+        blank = need(meta, "blank_id", int, "")
+        try:
+            tokens = TokenTable.load(path / files["tokens"])
+        except ValueError as e:
+            raise BundleError(f"{path / files['tokens']}: {e}") from None
+        declared = meta.get("token_kind")
+        if declared in ("char", "bpe", "phone") and declared != tokens.kind:
+            fix = "copy its lexicon.txt beside tokens.txt" if declared == "phone" else "re-export the bundle"
+            raise BundleError(f"{meta_path}: token_kind is {declared!r} but {path / files['tokens']} reads as "
+                              f"{tokens.kind!r} tokens; {fix}")
+        if len(tokens) != vocab:
+            raise BundleError(f"{path}: tokens.txt has {len(tokens)} tokens but vocab_size is {vocab}; re-export the bundle")
+        if blank != BLANK_ID:
+            raise BundleError(f"{meta_path}: blank_id={blank}; this runtime expects the blank at id 0 (the token table convention)")
+        return cls(path, meta, features, tokens, states, chunk_frames, int(chunk_in[1]), subsampling, out_per_chunk,
+                   blank, vocab)

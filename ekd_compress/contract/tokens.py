@@ -6,7 +6,7 @@ sentencepiece pieces (word starts marked `▁`) and keep the `.model` file besid
 `tokens.txt` for encoding. Phone tables (`kind="phone"`) hold the phones of a
 pronunciation lexicon, no word boundary, and keep `lexicon.txt` beside `tokens.txt`:
 text is encoded word by word through each word's first pronunciation
-(`ekd_compress.spec.lexicon`), and decoded ids are phone strings such as `HH AH L OW`.
+(`ekd_compress.contract.lexicon`), and decoded ids are phone strings such as `HH AH L OW`.
 `TokenTable.load` recognises a phone table by `lexicon.txt` beside a table without `|`.
 Decoding needs only the files beside `tokens.txt`, so serving stays light.
 """
@@ -16,11 +16,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ekd_compress.spec.lexicon import LEXICON_FILE, Lexicon
+from ekd_compress.contract.lexicon import LEXICON_FILE, Lexicon
 
-BLANK = "<blk>"
-SPACE = "|"
-BPE_MARK = "\u2581"  # ▁
+BLANK = "<blk>"  # the CTC blank's token string, always id BLANK_ID
+BLANK_ID = 0  # the CTC blank's id in every token table, model output and bundle (bundle.json blank_id)
+SPACE = "|"  # word boundary of character tables
+BPE_MARK = "\u2581"  # ▁ word start of sentencepiece pieces
+UNK = "<unk>"  # sentencepiece's unknown piece (id 1 of BPE tables)
 
 
 class TokenTable:
@@ -67,7 +69,7 @@ class TokenTable:
         spm.SentencePieceTrainer.train(
             input=str(corpus), model_prefix=str(out_dir / "bpe"), vocab_size=vocab_size,
             model_type="bpe", character_coverage=1.0, unk_id=1, bos_id=-1, eos_id=-1, pad_id=0,
-            pad_piece=BLANK, unk_piece="<unk>", hard_vocab_limit=False, minloglevel=2,
+            pad_piece=BLANK, unk_piece=UNK, hard_vocab_limit=False, minloglevel=2,
         )
         sp = spm.SentencePieceProcessor(model_file=str(out_dir / "bpe.model"))
         tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
@@ -160,3 +162,43 @@ class TokenTable:
 
             self._sp = spm.SentencePieceProcessor(model_file=str(self.sp_model))
         return self._sp
+
+
+def ids_to_text(
+    ids: Iterable[int],
+    tokens: Sequence[str],
+    space: str = SPACE,
+    kind: str | None = None,
+) -> str:
+    """Token ids -> text, for character or sentencepiece BPE token tables.
+
+    Args:
+        ids: decoded token ids (blanks, id 0, are skipped if present).
+        tokens: the token table, `tokens[i]` is the string of id i.
+        space: word-boundary token of character tables (`|`; a literal " " token
+            always counts as a space too).
+        kind: "char", "bpe" or "phone" (phones joined by spaces); None = "bpe" when any
+            table token starts with `▁`, else "char".
+
+    Returns:
+        Words separated by single spaces, no leading/trailing space.
+    """
+    if kind is None:
+        kind = "bpe" if any(t.startswith(BPE_MARK) for t in tokens) else "char"
+    if kind not in ("char", "bpe", "phone"):
+        raise ValueError(f"token kind {kind!r} is unknown; use 'char', 'bpe', 'phone' or None (auto)")
+    pieces: list[str] = []
+    for i in ids:
+        i = int(i)
+        if i == BLANK_ID:
+            continue
+        if not 0 <= i < len(tokens):
+            raise ValueError(f"token id {i} is outside the token table (size {len(tokens)}); decode with the model's tokens.txt")
+        pieces.append(tokens[i])
+    if kind == "phone":
+        return " ".join(pieces)
+    if kind == "bpe":
+        text = "".join(pieces).replace(BPE_MARK, " ")
+    else:
+        text = "".join(" " if p == space else p for p in pieces)
+    return " ".join(text.split())

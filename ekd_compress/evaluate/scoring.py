@@ -1,0 +1,87 @@
+"""Score an experiment's models on a set of cuts: greedy CTC decoding, then the error rates.
+
+`score_models` gives the `evaluate --json` object ({"data", "metric", "models": [row per
+model]}) that `distill`'s evaluate stage writes into results.json and `ekd-compress evaluate`
+prints; the models come from the experiment folder (ekd_compress.experiment).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from lhotse import CutSet
+
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.tokens import TokenTable
+from ekd_compress.experiment import load_registered, read_tokens
+
+
+@torch.no_grad()
+def decode_cuts(
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0
+) -> tuple[list[str], list[str], list[str], float, float]:
+    """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds)."""
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
+                         with_targets=False)
+    ids, refs, hyps = [], [], []
+    audio = compute = 0.0
+    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
+        start = time.perf_counter()
+        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+        decoded = ctc_greedy_decode(log_probs.detach().float().cpu().numpy(), out_lengths.cpu().numpy())
+        compute += time.perf_counter() - start
+        audio += sum(batch["durations"])
+        ids += batch["ids"]
+        refs += batch["texts"]
+        hyps += [tokens.decode(d) for d in decoded]
+    return ids, refs, hyps, audio, compute
+
+
+def score_model(
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain"
+) -> dict[str, Any]:
+    """{wer, sub, del, ins, words, cer, cer_counts, rtf} (+ per, per_counts for phone models;
+    + {"subsets": ...} for Switchboard scoring). See ekd_compress.evaluate.error_rates."""
+    from ekd_compress.evaluate.error_rates import score_texts
+
+    ids, refs, hyps, audio, compute = decode_cuts(model, cuts, tokens, spec)
+    result = score_texts(refs, hyps, tokens.kind, tokens.lexicon)
+    if scoring == "swbd" and tokens.kind != "phone":
+        from ekd_compress.evaluate.swbd import score_eval2000
+
+        subsets = score_eval2000(ids, refs, hyps)
+        result = {**result, **subsets["all"], "subsets": {k: subsets[k] for k in ("swbd", "callhome")}}
+    result["rtf"] = compute / max(audio, 1e-9)
+    return result
+
+
+def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts: CutSet, data_name: str,
+                 tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log: Callable[[str], None] = print,
+                 metric: str = "wer") -> dict[str, Any]:
+    """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object:
+    {"data", "metric" (the recipe's primary measure), "models": [row per model]}."""
+    from ekd_compress.evaluate.error_rates import LABELS
+    from ekd_compress.models import count_parameters
+
+    rows = []
+    for name, (entry, model) in models.items():
+        res = score_model(model, cuts, tokens, spec, scoring)
+        value = res.get(metric)
+        shown = f"{value:6.2f}%" if value is not None else "   n/a "
+        log(f"  {data_name:>12} {name:<26} {LABELS[metric]} {shown}  RTF {res['rtf']:.4f}")
+        rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model), **res})
+    return {"data": data_name, "metric": metric, "models": rows}
+
+
+def evaluate_experiment(
+    exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
+    names: Optional[list[str]] = None, log: Callable[[str], None] = print, metric: str = "wer",
+) -> dict[str, Any]:
+    """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
+    tokens = read_tokens(exp_dir)
+    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric)

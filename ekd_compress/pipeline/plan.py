@@ -1,0 +1,109 @@
+"""The `distill` stage list and model names, written once, and what the stage keys hash.
+
+`plan(recipe)` is the ordered list of stages a run goes through, each with the models.json
+name of the model it trains (if any); `planned_stages` (the "stage n/N" of the log) and
+`expected_models` (the registry entries a recipe makes) both read it, and distill.py runs
+the stages in that order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ekd_compress.recipe import Recipe, TrainConfig
+
+CONTROL = "control_baseline_teacher"  # the student taught by the best baseline alone
+CHOSEN = "student"                    # the registry's name of the chosen student (no stage of its own)
+
+
+# ------------------------------------------------------------------------ names
+def baseline_name(index: int, seed: int) -> str:
+    """The first seed's baseline is "baseline", the others "baseline_s<seed>"."""
+    return "baseline" if index == 0 else f"baseline_s{seed}"
+
+
+def student_name(k: Any) -> str:
+    """The student distilled with essence size k: "kd_all" for k = all (plain KD), else "essence_k<k>"."""
+    return "kd_all" if k == "all" else f"essence_k{k}"
+
+
+def student_kind(k: Any) -> str:
+    return "kd" if k == "all" else "student"
+
+
+def seed_student_name(seed: int) -> str:
+    """Another seed of the chosen student."""
+    return f"student_s{seed}"
+
+
+def sweep_name(size_name: str) -> str:
+    """The models.json name of the size-sweep student `size_name` (recipe distill.student_sizes)."""
+    return f"sweep_{size_name}"
+
+
+# ------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Step:
+    stage: str                   # EXP/stages/<stage>.json
+    model: Optional[str] = None  # the models.json name of the model it trains or builds
+
+
+def plan(r: Recipe) -> list[Step]:
+    """Every stage of a run of `r`, in the order distill.py runs them."""
+    d = r.distill
+    fly = d.cache == "fly"
+    steps = [Step("data"), Step("features")]
+    steps += [Step(baseline_name(i, s), baseline_name(i, s)) for i, s in enumerate(d.seeds)]
+    if r.members:
+        steps += [Step("align"), *[Step(f"member_{m.name}", m.name) for m in r.members], Step("coincide"),
+                  Step("ensemble", "ensemble")]
+    if not fly:
+        steps.append(Step("essence"))
+    steps += [Step(student_name(k), student_name(k)) for k in d.ks]
+    if d.control:
+        steps += ([] if fly else [Step("essence_control")]) + [Step(CONTROL, CONTROL)]
+    steps += [Step(seed_student_name(s), seed_student_name(s)) for s in d.seeds[1:]]
+    steps += [Step(sweep_name(s.name), sweep_name(s.name)) for s in d.student_sizes]
+    return steps + [Step("evaluate")]
+
+
+def planned_stages(r: Recipe) -> list[str]:
+    """The stages a run of `r` goes through, in order (for 'stage n/N')."""
+    return [s.stage for s in plan(r)]
+
+
+def expected_models(r: Recipe) -> list[str]:
+    """Names of every model the recipe produces (models.json keys)."""
+    return [s.model for s in plan(r) if s.model] + [CHOSEN]
+
+
+# ------------------------------------------------------------------ key parts
+def lexicon_key(r: Recipe) -> list[Any]:
+    """What a phone recipe's targets also depend on: the lexicon's content and how it is read
+    (empty for char/bpe tokens, so their keys are as before the lexicon existed)."""
+    if r.tokens.kind != "phone":
+        return []
+    content = Path(r.tokens.lexicon).read_bytes() if r.tokens.lexicon and Path(r.tokens.lexicon).is_file() else b""
+    return [hashlib.sha256(content).hexdigest()[:12], r.tokens.strip_stress, r.tokens.oov]
+
+
+def trainset_config(r: Recipe) -> Any:
+    """The data settings that shape train/dev (test-set-only settings left out)."""
+    data = dataclasses.replace(r.data, tests={})
+    data.synthetic = dataclasses.replace(data.synthetic, test_hours=0.0)
+    data.fsdd = dataclasses.replace(data.fsdd, noisy_dev_snr_db=None, n_test=0, test_indices=[])
+    return data
+
+
+RUNTIME_ONLY = ("threads", "num_workers", "accelerator", "precision")
+
+
+def train_key(cfg: TrainConfig) -> dict[str, Any]:
+    """Training settings that change the result (how fast it runs does not)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_ONLY}
+    if key["stop_on"] == "select":  # the behaviour before stop_on existed: keep those experiments' keys
+        del key["stop_on"]
+    return key

@@ -1,0 +1,234 @@
+"""The work of the `distill` stages up to the teacher: tracking, data, features, the guide's
+alignment, the members' spike coincidence and the fused ensemble (the order and the keys live
+in distill.py; the students and the evaluation in students.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from ekd_compress.experiment import load_any, record_model, save_ensemble
+from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
+from ekd_compress.recipe import recipe_to_dict
+
+
+# ---------------------------------------------------------------------- tracking
+def open_tracker(ctx: Context, enabled: bool) -> Any:
+    from ekd_compress.tracking import (
+        NullTracker, Tracker, TrackingError, check_tracking_uri, resolve_tracking_uri,
+    )
+    from ekd_compress.atomic import write_json_atomic
+    from ekd_compress.tracking.uri import redact_uri
+
+    if not enabled:
+        return NullTracker()
+    uri = ctx.recipe.tracking.uri or resolve_tracking_uri()
+    check_tracking_uri(uri)  # fail now, not after an hour of training
+    tracker = Tracker(uri, ctx.recipe.tracking.experiment)
+    run_file = ctx.exp_dir / "mlflow_run.txt"
+    existing = run_file.read_text().strip() if run_file.exists() else None
+    params = recipe_to_dict(ctx.recipe)
+    try:
+        run_id = tracker.start_parent(ctx.recipe.name, params=params, run_id=existing)
+    except TrackingError as e:  # the recipe changed since that run: params are immutable, so start a new one
+        ctx.log(f"MLflow: starting a new parent run ({e})")
+        run_id = tracker.start_parent(ctx.recipe.name, params=params)
+    run_file.write_text(run_id)
+    # where the run lives, so `export` logs to it from any directory (credentials never written)
+    write_json_atomic(ctx.exp_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": redact_uri(uri),
+                                                        "experiment": ctx.recipe.tracking.experiment})
+    ctx.log(f"MLflow: {redact_uri(uri)} run {run_id}")
+    return tracker
+
+
+# -------------------------------------------------------------------- data, features
+def stage_data(ctx: Context) -> PreparedData:
+    from ekd_compress.pipeline.data_prep import prepare_data
+
+    return PreparedData.from_json(prepare_data(ctx.recipe, ctx.exp_dir, ctx.log))
+
+
+def stage_features(ctx: Context) -> Features:
+    from lhotse import CutSet
+
+    from ekd_compress.features.fbank import store_features
+
+    d = ctx.data
+    splits = {"train": d.train, "dev": d.dev, **{f"test_{k}": v for k, v in d.tests.items()}}
+    out: dict[str, str] = {}
+    for split, path in splits.items():
+        cuts = CutSet.from_file(path)
+        if ctx.recipe.features.precompute:
+            cuts = store_features(cuts, ctx.spec, ctx.exp_dir / "features" / split)
+        target = ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cuts.to_file(target)
+        out[split] = str(target)
+    cmvn = feature_stats(CutSet.from_file(out["train"]), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
+    return Features(out, ctx.spec.hash(), str(cmvn))
+
+
+def feature_stats(cuts: Any, spec: Any, path: Path) -> Path:
+    """Per-bin mean and std of the training features -> npz (the models' global CMVN)."""
+    from ekd_compress.features.fbank import load_features
+
+    total = np.zeros(spec.num_mel_bins)
+    total_sq = np.zeros(spec.num_mel_bins)
+    frames = 0
+    for cut in cuts:
+        f = load_features(cut, spec).astype(np.float64)
+        total += f.sum(0)
+        total_sq += (f ** 2).sum(0)
+        frames += f.shape[0]
+    mean = total / max(frames, 1)
+    std = np.sqrt(np.maximum(total_sq / max(frames, 1) - mean ** 2, 1e-8))
+    np.savez(path, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=frames)
+    return path
+
+
+# ------------------------------------------------------------ frozen-model passes
+def model_outputs(ctx: Context, model: Any, cuts: Any, desc: Optional[str] = None) -> Iterator[tuple[dict, Any, Any]]:
+    """Run a frozen model over `cuts` (clean features, no augmentation), batch by batch.
+
+    Yields (batch dict, log_probs (B, T', V), out_lengths (B,)); a progress bar when `desc` is given.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    ds = AsrDataset(ctx.tokens, ctx.spec, model.subsampling, keep_in_memory=False)
+    loader = make_loader(cuts, ds, 200.0, shuffle=False)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None):
+            log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+            yield batch, log_probs, out_lengths
+
+
+# ---------------------------------------------------------------- guide alignment
+def stage_align(ctx: Context) -> Alignment:
+    """Viterbi-align every training utterance with the guide (the best baseline seed on dev)."""
+    from ekd_compress.losses.guide import ctc_forced_align
+
+    guide = load_any(ctx.model_path(ctx.guide))
+    aligned: dict[str, np.ndarray] = {}
+    fallback = 0
+    for batch, log_probs, out_lengths in model_outputs(ctx, guide, ctx.cuts("train"), desc="align"):
+        for b, uid in enumerate(batch["ids"]):
+            T = int(out_lengths[b])
+            tgt = batch["targets"][b, : int(batch["target_lengths"][b])].numpy()
+            try:
+                aligned[uid] = ctc_forced_align(log_probs[b, :T].numpy(), tgt).astype(np.int16)
+            except ValueError:  # too few frames for the transcript: no frame targets (ignored)
+                aligned[uid] = np.full(T, -1, dtype=np.int16)
+                fallback += 1
+    path = ctx.exp_dir / "align" / "train.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **aligned)
+    if fallback:
+        ctx.log(f"align: {fallback} utterances too short for their transcripts carry no frame targets")
+    return Alignment(str(path), len(aligned), fallback)
+
+
+# ------------------------------------------------------------- coincidence, fusion
+def _argmax_paths(model: Any, cuts: Any, ctx: Context) -> dict[str, np.ndarray]:
+    """utt id -> (T',) argmax token per output frame."""
+    paths = {}
+    for batch, log_probs, out_lengths in model_outputs(ctx, model, cuts):
+        best = log_probs.argmax(-1).numpy()
+        for b, uid in enumerate(batch["ids"]):
+            paths[uid] = best[b, : int(out_lengths[b])]
+    return paths
+
+
+def stage_coincidence(ctx: Context) -> dict[str, dict[str, float]]:
+    """Token-matched spike coincidence of each member with the guide on dev (member name -> stats)."""
+    from ekd_compress.ensemble.coincidence import check_coincidence, corpus_coincidence
+
+    d = ctx.recipe.distill
+    dev = ctx.cuts("dev")
+    guide_paths = _argmax_paths(load_any(ctx.model_path(ctx.guide)), dev, ctx)
+    out = {}
+    for m in ctx.recipe.members:
+        member_paths = _argmax_paths(load_any(ctx.model_path(m.name)), dev, ctx)
+        stats = corpus_coincidence([(member_paths[u], guide_paths[u]) for u in guide_paths])
+        out[m.name] = stats
+        ctx.log(f"coincidence {m.name}: {stats['both']:.3f} (member->guide {stats['member_to_guide']:.3f}, "
+                f"guide->member {stats['guide_to_member']:.3f})")
+        ctx.tracker.log_metrics({f"coincidence_{m.name}": stats["both"]}, step=0)
+    for name, stats in out.items():
+        check_coincidence(name, stats["both"], d.coincidence_threshold, refuse=d.refuse_below_threshold)
+    return out
+
+
+def stage_ensemble(ctx: Context) -> EnsembleResult:
+    """Fuse the members (fusion weights given, equal, or searched on dev) into EXP/models/ensemble.json."""
+    d = ctx.recipe.distill
+    members = [ctx.model_path(m.name) for m in ctx.recipe.members]
+    names = [m.name for m in ctx.recipe.members]
+    out: dict[str, Any] = {}
+    weights = d.fusion_weights
+    if d.fusion_tune == "dev":
+        from ekd_compress.ensemble.tune import search_weights
+
+        search = search_weights(*_dev_outputs(ctx, members), d.fusion_grid)
+        weights = search.weights
+        out = {"tuned_on": "dev", "method": "grid", "weights": weights, "dev_wer": search.wer,
+               "uniform_dev_wer": search.uniform_wer, "grid": [[w, wer] for w, wer in search.tried]}
+        ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev WER {search.wer:.2f} "
+                f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
+    elif d.fusion_tune == "select":
+        from ekd_compress.ensemble.tune import forward_select
+
+        sel = forward_select(*_dev_outputs(ctx, members), rounds=d.select_rounds, drop_ratio=d.drop_ratio)
+        weights = sel.weights
+        out = {"tuned_on": "dev", "method": "forward_selection", "weights": weights, "dev_wer": sel.wer,
+               "uniform_dev_wer": sel.uniform_wer, "member_dev_wer": dict(zip(names, sel.member_wers)),
+               "dropped": [names[i] for i in sel.dropped], "picks": [names[i] for i in sel.picks],
+               "round_dev_wer": sel.round_wers, "drop_ratio": d.drop_ratio}
+        for i in sel.dropped:
+            ctx.log(f"ensemble: dropped {names[i]} (dev WER {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
+                    f"member {min(sel.member_wers):.2f})")
+        ctx.log(f"ensemble by forward selection on dev: {dict(zip(names, [round(w, 3) for w in weights]))} -> dev WER "
+                f"{sel.wer:.2f} (members {', '.join(f'{n} {w:.2f}' for n, w in zip(names, sel.member_wers))}; "
+                f"equal weights {sel.uniform_wer:.2f})")
+    if weights is not None and max(weights) == 1.0:
+        ctx.log("WARNING: all the weight is on one member: on dev, fusion does not beat that member")
+    path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, weights)
+    record_model(ctx.exp_dir, "ensemble", "ensemble", path)
+    return EnsembleResult(str(path), out)
+
+
+def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], list[Any], Any]:
+    """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the dev set, for the fusion searches
+    of ekd_compress.ensemble.tune. refs and decoded hypotheses are in the units of the recipe's
+    metric (words, characters or phones), so the searches' "WER" is that metric."""
+    from ekd_compress.contract.ctc_decode import ctc_greedy_decode
+    from ekd_compress.evaluate.error_rates import units_for
+
+    metric = ctx.recipe.data.metric
+
+    dev = ctx.cuts("dev")
+    outputs, refs = [], {}
+    for path in members:
+        per_utt = {}
+        for batch, log_probs, out_lengths in model_outputs(ctx, load_any(path), dev, desc=f"fusion search {path.parent.name}"):
+            for b, uid in enumerate(batch["ids"]):
+                per_utt[uid] = log_probs[b, : int(out_lengths[b])].clone()
+                refs[uid] = batch["texts"][b]
+        outputs.append(per_utt)
+    ids = sorted(refs)
+
+    def decode(lp):
+        text = ctx.tokens.decode(ctc_greedy_decode(lp[None].float().cpu().numpy())[0])
+        return units_for(metric, [""], [text], ctx.tokens.lexicon)[1][0]
+
+    ref_units = units_for(metric, [refs[u] for u in ids], [""] * len(ids), ctx.tokens.lexicon)[0]
+    return [[o[u] for u in ids] for o in outputs], ref_units, decode
+
+
+def teacher_path(ctx: Context) -> Path:
+    """The students' teacher: the ensemble, or the guide when the recipe has no members."""
+    return ctx.exp_dir / "models" / "ensemble.json" if ctx.recipe.members else ctx.model_path(ctx.guide)
