@@ -9,7 +9,8 @@ their matching test files, in its own mutmut work folder build/mutation/STAGE/ (
     python tools/mutation.py diffs [STAGE]    the changed line of every surviving mutant
 
 A stage folder holds a pyproject.toml with only the [tool.mutmut] and pytest sections, and
-symbolic links to ekd_compress/, export/ and tests/ of this checkout; mutmut copies them into
+symbolic links to this checkout's sources laid out as installed (ekd_compress/, with export/ and
+serve/ inside it as ekd_compress.export and ekd_compress.serve) and to tests/; mutmut copies them into
 mutants/ and runs the tests there. Mutants listed in tools/mutation_equivalent.txt (name, then
 the reason) count as equivalent: reported, not counted against the kill rate.
 """
@@ -58,9 +59,9 @@ STAGES: dict[str, dict[str, list[str]]] = {
                      "ekd_compress.ensemble.cache.*", "ekd_compress.ensemble.coincidence.*"],
     },
     "export": {
-        "files": ["export/verify.py"],
+        "files": ["ekd_compress/export/verify.py"],
         "tests": ["tests/export/test_verify.py", "tests/export/test_verify_edges.py"],
-        "patterns": ["export.verify.*"],
+        "patterns": ["ekd_compress.export.verify.*"],
     },
     # model files: all of base.py (contract, CMVN, shared causal frontend) and the streaming
     # paths of rnn/tdnn/transformer (forward / forward_chunk and what they call, the state
@@ -96,14 +97,26 @@ def setup(stage: str) -> Path:
     spec = STAGES[stage]
     work = WORK / stage
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("ekd_compress", "export", "tests"):
-        link = work / name
+    # the packages laid out as installed: export/ and serve/ are ekd_compress.export and
+    # ekd_compress.serve, so mutmut names their mutants (and the tests import them) by those names
+    package = work / "ekd_compress"
+    if package.is_symlink():  # the layout before the namespace change linked the whole folder
+        package.unlink()
+    package.mkdir(exist_ok=True)
+    sources = [p for p in (ROOT / "ekd_compress").iterdir() if p.name != "__pycache__"]
+    for source in [*sources, ROOT / "export", ROOT / "serve"]:
+        link = package / source.name
         if not link.is_symlink():
-            link.symlink_to(ROOT / name, target_is_directory=True)
+            link.symlink_to(source, target_is_directory=source.is_dir())
+    old_export = work / "export"
+    if old_export.is_symlink():
+        old_export.unlink()
+    if not (work / "tests").is_symlink():
+        (work / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
     (work / "pyproject.toml").write_text(
         "# made by tools/mutation.py setup; do not edit\n"
         "[tool.mutmut]\n"
-        'source_paths = ["ekd_compress", "export"]\n'
+        'source_paths = ["ekd_compress"]\n'
         f"only_mutate = {_toml_list(spec['files'])}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(spec['tests'])}\n"
         f"do_not_mutate_patterns = {_toml_list(DO_NOT_MUTATE)}\n"
