@@ -9,8 +9,9 @@ their matching test files, in its own mutmut work folder build/mutation/STAGE/ (
     python tools/mutation.py diffs [STAGE]    the changed line of every surviving mutant
 
 A stage folder holds a pyproject.toml with only the [tool.mutmut] and pytest sections, and
-symbolic links to this checkout's sources laid out as installed (ekd_compress/, with export/ and
-serve/ inside it as ekd_compress.export and ekd_compress.serve) and to tests/; mutmut copies them into
+a copy of this checkout's sources laid out as installed (ekd_compress/, with export/ and serve/
+inside it as ekd_compress.export and ekd_compress.serve; refreshed by every setup) and a link to
+tests/; mutmut copies them into
 mutants/ and runs the tests there. Mutants listed in tools/mutation_equivalent.txt (name, then
 the reason) count as equivalent: reported, not counted against the kill rate.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -98,16 +100,15 @@ def setup(stage: str) -> Path:
     work = WORK / stage
     work.mkdir(parents=True, exist_ok=True)
     # the packages laid out as installed: export/ and serve/ are ekd_compress.export and
-    # ekd_compress.serve, so mutmut names their mutants (and the tests import them) by those names
+    # ekd_compress.serve, so mutmut names their mutants (and the tests import them) by those names.
+    # A copy, not links: mutmut does not follow linked folders inside a source path.
     package = work / "ekd_compress"
     if package.is_symlink():  # the layout before the namespace change linked the whole folder
         package.unlink()
-    package.mkdir(exist_ok=True)
-    sources = [p for p in (ROOT / "ekd_compress").iterdir() if p.name != "__pycache__"]
-    for source in [*sources, ROOT / "export", ROOT / "serve"]:
-        link = package / source.name
-        if not link.is_symlink():
-            link.symlink_to(source, target_is_directory=source.is_dir())
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "ekd_compress", package, ignore=skip, dirs_exist_ok=True)
+    for folder in ("export", "serve"):
+        shutil.copytree(ROOT / folder, package / folder, ignore=skip, dirs_exist_ok=True)
     old_export = work / "export"
     if old_export.is_symlink():
         old_export.unlink()
