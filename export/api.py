@@ -223,7 +223,7 @@ def _build(exp_dir: Path, entry: dict[str, Any], staging: Path, int8: bool, trt:
     import ekd_compress
     from ekd_compress.features.fbank import feature_spec
     from ekd_compress.experiment import load_any, read_recipe, read_tokens, recipe_text
-    from ekd_compress.export.onnx_export import copy_metadata, export_streaming_onnx, io_spec
+    from ekd_compress.export.onnx_export import export_streaming_onnx, io_spec
     from ekd_compress.export.verify import verify_onnx
 
     recipe = read_recipe(exp_dir)
