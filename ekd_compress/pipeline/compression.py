@@ -191,6 +191,8 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 - NullFormatter below
 
+    from ekd_compress.pipeline.plots import save_figure
+
     split = comp["split"]
     rows = [r for r in comp["rows"] if r["wer"].get(split) is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -216,9 +218,4 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
     if sm and sm.get("name"):
         title += f": {sm['name']} matches the ensemble at {sm['flop_saving']:.1f}x fewer FLOPs"
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -90,6 +90,18 @@ def plot_coincidence(ax, coincidence: dict[str, Any], threshold: Optional[float]
     ax.set(ylabel="spikes matching the guide (±1 frame)", ylim=(0, 1), title="Spike coincidence with the guide")
 
 
+def save_figure(fig, path: Path | str, dpi: int = 120) -> Path:
+    """Lay out `fig`, write it to `path` (parent folders made) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _with_metric(results: dict[str, Any], metric: str) -> dict[str, Any]:
     """A copy of `results` whose model rows carry `metric` under "wer" (labels keep saying WER)."""
     tests = {t: {**tr, "models": [{**r, "wer": r.get(metric)} for r in tr["models"] if r.get(metric) is not None]}
@@ -123,8 +135,5 @@ def write_plots(exp_dir: Path, results: dict[str, Any], split: str = "dev", temp
     for name, size, draw in jobs:
         fig, ax = plt.subplots(figsize=size)
         draw(ax)
-        fig.tight_layout()
-        written.append(plots / name)
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, plots / name))
     return written
