@@ -15,6 +15,8 @@ from typing import Callable
 
 import click
 
+from ekd_compress.cli.errors import UserError
+
 # Import names of each extra's distributions (pyproject.toml [project.optional-dependencies]).
 IMPORTS = {
     "train": frozenset({"torch", "lightning", "lhotse", "lilcom", "scipy", "soundfile", "omegaconf", "yaml", "mlflow",
@@ -54,6 +56,6 @@ def needs(extra: str, preload: tuple[str, ...] | None = None) -> Callable:
                     raise
                 ctx = click.get_current_context(silent=True)
                 command = ctx.command_path if ctx is not None else fn.__name__
-                raise click.ClickException(missing_extra_message(command, extra, e.name)) from None
+                raise UserError(missing_extra_message(command, extra, e.name)) from None
         return run
     return decorate
