@@ -84,6 +84,10 @@ class DataConfig:
     min_duration: float = 0.3      # seconds
     max_duration: float = 20.0
     max_train_utts: Optional[int] = None
+    # speed perturbation of the training split (Ko et al. 2015): each factor other than 1.0 adds a
+    # resampled copy of every training cut (ids suffixed `_sp<factor>`), so an epoch grows by that
+    # much; dev and test are never perturbed. [] = off. E.g. [0.9, 1.1] triples the training audio.
+    speed_perturb: list[float] = field(default_factory=list, metadata={"hash": False})  # keyed by plan.extra_data_key
     # how pipeline stages open a split's manifest: auto | true | false. Lazy manifests stream from
     # disk (memory flat in the corpus size) and turn off the per-utterance feature cache; batches
     # are the same either way, so it is left out of the stage keys. auto: lazy above lazy_min_cuts.

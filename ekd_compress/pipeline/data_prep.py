@@ -163,6 +163,7 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
             tests[name], rep = load_kaldi_dir(path, audio_root=audio_root, **common)
             reports[name] = rep.summary()
 
+    train = speed_perturb(train, d.speed_perturb, log)
     paths = {"train": work / "train_cuts.jsonl.gz", "dev": work / "dev_cuts.jsonl.gz"}
     train.to_file(paths["train"])
     dev.to_file(paths["dev"])
@@ -179,6 +180,25 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
         "utterances": {"train": len(train), "dev": len(dev), **{k: len(v) for k, v in tests.items()}},
         "hours": hours, "oov": oov,
     }
+
+
+def speed_perturb(cuts: CutSet, factors: list[float], log: Callable[[str], None] = print) -> CutSet:
+    """`cuts` plus one speed-perturbed copy per factor != 1 (lhotse resamples the audio when the
+    features are computed; ids gain `_sp<factor>`). Factors outside (0.5, 2] are refused."""
+    extra = [float(f) for f in factors if float(f) != 1.0]
+    for f in extra:
+        if not 0.5 < f <= 2.0:
+            raise ValueError(f"data.speed_perturb factor {f} is out of range; use factors in (0.5, 2], e.g. [0.9, 1.1]")
+    if len(set(extra)) != len(extra):
+        raise ValueError(f"data.speed_perturb={list(factors)} repeats a factor; list each factor once")
+    if not extra:
+        return cuts
+    out = cuts
+    for f in extra:
+        out = out + cuts.perturb_speed(f)
+    out = out.to_eager()
+    log(f"data train: speed perturbation {extra}: {len(cuts)} -> {len(out)} utterances")
+    return out
 
 
 def filter_duration(cuts: CutSet, low: float, high: float) -> tuple[CutSet, str]:

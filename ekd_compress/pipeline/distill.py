@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
 from ekd_compress.pipeline.plan import (
-    baseline_name, expected_models, lexicon_key, planned_stages, train_key, trainset_config,
+    baseline_name, expected_models, extra_data_key, planned_stages, train_key, trainset_config,
 )
 from ekd_compress.recipe import Recipe, config_hash, save_recipe
 from ekd_compress.train.job import TrainJob, TrainResult
@@ -60,7 +60,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     r = recipe
     status = "FINISHED"
     try:
-        ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens, *lexicon_key(r))
+        ctx.keys["data"] = config_hash(r.seed, r.data, r.tokens, *extra_data_key(r))
         ctx.data = PreparedData.from_json(runner.run("data", ctx.keys["data"], lambda: S.stage_data(ctx).to_json()))
         feature_cfg = (r.features.num_mel_bins, r.features.frame_length_ms, r.features.frame_shift_ms,
                        r.features.dither, r.features.precompute, "cmvn")
@@ -70,7 +70,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         if stop_after == "features":
             return {}
         # models depend on the training data and features only: test sets may change freely
-        ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *lexicon_key(r))
+        ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *extra_data_key(r))
 
         train_cfg = r.train
         base_key = config_hash(ctx.keys["trainset"], r.baseline.arch, r.baseline.params, train_key(train_cfg),

@@ -81,13 +81,18 @@ def expected_models(r: Recipe) -> list[str]:
 
 
 # ------------------------------------------------------------------ key parts
-def lexicon_key(r: Recipe) -> list[Any]:
-    """What a phone recipe's targets also depend on: the lexicon's content and how it is read
-    (empty for char/bpe tokens, so their keys are as before the lexicon existed)."""
-    if r.tokens.kind != "phone":
-        return []
-    content = Path(r.tokens.lexicon).read_bytes() if r.tokens.lexicon and Path(r.tokens.lexicon).is_file() else b""
-    return [hashlib.sha256(content).hexdigest()[:12], r.tokens.strip_stress, r.tokens.oov]
+def extra_data_key(r: Recipe) -> list[Any]:
+    """What the training data also depends on, beyond `r.data` and `r.tokens`: a phone recipe's
+    lexicon (its content and how it is read) and speed perturbation. Each part is empty when
+    unused, so the keys of recipes without them are as before these settings existed."""
+    key: list[Any] = []
+    if r.tokens.kind == "phone":
+        lex = r.tokens.lexicon
+        content = Path(lex).read_bytes() if lex and Path(lex).is_file() else b""
+        key += [hashlib.sha256(content).hexdigest()[:12], r.tokens.strip_stress, r.tokens.oov]
+    if r.data.speed_perturb:
+        key.append({"speed_perturb": [float(f) for f in r.data.speed_perturb]})
+    return key
 
 
 def trainset_config(r: Recipe) -> Any:

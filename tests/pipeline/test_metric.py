@@ -30,11 +30,11 @@ def test_metric_must_fit_the_tokens_and_the_selection():
 
 def test_new_token_settings_leave_existing_keys_alone():
     """Char/BPE experiments keep their stage keys: the lexicon settings join the key only for phones."""
-    from ekd_compress.pipeline.plan import lexicon_key
+    from ekd_compress.pipeline.plan import extra_data_key
     from ekd_compress.recipe import config_hash
 
     char = load_recipe(None)
-    assert lexicon_key(char) == []
+    assert extra_data_key(char) == []
     assert config_hash(char.tokens) == config_hash(load_recipe(None, ["tokens.strip_stress=false"]).tokens)
 
 
