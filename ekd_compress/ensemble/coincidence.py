@@ -23,6 +23,8 @@ from typing import Iterable, Union
 
 import numpy as np
 
+from ekd_compress.contract.tokens import BLANK_ID
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +83,7 @@ def _counts(member_path, guide_path, tolerance: int, blank: int) -> tuple[int, i
     return m_spikes, m_hit, g_spikes, g_hit
 
 
-def spike_coincidence(member_path, guide_path, tolerance: int = 1, blank: int = 0) -> dict[str, float]:
+def spike_coincidence(member_path, guide_path, tolerance: int = 1, blank: int = BLANK_ID) -> dict[str, float]:
     """Coincidence of one utterance's argmax paths, each (T,) int token ids (or (T, V) scores).
 
     -> {member_to_guide, guide_to_member, both, member_spikes, guide_spikes,
@@ -90,7 +92,7 @@ def spike_coincidence(member_path, guide_path, tolerance: int = 1, blank: int = 
     return _stats(*_counts(member_path, guide_path, tolerance, blank))
 
 
-def corpus_coincidence(pairs: Iterable[tuple[object, object]], tolerance: int = 1, blank: int = 0) -> dict[str, float]:
+def corpus_coincidence(pairs: Iterable[tuple[object, object]], tolerance: int = 1, blank: int = BLANK_ID) -> dict[str, float]:
     """Coincidence over many utterances [(member_path, guide_path), ...]: the spike and match
     counts are summed over utterances before dividing (long utterances weigh more), the same
     keys as `spike_coincidence` plus `utterances`."""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ekd_compress.contract.tokens import BLANK_ID
 from ekd_compress.losses.essence import REST_ID
 
 MODES = ("renorm", "residual", "top_p")
@@ -127,7 +128,7 @@ def cumulative_topk_mass(log_probs: Tensor, lengths: Tensor, temperature: float 
 
 
 @torch.no_grad()
-def blank_argmax_share(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> float:
+def blank_argmax_share(log_probs: Tensor, lengths: Tensor, blank: int = BLANK_ID) -> float:
     """Share of valid frames (lengths (B,)) whose argmax over V is the blank; 0 if none are valid."""
     _check_log_probs(log_probs)
     mask = _frame_mask(log_probs, lengths)

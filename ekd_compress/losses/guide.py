@@ -19,6 +19,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ekd_compress.contract.tokens import BLANK_ID
 from ekd_compress.losses.compose import register_loss
 
 IGNORE = -1
@@ -84,7 +85,7 @@ def _as_numpy(x: Union[Tensor, np.ndarray, list]) -> np.ndarray:
 
 
 def ctc_forced_align(log_probs: Union[Tensor, np.ndarray], targets: Union[Tensor, np.ndarray, list],
-                     blank: int = 0) -> np.ndarray:
+                     blank: int = BLANK_ID) -> np.ndarray:
     """Viterbi CTC forced alignment: the most likely frame path that collapses to `targets`.
 
     log_probs (T, V) log-probabilities of one utterance (tensor or array); targets (S,)
