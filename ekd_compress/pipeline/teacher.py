@@ -170,6 +170,7 @@ def stage_ensemble(ctx: Context) -> EnsembleResult:
     names = [m.name for m in ctx.recipe.members]
     out: dict[str, Any] = {}
     weights = d.fusion_weights
+    unit = ctx.recipe.data.metric.upper()  # what the searches score (the JSON keeps its `dev_wer` keys)
     if d.fusion_tune == "dev":
         from ekd_compress.ensemble.tune import search_weights
 
@@ -177,7 +178,7 @@ def stage_ensemble(ctx: Context) -> EnsembleResult:
         weights = search.weights
         out = {"tuned_on": "dev", "method": "grid", "weights": weights, "dev_wer": search.wer,
                "uniform_dev_wer": search.uniform_wer, "grid": [[w, wer] for w, wer in search.tried]}
-        ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev WER {search.wer:.2f} "
+        ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev {unit} {search.wer:.2f} "
                 f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
     elif d.fusion_tune == "select":
         from ekd_compress.ensemble.tune import forward_select
@@ -189,9 +190,9 @@ def stage_ensemble(ctx: Context) -> EnsembleResult:
                "dropped": [names[i] for i in sel.dropped], "picks": [names[i] for i in sel.picks],
                "round_dev_wer": sel.round_wers, "drop_ratio": d.drop_ratio}
         for i in sel.dropped:
-            ctx.log(f"ensemble: dropped {names[i]} (dev WER {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
+            ctx.log(f"ensemble: dropped {names[i]} (dev {unit} {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
                     f"member {min(sel.member_wers):.2f})")
-        ctx.log(f"ensemble by forward selection on dev: {dict(zip(names, [round(w, 3) for w in weights]))} -> dev WER "
+        ctx.log(f"ensemble by forward selection on dev: {dict(zip(names, [round(w, 3) for w in weights]))} -> dev {unit} "
                 f"{sel.wer:.2f} (members {', '.join(f'{n} {w:.2f}' for n, w in zip(names, sel.member_wers))}; "
                 f"equal weights {sel.uniform_wer:.2f})")
     if weights is not None and max(weights) == 1.0:
