@@ -377,6 +377,10 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
     if not 0.0 <= d.coincidence_threshold <= 1.0:
         raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
+    sp = [float(f) for f in r.data.speed_perturb]
+    if any(not 0.5 < f <= 2.0 for f in sp) or len(set(sp)) != len(sp):
+        raise RecipeError(f"data.speed_perturb={r.data.speed_perturb}: distinct speed factors in (0.5, 2], "
+                          "e.g. [0.9, 1.1], or [] for none")
     if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):
         raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
     if d.guide not in ("best", "first"):

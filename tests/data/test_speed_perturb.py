@@ -9,7 +9,7 @@ import pytest
 from ekd_compress.data import load_kaldi_dir
 from ekd_compress.pipeline.data_prep import speed_perturb
 from ekd_compress.pipeline.plan import extra_data_key
-from ekd_compress.recipe import load_recipe
+from ekd_compress.recipe import RecipeError, load_recipe
 
 DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 
@@ -59,3 +59,10 @@ def test_data_key_changes_only_when_perturbing():
     assert extra_data_key(plain) == []  # keys of existing experiments stay as they were
     sp = load_recipe(DEMO, ["data.speed_perturb=[0.9,1.1]"])
     assert extra_data_key(sp) == [{"speed_perturb": [0.9, 1.1]}]
+
+
+@pytest.mark.parametrize("value", ["[0.3]", "[0.9,0.9]"])
+def test_recipe_refuses_bad_factors_at_load(value):
+    """Refused when the recipe is read, before any stage runs, with the key named."""
+    with pytest.raises(RecipeError, match=r"data\.speed_perturb"):
+        load_recipe(DEMO, [f"data.speed_perturb={value}"])
