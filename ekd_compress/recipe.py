@@ -230,6 +230,18 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the fix."""
 
 
+def extra_speed_factors(factors: list[float]) -> list[float]:
+    """`data.speed_perturb` -> the factors that add a copy (1.0 dropped). RecipeError unless every
+    factor is in (0.5, 2] and none repeats."""
+    values = [float(f) for f in factors]
+    for f in values:
+        if not 0.5 < f <= 2.0:
+            raise RecipeError(f"data.speed_perturb factor {f} is out of range; use factors in (0.5, 2], e.g. [0.9, 1.1]")
+    if len(set(values)) != len(values):
+        raise RecipeError(f"data.speed_perturb={list(factors)} repeats a factor; list each factor once")
+    return [f for f in values if f != 1.0]
+
+
 _CHOICES = {
     "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),
     "data.on_error": ("raise", "skip"),
@@ -377,10 +389,7 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
     if not 0.0 <= d.coincidence_threshold <= 1.0:
         raise RecipeError(f"distill.coincidence_threshold={d.coincidence_threshold}: a share, within [0, 1]")
-    sp = [float(f) for f in r.data.speed_perturb]
-    if any(not 0.5 < f <= 2.0 for f in sp) or len(set(sp)) != len(sp):
-        raise RecipeError(f"data.speed_perturb={r.data.speed_perturb}: distinct speed factors in (0.5, 2], "
-                          "e.g. [0.9, 1.1], or [] for none")
+    extra_speed_factors(r.data.speed_perturb)
     if r.data.corpus == "synthetic" and (r.data.synthetic.dev_hours <= 0 or r.data.synthetic.test_hours <= 0):
         raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
     if d.guide not in ("best", "first"):

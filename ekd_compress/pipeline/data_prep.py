@@ -13,7 +13,7 @@ from lhotse import CutSet
 
 from ekd_compress.data.kaldi import load_kaldi_dir
 from ekd_compress.data.text import get_normalizer
-from ekd_compress.recipe import Recipe, RecipeError
+from ekd_compress.recipe import Recipe, RecipeError, extra_speed_factors
 from ekd_compress.contract.tokens import TokenTable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,13 +184,8 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
 
 def speed_perturb(cuts: CutSet, factors: list[float], log: Callable[[str], None] = print) -> CutSet:
     """`cuts` plus one speed-perturbed copy per factor != 1 (lhotse resamples the audio when the
-    features are computed; ids gain `_sp<factor>`). Factors outside (0.5, 2] are refused."""
-    extra = [float(f) for f in factors if float(f) != 1.0]
-    for f in extra:
-        if not 0.5 < f <= 2.0:
-            raise ValueError(f"data.speed_perturb factor {f} is out of range; use factors in (0.5, 2], e.g. [0.9, 1.1]")
-    if len(set(extra)) != len(extra):
-        raise ValueError(f"data.speed_perturb={list(factors)} repeats a factor; list each factor once")
+    features are computed; ids gain `_sp<factor>`). Bad factors: `recipe.extra_speed_factors`."""
+    extra = extra_speed_factors(factors)
     if not extra:
         return cuts
     out = cuts
