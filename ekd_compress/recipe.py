@@ -163,6 +163,9 @@ class TrainConfig:
     # (recorded in models.json, results and MLflow). [] = off
     watchdog: list[Any] = field(default_factory=list)
     max_restarts: int = 2
+    # 0 = the model is the epoch with the best dev score; N = the mean of the weights after each of the
+    # last N epochs (checkpoint averaging; less dependent on one noisy dev score than picking an epoch)
+    average_last: int = 0
 
 
 @dataclass
@@ -400,6 +403,9 @@ def validate_recipe(r: Recipe) -> None:
     for section, t in _train_sections(r):
         if t.max_restarts < 0:
             raise RecipeError(f"{section}.max_restarts={t.max_restarts} must be >= 0 (0 = never restart)")
+        if not 0 <= t.average_last <= t.epochs:
+            raise RecipeError(f"{section}.average_last={t.average_last} must be between 0 (off) and "
+                              f"{section}.epochs={t.epochs}: the number of last epochs whose weights are averaged")
         for check in t.watchdog:
             if not (isinstance(check, (list, tuple)) and len(check) == 2 and isinstance(check[0], int)
                     and check[0] >= 1 and isinstance(check[1], (int, float))):

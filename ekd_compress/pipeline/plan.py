@@ -111,4 +111,6 @@ def train_key(cfg: TrainConfig) -> dict[str, Any]:
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_ONLY}
     if key["stop_on"] == "select":  # the behaviour before stop_on existed: keep those experiments' keys
         del key["stop_on"]
+    if not key["average_last"]:  # likewise before averaging existed
+        del key["average_last"]
     return key

@@ -1,7 +1,9 @@
 """Fit one model with Lightning's Trainer, and save / load the result.
 
 `fit_model` trains with checkpoints in `out_dir/checkpoints` (resumes from `last.ckpt`
-when one exists), selects the best epoch on dev WER (or dev loss), early-stops (and, with
+when one exists), selects the best epoch on dev WER (or dev loss) or, with
+`train.average_last: N`, takes the mean of the weights of the last N epochs
+(`train.averaging`), early-stops (and, with
 `watchdog=True`, raises `train.watchdog.StalledRun` for a run stuck on the blank plateau), and
 writes `out_dir/model.pt`: the selected weights plus what is needed to rebuild the
 model (architecture, params, input dim, vocabulary size).
@@ -151,6 +153,12 @@ def fit_model(
     name = name_of(out_dir, extra_meta)
     best_cb = EpochCheckpoint(name, log, dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
     callbacks = [best_cb, EarlyStopping(monitor=stop_monitor, mode="min", patience=cfg.patience), RngState()]
+    averager = None
+    if cfg.average_last:
+        from ekd_compress.train.averaging import LastEpochsAverage
+
+        averager = LastEpochsAverage(cfg.average_last, cfg.epochs)
+        callbacks.append(averager)
     if watchdog:
         from ekd_compress.train.watchdog import ConvergenceWatchdog
 
@@ -179,14 +187,35 @@ def fit_model(
     state = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     best_score = float(best_cb.best_model_score) if best_cb.best_model_score is not None else float("nan")
+    best_epoch, selected = int(state["epoch"]), {}
+    if averager is not None:
+        if averager.count:
+            best_score, best_epoch, selected = _use_average(trainer, module, dev_loader, averager, monitor, best_score,
+                                                            name, log)
+        else:
+            log(f"  {name}: training stopped at epoch {trainer.current_epoch}, before the averaging window "
+                f"(epochs {averager.first_epoch}-{cfg.epochs}); kept the best epoch {best_epoch}")
     model_path = out_dir / "model.pt"
     if info.is_main:
-        save_model(module.model, model_path, {**(extra_meta or {}), "best_score": best_score,
-                                              "select_on": cfg.select_on, "best_epoch": int(state["epoch"])})
+        save_model(module.model, model_path, {**(extra_meta or {}), "best_score": best_score, **selected,
+                                              "select_on": cfg.select_on, "best_epoch": best_epoch})
         write_json_atomic(timing_file, {"train_seconds": seconds, "epochs_run": trainer.current_epoch,
                                         "complete": True, "world_size": info.world_size})
     barrier()
-    return FitResult(model_path, best_score, int(state["epoch"]), trainer.current_epoch, seconds)
+    return FitResult(model_path, best_score, best_epoch, trainer.current_epoch, seconds)
+
+
+def _use_average(trainer, module, dev_loader, averager, monitor: str, single: float, name: str,
+                 log) -> tuple[float, int, dict]:
+    """Load the averaged weights into `module` and score them on dev -> (dev score, last averaged
+    epoch, meta for model.pt). `single`, the best single epoch's dev score, is logged and kept beside it."""
+    module.model.load_state_dict(averager.averaged())
+    scores = trainer.validate(module, dev_loader, verbose=False)[0]
+    score = float(scores[monitor])
+    first, last = averager.epochs[0], averager.epochs[-1]
+    log(f"  {name}: mean of the weights after epochs {first}-{last} ({averager.count}): {monitor} {score:.3f} "
+        f"(best single epoch: {single:.3f}); the mean is the model")
+    return score, last, {"averaged_epochs": list(averager.epochs), "best_single_epoch_score": single}
 
 
 def quiet_lightning() -> None:
