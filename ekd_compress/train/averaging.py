@@ -1,10 +1,11 @@
 """Weight averaging over the last epochs of a fit (`train.average_last`).
 
 With a schedule that decays the learning rate to zero, the weights at the end of the last few
-epochs sit around one optimum; their uniform mean is usually a better and, above all, a less
-seed-dependent model than the single epoch that happened to score best on a small dev set
-(checkpoint averaging as in ESPnet and icefall, here as a running mean, so nothing but one
-extra copy of the weights is kept).
+epochs sit around one optimum. Their uniform mean does not depend on which single epoch happened
+to score best on a small dev set (checkpoint averaging, as ESPnet and icefall do it; here a
+running mean, so only one extra copy of the weights is kept). On FSDD it scored better than the
+best-epoch choice on a dev set that took no part in the choice, most of all for the students
+(RESULTS.md).
 
     avg = LastEpochsAverage(n=10, max_epochs=48)     # a Lightning callback
     trainer = L.Trainer(callbacks=[avg, ...]); trainer.fit(...)

@@ -80,7 +80,7 @@ def test_average_last_keeps_old_keys_and_changes_new_ones():
     assert train_key(TrainConfig(average_last=3))["average_last"] == 3
 
 
-def test_a_fit_saves_the_mean_of_its_last_epochs(tmp_path):
+def test_a_fit_saves_the_mean_of_its_last_epochs(tmp_path, monkeypatch):
     """A 3-epoch fit with average_last=2: model.pt holds the mean of the weights after epochs 2
     and 3 (recorded by a probe callback), and last.ckpt carries the running sum for a resume."""
     import lightning as L
@@ -112,20 +112,16 @@ def test_a_fit_saves_the_mean_of_its_last_epochs(tmp_path):
                        SpecAugmentConfig(enabled=False), steps_per_epoch=2)
     loaders = [torch.utils.data.DataLoader(b, batch_size=None) for b in (train, dev)]
     probe, lines = Probe(), []
-    threads = torch.get_num_threads()
+    import ekd_compress.train.fit as fit_mod
+
     original_trainer = L.Trainer
-
-    def trainer_with_probe(*args, **kwargs):
-        return original_trainer(*args, **{**kwargs, "callbacks": [*kwargs["callbacks"], probe]})
-
+    monkeypatch.setattr(fit_mod.L, "Trainer", lambda *a, **kw: original_trainer(
+        *a, **{**kw, "callbacks": [*kw["callbacks"], probe]}))
+    threads = torch.get_num_threads()
     try:
-        import ekd_compress.train.fit as fit_mod
-
-        fit_mod.L.Trainer = trainer_with_probe
         res = fit_model(module, *loaders, tmp_path / "m", cfg, seed=0, log=lines.append)
     finally:
-        fit_mod.L.Trainer = original_trainer
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # fit_model sets the process's torch threads
     assert len(probe.weights) == 3
     model, meta = load_model(res.model_path)
     assert meta["averaged_epochs"] == [2, 3] and res.best_epoch == 3
