@@ -164,7 +164,7 @@ class TrainConfig:
     watchdog: list[Any] = field(default_factory=list)
     max_restarts: int = 2
     # 0 = the model is the epoch with the best dev score; N = the mean of the weights after each of the
-    # last N epochs (checkpoint averaging; less dependent on one noisy dev score than picking an epoch)
+    # last N epochs, or of every epoch when there are fewer (checkpoint averaging; not tied to one noisy dev score)
     average_last: int = 0
 
 
@@ -403,9 +403,9 @@ def validate_recipe(r: Recipe) -> None:
     for section, t in _train_sections(r):
         if t.max_restarts < 0:
             raise RecipeError(f"{section}.max_restarts={t.max_restarts} must be >= 0 (0 = never restart)")
-        if not 0 <= t.average_last <= t.epochs:
-            raise RecipeError(f"{section}.average_last={t.average_last} must be between 0 (off) and "
-                              f"{section}.epochs={t.epochs}: the number of last epochs whose weights are averaged")
+        if t.average_last < 0:
+            raise RecipeError(f"{section}.average_last={t.average_last} must be >= 0: 0 = off, N = average the "
+                              "weights of the last N epochs (all of them when training is shorter)")
         for check in t.watchdog:
             if not (isinstance(check, (list, tuple)) and len(check) == 2 and isinstance(check[0], int)
                     and check[0] >= 1 and isinstance(check[1], (int, float))):
