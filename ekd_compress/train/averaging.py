@@ -37,7 +37,6 @@ class LastEpochsAverage(L.Callback):
             raise ValueError(f"average over n={n} epochs: use 1 or more (train.average_last=0 switches it off)")
         self.n = int(n)
         self.first_epoch = max(1, int(max_epochs) - self.n + 1)  # 1-based
-        self.count = 0
         self.epochs: list[int] = []  # 1-based epochs in the mean
         self._sum: dict[str, torch.Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}
@@ -52,8 +51,12 @@ class LastEpochsAverage(L.Callback):
                 self._sum[name] = self._sum[name] + t64 if name in self._sum else t64.clone()
             else:
                 self._sum[name] = t.to("cpu").clone()  # integer buffers: the last value
-        self.count += 1
         self.epochs.append(int(epoch))
+
+    @property
+    def count(self) -> int:
+        """Epochs in the mean so far."""
+        return len(self.epochs)
 
     def averaged(self) -> dict[str, torch.Tensor]:
         """The mean weights as a state dict (each tensor in the dtype `model.state_dict()` had);
@@ -71,11 +74,10 @@ class LastEpochsAverage(L.Callback):
 
     # the running mean travels in Lightning checkpoints (plain types and tensors: weights_only loads)
     def state_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "first_epoch": self.first_epoch, "count": self.count, "epochs": list(self.epochs),
+        return {"n": self.n, "first_epoch": self.first_epoch, "epochs": list(self.epochs),
                 "sum": dict(self._sum), "dtypes": {k: str(v).removeprefix("torch.") for k, v in self._dtypes.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = int(state["count"])
         self.epochs = [int(e) for e in state["epochs"]]
         self._sum = dict(state["sum"])
         self._dtypes = {k: getattr(torch, v) for k, v in state["dtypes"].items()}

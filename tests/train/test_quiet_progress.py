@@ -12,23 +12,11 @@ from ekd_compress.pipeline.stages import StageRunner
 ROOT = Path(__file__).resolve().parents[2]
 
 FIT = textwrap.dedent("""
-    import sys, torch
-    from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.contract.tokens import TokenTable
-    from ekd_compress.train.fit import build, fit_model
-    from ekd_compress.train.module import AsrModule
+    import sys
+    from ekd_compress.train.fit import fit_model
+    from tests.tiny_fit import tiny_fit
 
-    tokens = TokenTable.build_chars(["ab", "ba"])
-    V, F, g = len(tokens), 8, torch.Generator().manual_seed(0)
-    def batch():
-        return {"ids": ["u0", "u1"], "texts": ["ab", "ba"], "durations": [0.4, 0.4],
-                "feats": torch.randn(2, 40, F, generator=g), "lengths": torch.full((2,), 40),
-                "targets": torch.randint(1, V, (2, 3), generator=g), "target_lengths": torch.full((2,), 3)}
-    train, dev = [batch() for _ in range(2)], [batch()]
-    cfg = TrainConfig(epochs=2, lr=1e-2, warmup_epochs=0.5, threads=1, accelerator="cpu", select_on="loss")
-    module = AsrModule(build("tdnn", F, V, {"hidden": 8, "layers": 1}), tokens, cfg,
-                       SpecAugmentConfig(enabled=False), steps_per_epoch=2)
-    loaders = [torch.utils.data.DataLoader(b, batch_size=None) for b in (train, dev)]
+    module, loaders, cfg = tiny_fit(epochs=2)
     fit_model(module, *loaders, sys.argv[1], cfg, seed=0, log=print)
 """)
 

@@ -88,10 +88,8 @@ def test_a_fit_saves_the_mean_of_its_last_epochs(tmp_path, monkeypatch):
     and 3 (recorded by a probe callback), and last.ckpt carries the running sum for a resume."""
     import lightning as L
 
-    from ekd_compress.contract.tokens import TokenTable
-    from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
-    from ekd_compress.train.fit import build, fit_model, load_model
-    from ekd_compress.train.module import AsrModule
+    from ekd_compress.train.fit import fit_model, load_model
+    from tests.tiny_fit import tiny_fit
 
     class Probe(L.Callback):
         def __init__(self) -> None:
@@ -100,20 +98,7 @@ def test_a_fit_saves_the_mean_of_its_last_epochs(tmp_path, monkeypatch):
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.weights.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
 
-    tokens = TokenTable.build_chars(["ab", "ba"])
-    V, F, g = len(tokens), 8, torch.Generator().manual_seed(0)
-
-    def batch():
-        return {"ids": ["u0", "u1"], "texts": ["ab", "ba"], "durations": [0.4, 0.4],
-                "feats": torch.randn(2, 40, F, generator=g), "lengths": torch.full((2,), 40),
-                "targets": torch.randint(1, V, (2, 3), generator=g), "target_lengths": torch.full((2,), 3)}
-
-    train, dev = [batch() for _ in range(2)], [batch()]
-    cfg = TrainConfig(epochs=3, lr=1e-2, warmup_epochs=0.5, threads=1, accelerator="cpu", select_on="loss",
-                      average_last=2)
-    module = AsrModule(build("tdnn", F, V, {"hidden": 8, "layers": 1}), tokens, cfg,
-                       SpecAugmentConfig(enabled=False), steps_per_epoch=2)
-    loaders = [torch.utils.data.DataLoader(b, batch_size=None) for b in (train, dev)]
+    module, loaders, cfg = tiny_fit(epochs=3, average_last=2)
     probe, lines = Probe(), []
     import ekd_compress.train.fit as fit_mod
 
