@@ -53,6 +53,24 @@ def test_fbank_online_equals_offline():
     np.testing.assert_allclose(np.concatenate(parts), offline, atol=1e-5)
 
 
+def test_online_fbank_releases_frames_it_handed_out():
+    """A long stream must not keep every frame it ever computed (kaldi-native-fbank holds them
+    until told to drop them): after pop(), the extractor no longer has the old frames, and the
+    frames that follow are unchanged."""
+    spec = FeatureSpec(sample_rate=8000, num_mel_bins=40)
+    audio = (0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)
+    online = OnlineFeatures(spec)
+    online.accept(audio[:4000])
+    first = online.pop()
+    assert first.shape[0] > 0
+    with pytest.raises(Exception, match="already removed"):
+        online._fbank.get_frame(0)
+    online.accept(audio[4000:])
+    online.finish()
+    rest = online.pop()
+    np.testing.assert_allclose(np.concatenate([first, rest]), compute_fbank(audio, spec), atol=1e-5)
+
+
 def test_feature_spec_validation_and_hash():
     with pytest.raises(ValueError, match="sample_rate"):
         FeatureSpec(sample_rate=0)
