@@ -185,6 +185,9 @@ class DistillConfig:
     top_p: float = 0.95
     blank_weight: float = 1.0      # KD weight of frames whose teacher top-1 is blank
     cache: str = "disk"            # disk | fly
+    # what the teacher sees under cache=fly: the clean features (as the disk cache does) or the
+    # student's own SpecAugmented view of the batch ("consistent" teaching, Beyer et al. 2022)
+    teacher_view: str = "clean"    # clean | augmented
     student_k: Any = "auto"        # auto = best dev WER among ks
     seeds: list[int] = field(default_factory=lambda: [0])   # baseline and chosen student
     control: bool = True           # student taught by the baseline alone
@@ -255,6 +258,7 @@ _CHOICES = {
     "train.stop_on": ("select", "wer", "cer", "per", "loss"),
     "distill.mode": ("renorm", "residual", "top_p"),
     "distill.cache": ("disk", "fly"),
+    "distill.teacher_view": ("clean", "augmented"),
 }
 
 
@@ -353,6 +357,9 @@ def validate_recipe(r: Recipe) -> None:
         if value not in choices:
             raise RecipeError(f"{dotted}={value!r} is not one of {list(choices)}")
     d = r.distill
+    if d.teacher_view == "augmented" and d.cache != "fly":
+        raise RecipeError("distill.teacher_view=augmented needs the teacher in every step: set distill.cache=fly "
+                          "(the disk cache holds the teacher's outputs on clean features only)")
     if not 0.0 <= d.lam <= 1.0:
         raise RecipeError(f"distill.lam={d.lam}: must be within [0, 1] (1 = CTC only)")
     if d.temperature <= 0:

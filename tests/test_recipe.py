@@ -75,6 +75,11 @@ def test_cross_field_checks(tmp_path):
     p = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "b"}]})
     with pytest.raises(RecipeError, match="student_k"):
         load_recipe(p, ["distill.student_k=3"])
+    with pytest.raises(RecipeError, match="distill.cache=fly"):
+        load_recipe(p, ["distill.teacher_view=augmented"])  # the disk cache holds clean-feature targets only
+    assert load_recipe(p, ["distill.teacher_view=augmented", "distill.cache=fly"]).distill.teacher_view == "augmented"
+    with pytest.raises(RecipeError, match="teacher_view"):
+        load_recipe(p, ["distill.teacher_view=noisy"])
     with pytest.raises(RecipeError, match="fusion_weights"):
         load_recipe(p, ["distill.fusion_weights=[1.0]"])
     with pytest.raises(RecipeError, match="coincidence_threshold"):

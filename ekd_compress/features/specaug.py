@@ -1,7 +1,8 @@
 """SpecAugment (Park et al., Interspeech 2019): frequency and time masking.
 
-Applied to the student and the guided members in training only; teachers always see
-clean features when they produce targets (the guide's §2).
+Applied to the student and the guided members in training only; teachers see clean features
+when they produce targets (the guide's §2), unless a recipe asks for `distill.teacher_view:
+augmented` (on-the-fly targets on the student's own masked view).
 """
 from __future__ import annotations
 

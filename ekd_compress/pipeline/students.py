@@ -48,6 +48,7 @@ def essence_targets(ctx: Context, k: Any, teacher_file: Path, cache: Optional[Es
                              blank_weight=d.blank_weight)
     if cache is None:
         targets.teacher = load_any(teacher_file)
+        targets.teacher_view = d.teacher_view
     else:
         targets.cache_dir = Path(cache.dirs[str(k)])
         targets.cache_keys = cache_keys(ctx, teacher_file, k)
@@ -132,7 +133,7 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
             work_dir=ess_dir, all_ranks=True))
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
-                              r.features.specaugment)
+                              r.features.specaugment, *([d.teacher_view] if d.teacher_view != "clean" else []))
 
     def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
                       t_file: Path, size: Optional[dict] = None) -> TrainResult:

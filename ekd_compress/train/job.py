@@ -40,7 +40,8 @@ class EssenceTargets:
     """Where a student's essence targets come from (the "essence_kd" loss) and how they are made:
     the top-`k` entries of the teacher's softmax(z / temperature) (`mode` renorm/rest/top_p, see
     ekd_compress.ensemble.essence.select_essence), read from the cache in `cache_dir` (checked
-    against `cache_keys` when opened) or, without a cache, computed from a frozen `teacher`."""
+    against `cache_keys` when opened) or, without a cache, computed from a frozen `teacher` on the
+    batch's clean features (`teacher_view` "clean") or on the student's SpecAugmented ones ("augmented")."""
 
     k: Optional[int]
     temperature: float
@@ -50,6 +51,7 @@ class EssenceTargets:
     cache_dir: Optional[Path] = None
     cache_keys: dict[str, Any] = field(default_factory=dict)
     teacher: Optional["torch.nn.Module"] = None
+    teacher_view: str = "clean"
 
 
 @dataclass

@@ -82,7 +82,8 @@ class AsrModule(L.LightningModule):
         feats = self.specaug(batch["feats"], batch["lengths"])
         log_probs, out_lengths = self.model(feats, batch["lengths"])
         if "essence_kd" in self.objective.weights and "kd_ids" not in batch:
-            kd_ids, kd_probs = self._teacher_targets(batch)
+            augmented = self.essence is not None and self.essence.teacher_view == "augmented"
+            kd_ids, kd_probs = self._teacher_targets(feats if augmented else batch["feats"], batch["lengths"])
             batch = {**batch, "kd_ids": kd_ids, "kd_probs": kd_probs}
         loss, parts = self.objective(log_probs, out_lengths, batch)
         logs = {f"train_{self.objective.terms[name].log_name}": value for name, value in parts.items()}
@@ -92,13 +93,15 @@ class AsrModule(L.LightningModule):
         return loss
 
     @torch.no_grad()
-    def _teacher_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Essence targets of the frozen teacher on the batch's clean features (distill.cache=fly)."""
+    def _teacher_targets(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Essence targets of the frozen teacher (distill.cache=fly) on `feats` (B, T, F): the batch's
+        clean features, or the student's SpecAugmented view of them (distill.teacher_view=augmented).
+        Returns ids and probabilities, (B, T', K) each."""
         if self.teacher is None:
             raise ValueError("essence training needs cached targets or a teacher (distill.cache=fly)")
         from ekd_compress.ensemble.essence import select_essence
 
-        t_log_probs, _ = self.teacher(batch["feats"], batch["lengths"])  # clean features
+        t_log_probs, _ = self.teacher(feats, lengths)
         e = self.essence
         k = e.k if e.k is not None else t_log_probs.shape[-1]
         return select_essence(t_log_probs, k=k, temperature=e.temperature, mode=e.mode, top_p=e.top_p)

@@ -93,3 +93,37 @@ def test_lambda_zero_and_one_train_different_students() -> None:
     assert gap > 1e-3 * g_ctc.abs().max().item(), (
         f"the gradients at lam=0 (KD only) and lam=1 (CTC only) differ by at most {gap:.3g}: "
         "the KD term does not reach the student")
+
+
+class Recording(torch.nn.Module):
+    """Wraps a model and keeps the features of its last call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.seen = model, None
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
+        self.seen = feats.detach().clone()
+        return self.model(feats, lengths)
+
+
+@pytest.mark.parametrize("view", ["clean", "augmented"])
+def test_on_the_fly_teacher_sees_the_view_the_recipe_names(view: str) -> None:
+    """distill.cache=fly: with teacher_view "clean" the teacher gets the batch's features untouched
+    while the student gets them SpecAugmented; with "augmented" both get the very same masked tensor."""
+    torch.manual_seed(0)
+    student = Recording(build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2))
+    teacher = Recording(build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2))
+    essence = EssenceTargets(k=K, temperature=TEMPERATURE, teacher=teacher, teacher_view=view)
+    masks = SpecAugmentConfig(freq_masks=2, freq_width=3, time_masks=2, time_width=6)
+    module = AsrModule(student, TOKENS, TrainConfig(), masks, losses={"ctc": 0.5, "essence_kd": 0.5}, essence=essence)
+    module.train()
+    batch = fixed_batch(student.model)
+    del batch["kd_ids"], batch["kd_probs"]  # no cache: the teacher computes the targets
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    assert not torch.equal(student.seen, batch["feats"]), "SpecAugment must have masked the student's input"
+    if view == "clean":
+        assert torch.equal(teacher.seen, batch["feats"])
+    else:
+        assert torch.equal(teacher.seen, student.seen)
