@@ -143,6 +143,8 @@ def fit_model(
                          int(finished["epochs_run"]), float(finished["train_seconds"]))
     info = dist_info()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning vs torch 2.13 noise
+    if getattr(module, "teacher", None) is not None:  # distill.cache=fly: the frozen teacher is in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
