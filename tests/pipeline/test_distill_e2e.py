@@ -146,7 +146,7 @@ def test_changed_test_set_rescores_without_retraining(exp):
     assert {"baseline", "member_lstm", "kd_all", "student_s1"} <= set(stages["skipped"])
 
 
-@pytest.mark.filterwarnings("error:.*in eval mode at the start of training")  # the frozen teacher is meant to be
+@pytest.mark.filterwarnings("error:.*in eval mode at the start of training")  # the frozen teacher is in eval mode on purpose: no warning
 def test_on_the_fly_targets(tmp_path):
     exp = tmp_path / "fly"
     stages = run(exp, "distill.cache=fly", "distill.seeds=[0]", "distill.control=false", "members=[]")
