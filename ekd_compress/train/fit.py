@@ -143,8 +143,6 @@ def fit_model(
                          int(finished["epochs_run"]), float(finished["train_seconds"]))
     info = dist_info()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning vs torch 2.13 noise
-    if getattr(module, "teacher", None) is not None:  # distill.cache=fly: the frozen teacher is in eval mode on purpose
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -181,7 +179,10 @@ def fit_model(
     if last.exists():
         set_sampler_epoch(train_loader, resumed_epoch(last))
     start = time.time()
-    trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
+    with warnings.catch_warnings():  # only this fit: a later model without a teacher keeps the warning
+        if getattr(module, "teacher", None) is not None:  # distill.cache=fly: the frozen teacher is in eval mode on purpose
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+        trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
     seconds = time.time() - start
     if info.enabled:
         check_same_weights(module.model, name)
