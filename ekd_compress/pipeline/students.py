@@ -131,7 +131,8 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
         ctx.essence = EssenceResult.from_json(runner.run(
             "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
             work_dir=ess_dir, all_ranks=True))
-    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks
+    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
+    # teacher_view enters only when not the default, so experiments made before it existed keep their keys
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment, *([d.teacher_view] if d.teacher_view != "clean" else []))
 
