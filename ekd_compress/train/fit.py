@@ -179,10 +179,7 @@ def fit_model(
     if last.exists():
         set_sampler_epoch(train_loader, resumed_epoch(last))
     start = time.time()
-    with warnings.catch_warnings():  # only this fit: a later model without a teacher keeps the warning
-        if getattr(module, "teacher", None) is not None:  # distill.cache=fly: the frozen teacher is in eval mode on purpose
-            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train_loader, dev_loader, ckpt_path=str(last) if last.exists() else None)
     seconds = time.time() - start
     if info.enabled:
         check_same_weights(module.model, name)

@@ -64,7 +64,8 @@ class AsrModule(L.LightningModule):
         self.cfg = train_cfg
         self.essence = essence
         teacher = essence.teacher if essence is not None else None
-        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        # a plain tuple, not a submodule: see `teacher`
+        self._frozen_teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.specaug = SpecAugment(specaug)
         self.ctc = CTCLoss()  # the dev loss
@@ -76,6 +77,20 @@ class AsrModule(L.LightningModule):
                                      "reduction": "utterance"}
         self.objective = WeightedLoss(weights, options)
         self._dev: dict[str, tuple[str, str, float]] = {}  # utt id -> (reference, hypothesis, CTC loss)
+
+    @property
+    def teacher(self) -> Optional[torch.nn.Module]:
+        """The frozen teacher of distill.cache=fly, or None. It stays out of the module tree, so
+        checkpoints hold only the student (they held the teacher's weights too, 2.3x the size on
+        FSDD), Lightning's train() leaves it in eval mode, and `_teacher_targets` moves it to the
+        batch's device itself."""
+        return self._frozen_teacher[0] if self._frozen_teacher else None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, minus "teacher.*" entries: checkpoints written while the teacher was a
+        submodule still resume."""
+        kept = {name: t for name, t in state_dict.items() if not name.startswith("teacher.")}
+        return super().load_state_dict(kept, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -101,7 +116,11 @@ class AsrModule(L.LightningModule):
             raise ValueError("essence training needs cached targets or a teacher (distill.cache=fly)")
         from ekd_compress.ensemble.essence import select_essence
 
-        t_log_probs, _ = self.teacher(feats, lengths)
+        teacher = self.teacher
+        param = next(teacher.parameters(), None)
+        if param is not None and param.device != feats.device:
+            teacher.to(feats.device)
+        t_log_probs, _ = teacher(feats, lengths)
         e = self.essence
         k = e.k if e.k is not None else t_log_probs.shape[-1]
         return select_essence(t_log_probs, k=k, temperature=e.temperature, mode=e.mode, top_p=e.top_p)

@@ -154,6 +154,10 @@ def test_on_the_fly_targets(tmp_path):
     assert not (exp / "essence").exists()
     names = {r["name"] for r in json.loads((exp / "results.json").read_text())["tests"]["dev"]["models"]}
     assert names == {"baseline", "essence_k1", "kd_all", "student"}
+    checkpoint = torch.load(exp / "models" / "kd_all" / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=True)
+    assert checkpoint["state_dict"] and all(k.startswith("model.") for k in checkpoint["state_dict"]), \
+        "a fly-mode student's checkpoint holds weights besides the student's (the teacher's?)"
 
 
 # ------------------------------------------------------------------ was anything distilled?

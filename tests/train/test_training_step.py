@@ -127,3 +127,24 @@ def test_on_the_fly_teacher_sees_the_view_the_recipe_names(view: str) -> None:
         assert torch.equal(teacher.seen, batch["feats"])
     else:
         assert torch.equal(teacher.seen, student.seen)
+
+
+def test_on_the_fly_teacher_stays_out_of_checkpoints_and_in_eval_mode() -> None:
+    """distill.cache=fly: the frozen teacher is not part of the module's state (checkpoints hold the
+    student alone), module.train() leaves it in eval mode, and a state dict written while it was a
+    submodule ("teacher.*" entries) still loads."""
+    torch.manual_seed(0)
+    student = build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2)
+    teacher = build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2)
+    essence = EssenceTargets(k=K, temperature=TEMPERATURE, teacher=teacher)
+    module = AsrModule(student, TOKENS, TrainConfig(), SpecAugmentConfig(), losses={"ctc": 0.5, "essence_kd": 0.5},
+                       essence=essence)
+    module.train()
+    assert module.teacher is teacher and not teacher.training
+    state = module.state_dict()
+    assert state and all(name.startswith("model.") for name in state), sorted(state)[:5]
+    assert not any(p is q for p in module.parameters() for q in teacher.parameters())
+    old_style = {**state, **{f"teacher.{k}": v for k, v in teacher.state_dict().items()}}
+    module.load_state_dict(old_style)  # strict: raises if a student entry were missing or unknown
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        module.load_state_dict({**state, "model.not_a_weight": torch.zeros(1)})
