@@ -69,7 +69,8 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="A Kaldi data dir (wav.scp, text, utt2spk) or a lhotse CutSet manifest (.jsonl.gz).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object instead of a table: {data, metric (the recipe's primary measure), models: "
-                   "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, rtf; per, per_counts for phone "
+                   "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, utterances (per-utterance "
+                   "[errors, units] per measure, with ids), rtf; per, per_counts for phone "
                    "models, whose wer and cer are null}]}.")
 @click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
 @click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ekd_compress.evaluate.wer import WerResult, compute_wer
+from ekd_compress.evaluate.wer import WerResult, compute_wer, utterance_errors
 from ekd_compress.contract.lexicon import Lexicon
 
 METRICS = ("wer", "cer", "per")
@@ -84,19 +84,28 @@ def score_texts(refs: Sequence[str], hyps: Sequence[str], token_kind: str = "cha
     Always: `wer`, `sub`, `del`, `ins`, `words` (word level; None for phone models) and
     `cer` with `cer_counts` {sub, del, ins, units} (None for phone models). Phone models
     add `per` with `per_counts` {sub, del, ins, units, oov_words}. Rates in percent.
+    `utterances` holds, per measure the row has, one [errors, reference units] pair per
+    utterance in input order (the resampling unit of ekd_compress.evaluate.bootstrap).
     """
     row: dict[str, Any] = {"wer": None, "sub": None, "del": None, "ins": None, "words": None,
                            "cer": None, "cer_counts": None}
     if token_kind == "phone":
         r, h, oov = units_for("per", refs, hyps, lexicon)
         res = compute_wer(r, h)
-        row.update(per=_rate(res), per_counts={**_counts(res), "oov_words": oov})
+        row.update(per=_rate(res), per_counts={**_counts(res), "oov_words": oov},
+                   utterances={"per": _pairs(r, h)})
         return row
     words = compute_wer(refs, hyps)
     row.update(words.to_dict())
     chars = error_rate("cer", refs, hyps)
     row.update(cer=_rate(chars), cer_counts=_counts(chars))
+    c_refs, c_hyps, _ = units_for("cer", refs, hyps)
+    row["utterances"] = {"wer": _pairs(refs, hyps), "cer": _pairs(c_refs, c_hyps)}
     return row
+
+
+def _pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[list[int]]:
+    return [[e, n] for e, n in utterance_errors(refs, hyps)]
 
 
 def metric_of(row: dict[str, Any], metric: str) -> Optional[float]:

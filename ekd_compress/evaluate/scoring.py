@@ -45,17 +45,20 @@ def decode_cuts(
 def score_model(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain"
 ) -> dict[str, Any]:
-    """{wer, sub, del, ins, words, cer, cer_counts, rtf} (+ per, per_counts for phone models;
-    + {"subsets": ...} for Switchboard scoring). See ekd_compress.evaluate.error_rates."""
+    """{wer, sub, del, ins, words, cer, cer_counts, utterances, rtf} (+ per, per_counts for phone
+    models; + {"subsets": ...} for Switchboard scoring; utterances = {"ids", and per measure
+    [errors, units] per utterance}). See ekd_compress.evaluate.error_rates."""
     from ekd_compress.evaluate.error_rates import score_texts
 
     ids, refs, hyps, audio, compute = decode_cuts(model, cuts, tokens, spec)
     result = score_texts(refs, hyps, tokens.kind, tokens.lexicon)
+    result["utterances"] = {"ids": list(ids), **result["utterances"]}
     if scoring == "swbd" and tokens.kind != "phone":
         from ekd_compress.evaluate.swbd import score_eval2000
 
         subsets = score_eval2000(ids, refs, hyps)
         result = {**result, **subsets["all"], "subsets": {k: subsets[k] for k in ("swbd", "callhome")}}
+        del result["utterances"]  # plain-text counts, not the GLM-normalised ones: no bootstrap on them
     result["rtf"] = compute / max(audio, 1e-9)
     return result
 

@@ -134,3 +134,28 @@ def compute_wer(refs: Sequence[str], hyps: Sequence[str]) -> WerResult:
     if hits + sub + dele != words:  # pragma: no cover - guards against a jiwer behaviour change
         raise RuntimeError(f"jiwer counts do not add up: hits {hits} + sub {sub} + del {dele} != {words} reference words")
     return WerResult(sub=sub, del_=dele, ins=ins, hits=hits, words=words, sentences=len(refs), sentence_errors=sent_err)
+
+
+def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[int, int]]:
+    """(errors, reference words) of every utterance, in order: the counts `compute_wer` sums, kept
+    apart so that a scored set can be resampled by utterance (ekd_compress.evaluate.bootstrap).
+    An empty reference counts its hypothesis words as insertions; an empty hypothesis, its
+    reference words as deletions."""
+    _check_texts(refs, hyps)
+    ref_words = [r.split() for r in refs]
+    hyp_words = [h.split() for h in hyps]
+    out: list = [(len(h), 0) if not r else (len(r), len(r)) if not h else None for r, h in zip(ref_words, hyp_words)]
+    both = [i for i, o in enumerate(out) if o is None]
+    if both:
+        import jiwer
+
+        aligned = jiwer.process_words([" ".join(ref_words[i]) for i in both], [" ".join(hyp_words[i]) for i in both])
+        for i, chunks in zip(both, aligned.alignments):
+            errors = 0
+            for c in chunks:
+                if c.type == "insert":
+                    errors += c.hyp_end_idx - c.hyp_start_idx
+                elif c.type != "equal":  # substitute, delete: one error per reference word
+                    errors += c.ref_end_idx - c.ref_start_idx
+            out[i] = (errors, len(ref_words[i]))
+    return out

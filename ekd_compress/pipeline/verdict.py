@@ -12,14 +12,19 @@ in the experiment's metric (results["metric"]: WER, CER or PER; WER for results 
                                  chose k = all, the essence k with the best dev WER)
 
 `TARGETS` are the ratios the project aims for (issue "Models that learn"); a claim
-is met when its ratio is at most its target. The verdict is read on the internal test
+is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
+paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
+test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim. The verdict is read on the internal test
 split (`test`, never looked at by any choice) when the experiment has one; a verdict on
 dev says so, because dev selected checkpoints, the student k and the fusion weights.
 """
 from __future__ import annotations
 
-import statistics
 from typing import Any, Optional
+
+import numpy as np
+
+from ekd_compress.evaluate.bootstrap import RESAMPLES
 
 TARGETS = {
     "ensemble vs best member": 0.85,
@@ -31,8 +36,9 @@ TARGETS = {
 }
 
 
-def _seeds(by: dict[str, float], prefix: str) -> list[float]:
-    return [w for n, w in by.items() if n == prefix or n.startswith(prefix + "_s")]
+def _seeds(by: dict[str, Any], prefix: str) -> list[str]:
+    """Names of the seeds of `prefix` in `by` (`prefix`, `prefix_s1`, ...)."""
+    return [n for n in by if n == prefix or n.startswith(prefix + "_s")]
 
 
 def best_essence_k(chosen_k: Optional[str], dev_models: list[dict[str, Any]], metric: str = "wer") -> Optional[str]:
@@ -46,33 +52,65 @@ def best_essence_k(chosen_k: Optional[str], dev_models: list[dict[str, Any]], me
 
 
 def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
-            dev_models: Optional[list[dict[str, Any]]] = None, metric: str = "wer") -> list[dict[str, Any]]:
+            dev_models: Optional[list[dict[str, Any]]] = None, metric: str = "wer",
+            resamples: int = RESAMPLES) -> list[dict[str, Any]]:
     """models: one scored set's rows ({"name", "kind", metric}) -> one row per claim that the
-    experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met", "metric"}, where "wer"
-    and "vs" hold the two error rates in `metric` (percent; the key names predate the metric).
-    `dev_models` (the dev rows) picks the essence k when the chosen student is k = all."""
+    experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met", "metric", "ci95",
+    "decided"}, where "wer" and "vs" hold the two error rates in `metric` (percent; the key names
+    predate the metric). "ci95" is the 95 % interval of the ratio over `resamples` paired bootstrap
+    draws of the set's utterances (ekd_compress.evaluate.bootstrap), and "decided" says whether that
+    interval lies at or below the target ("met"), above it ("not met") or around it ("undecided");
+    both are None for rows without per-utterance counts. `dev_models` (the dev rows) picks the
+    essence k when the chosen student is k = all."""
+    from ekd_compress.evaluate.bootstrap import bootstrap_rates, interval
+
     by = {r["name"]: float(r[metric]) for r in models if r.get(metric) is not None}
-    members = [by[r["name"]] for r in models if r["kind"] == "member" and r["name"] in by]
+    members = [r["name"] for r in models if r["kind"] == "member" and r["name"] in by]
+    k = best_essence_k(chosen_k, dev_models or [], metric)
+    point = _claims(by, members, k)
+    drawn = bootstrap_rates([r for r in models if r["name"] in by], metric, resamples) if resamples else None
+    spread = _claims(drawn, members, k) if drawn is not None else {}
+    rows = []
+    for claim, (wer, vs) in point.items():
+        ratio = float(_ratio(np.float64(wer), np.float64(vs)))
+        target = TARGETS[claim]
+        ci = decided = None
+        if claim in spread:
+            ci = list(interval(_ratio(*spread[claim])))
+            decided = "met" if ci[1] <= target + 1e-9 else "not met" if ci[0] > target + 1e-9 else "undecided"
+        rows.append({"claim": claim, "wer": float(wer), "vs": float(vs), "ratio": ratio, "target": target,
+                     "met": ratio <= target + 1e-9, "metric": metric, "ci95": ci, "decided": decided})
+    return rows
+
+
+def _claims(by: dict[str, Any], members: list[str], k: Optional[str]) -> dict[str, tuple[Any, Any]]:
+    """{claim: (first, second)} for every claim whose two error rates `by` can give. The values of
+    `by` are floats (the scored rates) or (R,) arrays (bootstrap draws): seed means and the best
+    member are taken per draw."""
+    def mean(names: list[str]):
+        return np.mean(np.stack([by[n] for n in names]), axis=0) if names else None
+
+    def least(names: list[str]):
+        return np.min(np.stack([by[n] for n in names]), axis=0) if names else None
+
     students, baselines = _seeds(by, "student"), _seeds(by, "baseline")
-    student = statistics.mean(students) if students else None
-    pairs: list[tuple[str, Optional[float], Optional[float]]] = [
-        ("ensemble vs best member", by.get("ensemble"), min(members) if members else None),
+    student = mean(students)
+    pairs = [
+        ("ensemble vs best member", by.get("ensemble"), least(members)),
         ("student vs ensemble", student, by.get("ensemble")),
-        ("student vs baseline (seed mean)", student, statistics.mean(baselines) if baselines else None),
-        ("student vs baseline (best seed)", student, min(baselines) if baselines else None),
+        ("student vs baseline (seed mean)", student, mean(baselines)),
+        ("student vs baseline (best seed)", student, least(baselines)),
         ("student vs control", student, by.get("control_baseline_teacher")),
     ]
-    k = best_essence_k(chosen_k, dev_models or [], metric)
     if k is not None:
         pairs.append(("best essence k vs KD-all", by.get(f"essence_k{k}"), by.get("kd_all")))
-    rows = []
-    for claim, wer, vs in pairs:
-        if wer is None or vs is None:
-            continue
-        ratio = wer / vs if vs > 0 else (0.0 if wer == 0 else float("inf"))
-        rows.append({"claim": claim, "wer": wer, "vs": vs, "ratio": ratio, "target": TARGETS[claim],
-                     "met": ratio <= TARGETS[claim] + 1e-9, "metric": metric})
-    return rows
+    return {claim: (a, b) for claim, a, b in pairs if a is not None and b is not None}
+
+
+def _ratio(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """first / second elementwise; x / 0 is 0 for x = 0 and infinite otherwise."""
+    safe = np.where(second > 0, second, 1.0)
+    return np.where(second > 0, first / safe, np.where(first == 0, 0.0, np.inf))
 
 
 def verdict_split(tests: dict[str, Any]) -> str:
@@ -98,10 +136,14 @@ def verdict_markdown(results: dict[str, Any]) -> str:
         if not rows:
             continue
         caveat = "" if split != "dev" else " (dev also selected checkpoints, k and fusion weights: flattering)"
-        out += [f"Verdict on `{split}`{caveat}: {label} %, ratio = first / second, met when ratio <= target", "",
-                f"| claim | {label} | vs | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"Verdict on `{split}`{caveat}: {label} %, ratio = first / second, met when ratio <= target; "
+                "95 % interval of the ratio over paired bootstrap draws of the utterances, and whether it "
+                "decides the claim (test-set noise only: the seed spreads below show training noise)", "",
+                f"| claim | {label} | vs | ratio | target | met | 95 % interval | decided by the set |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r['claim']} | {r['wer']:.2f} | {r['vs']:.2f} | {r['ratio']:.3f} | <= {r['target']:g} | "
-                f"{'yes' if r['met'] else '**no**'} |" for r in rows]
+                f"{'yes' if r['met'] else '**no**'} | {_interval_text(r.get('ci95'))} | {r.get('decided') or 'n/a'} |"
+                for r in rows]
         out.append("")
     restarts = results.get("restarts") or {}
     if restarts:
@@ -112,3 +154,7 @@ def verdict_markdown(results: dict[str, Any]) -> str:
                            f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
         out.append("")
     return "\n".join(out)
+
+
+def _interval_text(ci: Optional[list[float]]) -> str:
+    return "n/a" if not ci else f"{ci[0]:.2f}–{ci[1]:.2f}"
