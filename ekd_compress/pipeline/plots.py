@@ -5,6 +5,7 @@
     model_wer.png    every model's WER on the verdict's set, coloured by kind
     topk_mass.png    the teacher's cumulative top-k probability at the distillation T, the chosen k marked
     coincidence.png  each member's spike coincidence with the guide, with the refusal threshold
+    verdict.png      every verdict ratio on the verdict's set with its 95 % bootstrap interval and target
 """
 from __future__ import annotations
 
@@ -90,6 +91,32 @@ def plot_coincidence(ax, coincidence: dict[str, Any], threshold: Optional[float]
     ax.set(ylabel="spikes matching the guide (±1 frame)", ylim=(0, 1), title="Spike coincidence with the guide")
 
 
+DECIDED_COLOURS = {"met": "#2ca02c", "not met": "#d62728", "undecided": "#7f7f7f", None: "#1f77b4"}
+
+
+def plot_verdict(ax, rows: list[dict[str, Any]], split: str) -> None:
+    """One line per claim: the ratio (dot, coloured by what the interval decides), its 95 %
+    interval (bar) and its target (|); ratio 1 (equal error rates) dashed."""
+    for i, r in enumerate(rows):
+        colour = DECIDED_COLOURS.get(r.get("decided"), "#1f77b4")
+        if r.get("ci95"):
+            ax.plot(r["ci95"], [i, i], color=colour, lw=2.5, alpha=0.6, solid_capstyle="butt")
+        ax.plot([r["ratio"]], [i], marker="o", color=colour, ms=7)
+        ax.plot([r["target"]], [i], marker="|", color="black", ms=16, mew=2)
+    ax.axvline(1.0, color="black", ls="--", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r["claim"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    handles = [ax.plot([], [], marker="o", ls="-", color=c, label=label)[0]
+               for label, c in (("interval at or below target", DECIDED_COLOURS["met"]),
+                                ("interval above target", DECIDED_COLOURS["not met"]),
+                                ("undecided", DECIDED_COLOURS["undecided"]))]
+    handles.append(ax.plot([], [], marker="|", ls="none", color="black", ms=10, mew=2, label="target")[0])
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set(xlabel="ratio (first / second error rate; lower is better for the first)",
+           title=f"Verdict on {split}: ratios with 95 % bootstrap intervals")
+    ax.grid(alpha=0.3, axis="x")
+
+
 def save_figure(fig, path: Path | str, dpi: int = 120) -> Path:
     """Lay out `fig`, write it to `path` (parent folders made) and close it; returns the path."""
     import matplotlib.pyplot as plt
@@ -131,6 +158,9 @@ def write_plots(exp_dir: Path, results: dict[str, Any], split: str = "dev", temp
         jobs.append(("topk_mass.png", (5, 3.5), lambda ax: plot_topk_mass(ax, mass, results.get("chosen_k"), temperature)))
     if results.get("coincidence"):
         jobs.append(("coincidence.png", (5, 3.5), lambda ax: plot_coincidence(ax, results["coincidence"], threshold)))
+    claims = (results.get("verdict") or {}).get(split)
+    if claims:
+        jobs.append(("verdict.png", (7, 0.9 + 0.4 * len(claims)), lambda ax: plot_verdict(ax, claims, split)))
     written = []
     for name, size, draw in jobs:
         fig, ax = plt.subplots(figsize=size)

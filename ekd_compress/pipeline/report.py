@@ -124,24 +124,23 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""
     oov = {split: o for split, o in (results.get("oov") or {}).items() if o.get("utterances")}
-    for split, o in oov.items():
-        guide += (f"Out-of-lexicon words: {o['utterances']} {split} utterances left out "
+    for name, o in oov.items():  # not `split`: that names the verdict's set, which the plots read below
+        guide += (f"Out-of-lexicon words: {o['utterances']} {name} utterances left out "
                   f"({', '.join(f'{w} x{n}' for w, n in list(o['words'].items())[:10])}).\n\n")
     ens = results.get("ensemble") or {}
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
+    plots = write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
+                        threshold=recipe.distill.coincidence_threshold)
     compression = ""
     if results.get("compression"):
         from ekd_compress.pipeline.compression import compression_markdown, plot_compression
 
         compression = "\n" + compression_markdown(results["compression"])
-        plot_compression(results["compression"], exp_dir / "plots" / "compression.png")
+        plots.append(plot_compression(results["compression"], exp_dir / "plots" / "compression.png"))
     (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
                                         + legend_markdown() + "All models, every scored set:\n\n"
                                         + markdown_table(results, recipe.distill.temperature)
-                                        + "\nPlots: plots/model_wer.png, plots/wer_vs_k.png, plots/topk_mass.png, "
-                                        "plots/coincidence.png" + (", plots/compression.png" if compression else "")
+                                        + "\nPlots: " + ", ".join(f"plots/{Path(p).name}" for p in plots)
                                         + "\n" + compression)
-    write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
-                threshold=recipe.distill.coincidence_threshold)

@@ -80,9 +80,18 @@ def test_every_stage_and_results(exp):
     md = (exp / "results.md").read_text()
     source = "kd_all" if results["chosen_k"] == "all" else f"essence_k{results['chosen_k']}"
     assert f"| student (= {source}) | student |" in md and "Seed spread" in md and "What the rows are" in md
-    for plot in ("topk_mass.png", "wer_vs_k.png", "coincidence.png", "model_wer.png"):
+    for plot in ("topk_mass.png", "wer_vs_k.png", "coincidence.png", "model_wer.png", "verdict.png"):
         assert (exp / "plots" / plot).stat().st_size > 1000
+        assert f"plots/{plot}" in md
     assert (exp / "recipe.yaml").exists() and (exp / "tokens.txt").exists()
+    test_rows = {r["name"]: r for r in results["tests"]["test"]["models"]}
+    for row in test_rows.values():  # per-utterance counts that add up to the row's own
+        pairs = row["utterances"]["wer"]
+        assert len(pairs) == len(row["utterances"]["ids"]) > 1
+        assert sum(e for e, _ in pairs) == row["sub"] + row["del"] + row["ins"] and sum(n for _, n in pairs) == row["words"]
+    for claim in results["verdict"]["test"]:
+        low, high = claim["ci95"]
+        assert low <= high and claim["decided"] in ("met", "not met", "undecided"), claim
 
 
 def test_rerun_skips_everything(exp):

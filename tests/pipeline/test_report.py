@@ -36,8 +36,9 @@ def test_results_md_explains_rows_and_flags_diverged_seeds(tmp_path):
     assert "⚠ baseline_s2" in md and "dev: baseline_s2 98.00" in md and "test: baseline_s2 99.00" in md
     assert "student_s1" not in md.split("Seeds with WER above")[1], "a seed within 1.5x of the best is not flagged"
     assert json.loads((tmp_path / "results.json").read_text())["chosen_k"] == "1"
-    for plot in ("model_wer.png", "wer_vs_k.png", "topk_mass.png", "coincidence.png"):
+    for plot in ("model_wer.png", "wer_vs_k.png", "topk_mass.png", "coincidence.png", "verdict.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 5000, plot
+        assert f"plots/{plot}" in md, f"results.md does not list {plot}"
 
 
 def test_flagged_seeds_rule():
@@ -71,3 +72,20 @@ def test_wer_vs_k_plot_labels_all_and_draws_references(tmp_path):
     plot_coincidence(ax2, fake_results()["coincidence"], 0.5)
     assert ax2.get_legend_handles_labels()[1] == ["fusion threshold 0.5"]
     plt.close(fig)
+
+
+def test_oov_report_does_not_move_the_plots_off_the_verdict_set(tmp_path):
+    """An out-of-lexicon note for another split once renamed the set the plots were drawn on."""
+    import matplotlib.image
+
+    results = fake_results()
+    results["tests"]["dev"]["models"] = [r for r in results["tests"]["dev"]["models"] if r["name"] != "lstm"]
+    results["oov"] = {"dev": {"utterances": 2, "words": {"zorp": 2}}}
+    write_report(tmp_path, results, load_recipe("demo", []))
+    md = (tmp_path / "results.md").read_text()
+    assert "Out-of-lexicon words: 2 dev utterances left out (zorp x2)" in md
+    height = matplotlib.image.imread(tmp_path / "plots" / "model_wer.png").shape[0]
+    def pixels(split: str) -> float:  # the figure's height follows the row count of the set it shows (120 dpi)
+        return 120 * (0.8 + 0.28 * len(results["tests"][split]["models"]))
+
+    assert abs(height - pixels("test")) <= 1 < abs(height - pixels("dev")), "model_wer.png shows dev, not test"
