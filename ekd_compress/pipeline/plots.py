@@ -111,7 +111,7 @@ def plot_verdict(ax, rows: list[dict[str, Any]], split: str) -> None:
                                 ("interval above target", DECIDED_COLOURS["not met"]),
                                 ("undecided", DECIDED_COLOURS["undecided"]))]
     handles.append(ax.plot([], [], marker="|", ls="none", color="black", ms=10, mew=2, label="target")[0])
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=4, frameon=False)
     ax.set(xlabel="ratio (first / second error rate; lower is better for the first)",
            title=f"Verdict on {split}: ratios with 95 % bootstrap intervals")
     ax.grid(alpha=0.3, axis="x")
@@ -160,7 +160,7 @@ def write_plots(exp_dir: Path, results: dict[str, Any], split: str = "dev", temp
         jobs.append(("coincidence.png", (5, 3.5), lambda ax: plot_coincidence(ax, results["coincidence"], threshold)))
     claims = (results.get("verdict") or {}).get(split)
     if claims:
-        jobs.append(("verdict.png", (7, 0.9 + 0.4 * len(claims)), lambda ax: plot_verdict(ax, claims, split)))
+        jobs.append(("verdict.png", (7.5, 1.5 + 0.4 * len(claims)), lambda ax: plot_verdict(ax, claims, split)))
     written = []
     for name, size, draw in jobs:
         fig, ax = plt.subplots(figsize=size)
