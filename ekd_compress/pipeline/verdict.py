@@ -14,9 +14,10 @@ in the experiment's metric (results["metric"]: WER, CER or PER; WER for results 
 `TARGETS` are the ratios the project aims for (issue "Models that learn"); a claim
 is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
 paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
-test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim. The verdict is read on the internal test
-split (`test`, never looked at by any choice) when the experiment has one; a verdict on
-dev says so, because dev selected checkpoints, the student k and the fusion weights.
+test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim.
+The verdict is read on the internal test split (`test`, never looked at by any choice) when
+the experiment has one; a verdict on dev says so, because dev selected checkpoints, the
+student k and the fusion weights.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ekd_compress.evaluate.bootstrap import RESAMPLES
+from ekd_compress.evaluate.bootstrap import RESAMPLES, bootstrap_rates, interval
 
 TARGETS = {
     "ensemble vs best member": 0.85,
@@ -62,8 +63,6 @@ def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
     interval lies at or below the target ("met"), above it ("not met") or around it ("undecided");
     both are None for rows without per-utterance counts. `dev_models` (the dev rows) picks the
     essence k when the chosen student is k = all."""
-    from ekd_compress.evaluate.bootstrap import bootstrap_rates, interval
-
     by = {r["name"]: float(r[metric]) for r in models if r.get(metric) is not None}
     members = [r["name"] for r in models if r["kind"] == "member" and r["name"] in by]
     k = best_essence_k(chosen_k, dev_models or [], metric)
