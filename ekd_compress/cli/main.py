@@ -71,7 +71,8 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="Print one JSON object instead of a table: {data, metric (the recipe's primary measure), models: "
                    "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, utterances (per-utterance "
                    "[errors, units] per measure, with ids), rtf; per, per_counts for phone "
-                   "models, whose wer and cer are null}]}.")
+                   "models, whose wer and cer are null}], verdict (the experiment's claims on DATA, when every model "
+                   "was scored)}.")
 @click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
 @click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
@@ -79,12 +80,20 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="Bad utterances in DATA stop the run, or are skipped and counted.")
 @needs("train")
 def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
-    """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does."""
+    """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does, then
+    read the experiment's verdict on DATA (when every model was scored)."""
     from ekd_compress.evaluate.on_data import evaluate_on_data
+    from ekd_compress.pipeline.verdict import verdict_on_data
 
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log)
+    if not names:  # the claims compare models, so only a full scoring judges them
+        results_file = exp_dir / "results.json"
+        exp_results = json.loads(results_file.read_text()) if results_file.exists() else None
+        result["verdict"], table = verdict_on_data(result, exp_results)
+        if table:
+            log("\n" + table)
     if as_json:
         click.echo(json.dumps(result))
 

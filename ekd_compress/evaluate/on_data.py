@@ -38,9 +38,9 @@ def load_eval_cuts(data: Path, recipe: "Recipe", on_error: str = "raise", log: C
 
 def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = None, scoring: str = "plain",
                      on_error: str = "raise", log: Callable[[str], None] = print) -> dict[str, Any]:
-    from ekd_compress.features.fbank import feature_spec
     """Score the experiment's models (all, or those in `names`) on `data` -> the `evaluate --json` object."""
     from ekd_compress.evaluate.scoring import evaluate_experiment
+    from ekd_compress.features.fbank import feature_spec
 
     exp_dir = Path(exp_dir)
     recipe = read_recipe(exp_dir)

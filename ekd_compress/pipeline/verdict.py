@@ -120,6 +120,33 @@ def verdict_split(tests: dict[str, Any]) -> str:
     return others[0] if others else "dev"
 
 
+def verdict_table(rows: list[dict[str, Any]], where: str, label: str = "WER") -> str:
+    """One scored set's verdict rows (from `verdict`) as a Markdown table under a heading line."""
+    out = [f"Verdict on {where}: {label} %, ratio = first / second, met when ratio <= target; "
+           "95 % interval of the ratio over paired bootstrap draws of the utterances, and whether it "
+           "decides the claim (test-set noise only: the seed spreads show training noise)", "",
+           f"| claim | {label} | vs | ratio | target | met | 95 % interval | decided by the set |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {r['claim']} | {r['wer']:.2f} | {r['vs']:.2f} | {r['ratio']:.3f} | <= {r['target']:g} | "
+            f"{'yes' if r['met'] else '**no**'} | {_interval_text(r.get('ci95'))} | {r.get('decided') or 'n/a'} |"
+            for r in rows]
+    return "\n".join(out)
+
+
+def verdict_on_data(scored: dict[str, Any], exp_results: Optional[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The verdict on another scored set: `scored` is an `evaluate --json` object ({"data", "metric",
+    "models"}), `exp_results` the experiment's results.json (its chosen student k and dev rows pick
+    the essence k; None when the experiment has none) -> (verdict rows, Markdown table; "" when the
+    set's models cannot judge any claim)."""
+    from ekd_compress.evaluate.error_rates import LABELS
+
+    metric = scored.get("metric", "wer")
+    exp_results = exp_results or {}
+    dev = (exp_results.get("tests") or {}).get("dev", {}).get("models")
+    rows = verdict(scored["models"], exp_results.get("chosen_k"), dev, metric)
+    return rows, (verdict_table(rows, f"`{scored['data']}`", LABELS[metric]) if rows else "")
+
+
 def verdict_markdown(results: dict[str, Any]) -> str:
     """The verdict tables (the main split, and its noisy copy when scored) as Markdown."""
     from ekd_compress.evaluate.error_rates import LABELS
@@ -135,15 +162,7 @@ def verdict_markdown(results: dict[str, Any]) -> str:
         if not rows:
             continue
         caveat = "" if split != "dev" else " (dev also selected checkpoints, k and fusion weights: flattering)"
-        out += [f"Verdict on `{split}`{caveat}: {label} %, ratio = first / second, met when ratio <= target; "
-                "95 % interval of the ratio over paired bootstrap draws of the utterances, and whether it "
-                "decides the claim (test-set noise only: the seed spreads below show training noise)", "",
-                f"| claim | {label} | vs | ratio | target | met | 95 % interval | decided by the set |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {r['claim']} | {r['wer']:.2f} | {r['vs']:.2f} | {r['ratio']:.3f} | <= {r['target']:g} | "
-                f"{'yes' if r['met'] else '**no**'} | {_interval_text(r.get('ci95'))} | {r.get('decided') or 'n/a'} |"
-                for r in rows]
-        out.append("")
+        out += [verdict_table(rows, f"`{split}`{caveat}", label), ""]
     restarts = results.get("restarts") or {}
     if restarts:
         out += ["Runs restarted by the convergence watchdog (stuck seeds, not averaged in):", ""]

@@ -142,6 +142,13 @@ def test_evaluate_command_json(exp):
     for m in out["models"]:
         assert set(m) >= {"name", "kind", "params", "wer", "sub", "del", "ins", "words", "rtf"}
         assert m["cer"] is not None and m["cer_counts"]["units"] > 0 and "per" not in m  # characters, no phones
+    # the experiment's own test split again: the same verdict as distill read on it, intervals included
+    results = json.loads((exp / "results.json").read_text())
+    assert out["verdict"] == results["verdict"]["test"]
+    shown = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(data_dir)])
+    assert f"Verdict on `{data_dir}`" in shown.output and "| student vs ensemble |" in shown.output
+    some = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(data_dir), "--json", "--model", "baseline"])
+    assert "verdict" not in json.loads(some.output.strip().splitlines()[-1]), "one model cannot judge a claim"
 
 
 def test_evaluate_rejects_non_experiment(tmp_path):
