@@ -171,7 +171,7 @@ def verdict_markdown(results: dict[str, Any]) -> str:
                 out.append(f"- {name}: seed {a['seed']} stopped at epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
                            f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + ("\n" if out else "")  # a blank line ends the table or list before what follows
 
 
 def _interval_text(ci: Optional[list[float]]) -> str:

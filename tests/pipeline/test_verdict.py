@@ -54,3 +54,6 @@ def test_verdict_is_read_on_the_test_split_and_says_so():
     assert "Verdict on `test`:" in md and "Verdict on `test_noisy10db`" in md and "Verdict on `dev`" not in md
     assert "| student vs ensemble | 4.50 | 6.00 | 0.750 | <= 0.8 | yes |" in md
     assert "baseline_s1: seed 1 stopped at epoch 4" in md
+    assert md.endswith("\n\n"), "without a blank line the next paragraph would join the list (or a table's rows)"
+    del results["restarts"]
+    assert verdict_markdown(results).endswith("|\n\n")
