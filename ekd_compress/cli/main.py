@@ -89,9 +89,7 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log)
     if not names:  # the claims compare models, so only a full scoring judges them
-        results_file = exp_dir / "results.json"
-        exp_results = json.loads(results_file.read_text()) if results_file.exists() else None
-        result["verdict"], table = verdict_on_data(result, exp_results)
+        result["verdict"], table = verdict_on_data(result, exp_dir)
         if table:
             log("\n" + table)
     if as_json:

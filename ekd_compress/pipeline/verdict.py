@@ -21,6 +21,7 @@ student k and the fusion weights.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -133,15 +134,18 @@ def verdict_table(rows: list[dict[str, Any]], where: str, label: str = "WER") ->
     return "\n".join(out)
 
 
-def verdict_on_data(scored: dict[str, Any], exp_results: Optional[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def verdict_on_data(scored: dict[str, Any], exp_dir: Path) -> tuple[list[dict[str, Any]], str]:
     """The verdict on another scored set: `scored` is an `evaluate --json` object ({"data", "metric",
-    "models"}), `exp_results` the experiment's results.json (its chosen student k and dev rows pick
-    the essence k; None when the experiment has none) -> (verdict rows, Markdown table; "" when the
+    "models"}) of the experiment in `exp_dir`, whose results.json, when there is one, gives the chosen
+    student k and the dev rows that pick the essence k -> (verdict rows, Markdown table; "" when the
     set's models cannot judge any claim)."""
+    import json
+
     from ekd_compress.evaluate.error_rates import LABELS
 
     metric = scored.get("metric", "wer")
-    exp_results = exp_results or {}
+    results_file = Path(exp_dir) / "results.json"
+    exp_results = json.loads(results_file.read_text()) if results_file.exists() else {}
     dev = (exp_results.get("tests") or {}).get("dev", {}).get("models")
     rows = verdict(scored["models"], exp_results.get("chosen_k"), dev, metric)
     return rows, (verdict_table(rows, f"`{scored['data']}`", LABELS[metric]) if rows else "")

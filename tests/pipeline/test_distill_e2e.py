@@ -142,9 +142,14 @@ def test_evaluate_command_json(exp):
     for m in out["models"]:
         assert set(m) >= {"name", "kind", "params", "wer", "sub", "del", "ins", "words", "rtf"}
         assert m["cer"] is not None and m["cer_counts"]["units"] > 0 and "per" not in m  # characters, no phones
-    # the experiment's own test split again: the same verdict as distill read on it, intervals included
+    # the experiment's verdict on these rows: its chosen k and dev rows, intervals included (distill scored
+    # stored, lossy-compressed features, evaluate computes them exactly: compare the claims, not the digits)
+    from ekd_compress.pipeline.verdict import verdict
+
     results = json.loads((exp / "results.json").read_text())
-    assert out["verdict"] == results["verdict"]["test"]
+    assert out["verdict"] == verdict(out["models"], results["chosen_k"], results["tests"]["dev"]["models"])
+    assert [r["claim"] for r in out["verdict"]] == [r["claim"] for r in results["verdict"]["test"]]
+    assert all(r["ci95"] and r["decided"] for r in out["verdict"])
     shown = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(data_dir)])
     assert f"Verdict on `{data_dir}`" in shown.output and "| student vs ensemble |" in shown.output
     some = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(data_dir), "--json", "--model", "baseline"])
