@@ -54,3 +54,4 @@ def test_score_texts_rows_for_char_and_phone_models(lexicon):
     assert row["per"] == pytest.approx(300 / 7)
     assert row["per_counts"] == {"sub": 0, "del": 0, "ins": 3, "units": 7, "oov_words": 1}
     assert metric_counts(row, "per") == (0, 0, 3) and metric_counts(row, "wer") is None
+    assert row["utterances"] == {"per": [[0, 5], [3, 2]]}  # per utterance, phones: what the verdict resamples
