@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ekd_compress.evaluate.wer import WerResult, compute_wer, utterance_errors
+from ekd_compress.evaluate.wer import WerResult, compute_wer, compute_wer_by_utterance
 from ekd_compress.contract.lexicon import Lexicon
 
 METRICS = ("wer", "cer", "per")
@@ -91,21 +91,20 @@ def score_texts(refs: Sequence[str], hyps: Sequence[str], token_kind: str = "cha
                            "cer": None, "cer_counts": None}
     if token_kind == "phone":
         r, h, oov = units_for("per", refs, hyps, lexicon)
-        res = compute_wer(r, h)
-        row.update(per=_rate(res), per_counts={**_counts(res), "oov_words": oov},
-                   utterances={"per": _pairs(r, h)})
+        res, per_utt = compute_wer_by_utterance(r, h)
+        row.update(per=_rate(res), per_counts={**_counts(res), "oov_words": oov}, utterances={"per": _lists(per_utt)})
         return row
-    words = compute_wer(refs, hyps)
+    words, word_utt = compute_wer_by_utterance(refs, hyps)
     row.update(words.to_dict())
-    chars = error_rate("cer", refs, hyps)
+    chars, char_utt = compute_wer_by_utterance(*units_for("cer", refs, hyps)[:2])
     row.update(cer=_rate(chars), cer_counts=_counts(chars))
-    c_refs, c_hyps, _ = units_for("cer", refs, hyps)
-    row["utterances"] = {"wer": _pairs(refs, hyps), "cer": _pairs(c_refs, c_hyps)}
+    row["utterances"] = {"wer": _lists(word_utt), "cer": _lists(char_utt)}
     return row
 
 
-def _pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[list[int]]:
-    return [[e, n] for e, n in utterance_errors(refs, hyps)]
+def _lists(pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """[(errors, units), ...] -> [[errors, units], ...], as JSON keeps them."""
+    return [[e, n] for e, n in pairs]
 
 
 def metric_of(row: dict[str, Any], metric: str) -> Optional[float]:

@@ -106,12 +106,25 @@ def compute_wer(refs: Sequence[str], hyps: Sequence[str]) -> WerResult:
     Empty references are counted (hypothesis words become insertions); see the
     module docstring. Words are split on whitespace; no other normalisation.
     """
+    return _score(refs, hyps, by_utterance=False)[0]
+
+
+def compute_wer_by_utterance(refs: Sequence[str], hyps: Sequence[str]) -> tuple[WerResult, list[tuple[int, int]]]:
+    """`compute_wer`'s result and, from the same alignment, (errors, reference words) of every
+    utterance in order: the counts it sums, kept apart so that a scored set can be resampled by
+    utterance (ekd_compress.evaluate.bootstrap)."""
+    return _score(refs, hyps, by_utterance=True)
+
+
+def _score(refs: Sequence[str], hyps: Sequence[str], by_utterance: bool) -> tuple[WerResult, list[tuple[int, int]]]:
+    """One alignment of the set -> (its counts, per-utterance (errors, words) or [] unless `by_utterance`)."""
     _check_texts(refs, hyps)
     ref_words = [r.split() for r in refs]
     hyp_words = [h.split() for h in hyps]
     sub = dele = ins = hits = sent_err = 0
     # jiwer 3 refuses empty references, so score those here: all hypothesis words are insertions
     keep = [i for i, r in enumerate(ref_words) if r]
+    pairs: list = [(len(hyp_words[i]), 0) if not r else None for i, r in enumerate(ref_words)] if by_utterance else []
     for i, r in enumerate(ref_words):
         if not r:
             ins += len(hyp_words[i])
@@ -130,32 +143,22 @@ def compute_wer(refs: Sequence[str], hyps: Sequence[str]) -> WerResult:
         sent_err += sum(1 for chunks in out.alignments if any(c.type != "equal" for c in chunks))
         # an empty hypothesis yields no alignment chunk in some jiwer versions; count it here
         sent_err += sum(1 for j, chunks in enumerate(out.alignments) if not chunks and ref_words[keep[j]])
+        if by_utterance:
+            for i, chunks in zip(keep, out.alignments):
+                pairs[i] = (_chunk_errors(chunks) if chunks else len(ref_words[i]), len(ref_words[i]))
     words = sum(len(r) for r in ref_words)
     if hits + sub + dele != words:  # pragma: no cover - guards against a jiwer behaviour change
         raise RuntimeError(f"jiwer counts do not add up: hits {hits} + sub {sub} + del {dele} != {words} reference words")
-    return WerResult(sub=sub, del_=dele, ins=ins, hits=hits, words=words, sentences=len(refs), sentence_errors=sent_err)
+    result = WerResult(sub=sub, del_=dele, ins=ins, hits=hits, words=words, sentences=len(refs), sentence_errors=sent_err)
+    return result, pairs
 
 
-def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[int, int]]:
-    """(errors, reference words) of every utterance, in order: the counts `compute_wer` sums, kept
-    apart so that a scored set can be resampled by utterance (ekd_compress.evaluate.bootstrap).
-    An empty reference counts its hypothesis words as insertions; an empty hypothesis, its
-    reference words as deletions."""
-    _check_texts(refs, hyps)
-    ref_words = [r.split() for r in refs]
-    hyp_words = [h.split() for h in hyps]
-    out: list = [(len(h), 0) if not r else (len(r), len(r)) if not h else None for r, h in zip(ref_words, hyp_words)]
-    both = [i for i, o in enumerate(out) if o is None]
-    if both:
-        import jiwer
-
-        aligned = jiwer.process_words([" ".join(ref_words[i]) for i in both], [" ".join(hyp_words[i]) for i in both])
-        for i, chunks in zip(both, aligned.alignments):
-            errors = 0
-            for c in chunks:
-                if c.type == "insert":
-                    errors += c.hyp_end_idx - c.hyp_start_idx
-                elif c.type != "equal":  # substitute, delete: one error per reference word
-                    errors += c.ref_end_idx - c.ref_start_idx
-            out[i] = (errors, len(ref_words[i]))
-    return out
+def _chunk_errors(chunks) -> int:
+    """Errors in one utterance's jiwer alignment: one per substituted, deleted or inserted word."""
+    errors = 0
+    for c in chunks:
+        if c.type == "insert":
+            errors += c.hyp_end_idx - c.hyp_start_idx
+        elif c.type != "equal":  # substitute, delete: one error per reference word
+            errors += c.ref_end_idx - c.ref_start_idx
+    return errors

@@ -6,21 +6,21 @@ import pytest
 
 from ekd_compress.evaluate.bootstrap import bootstrap_rates, interval, utterance_counts
 from ekd_compress.evaluate.error_rates import score_texts
-from ekd_compress.evaluate.wer import compute_wer, utterance_errors
+from ekd_compress.evaluate.wer import compute_wer, compute_wer_by_utterance
 from ekd_compress.pipeline.verdict import verdict, verdict_markdown
 
 
-def test_utterance_errors_by_hand_and_they_sum_to_the_set():
+def test_per_utterance_errors_by_hand_and_they_sum_to_the_set():
     refs = ["a b c", "a b", "", "x y z w", "a"]
     hyps = ["a x c d", "", "q", "x z w", "a"]
     # sub b->x + ins d; 2 deletions; 1 insertion on an empty reference; 1 deletion (y); none
-    assert utterance_errors(refs, hyps) == [(2, 3), (2, 2), (1, 0), (1, 4), (0, 1)]
+    assert compute_wer_by_utterance(refs, hyps)[1] == [(2, 3), (2, 2), (1, 0), (1, 4), (0, 1)]
     rng = random.Random(0)
     vocab = "one two three four five".split()
     refs = [" ".join(rng.choices(vocab, k=rng.randint(0, 6))) for _ in range(200)]
     hyps = [" ".join(rng.choices(vocab, k=rng.randint(0, 6))) for _ in range(200)]
-    pairs = utterance_errors(refs, hyps)
-    total = compute_wer(refs, hyps)
+    total, pairs = compute_wer_by_utterance(refs, hyps)
+    assert total == compute_wer(refs, hyps)
     assert sum(e for e, _ in pairs) == total.errors and sum(n for _, n in pairs) == total.words
 
 
