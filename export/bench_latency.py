@@ -30,6 +30,7 @@ class TorchStepper:
     def __init__(self, model) -> None:
         self.model = model.eval()
         self.chunk_frames = model.chunk_frames
+        self.lookahead_frames = int(getattr(model, "lookahead_frames", 0))
 
     def zero_states(self, batch: int):
         return self.model.initial_state(batch)

@@ -2,7 +2,8 @@
 
 Graph I/O (one model, or a FusedEnsemble: members and fusion in one graph):
 
-    inputs   chunk (B, chunk_frames, F) float32, then every state of `model.state_spec()`
+    inputs   chunk (B, window_frames, F) float32 (chunk_frames + the model's lookahead_frames),
+             then every state of `model.state_spec()`
              in order, under its own name (ensemble states are named `m{i}.NAME`)
     outputs  log_probs (B, chunk_frames // subsampling, V) float32 (log_softmax over V),
              then NAME + "_out" per state: the state to feed with the next chunk
@@ -11,7 +12,7 @@ B is a dynamic axis (at its position in each state shape, marked "B" in `state_s
 RNN states have it second). The chunk length is fixed at `chunk_frames`: every
 architecture here is exported for the chunk size it was trained with (the transformer
 attends within whole chunks, so its chunk length is part of the model), and a runtime
-zero-pads the last chunk of an utterance. The initial state is zeros of the documented
+zero-pads the last window of an utterance. The initial state is zeros of the documented
 shapes and dtypes (the transformer's `count` is int64).
 
 Exported with the TorchScript exporter (`dynamo=False`, opset 17) from a module in eval
@@ -63,15 +64,16 @@ def io_spec(model: nn.Module) -> dict[str, Any]:
             raise ValueError(f"state {name!r} has dtype {tensor.dtype}; export supports {list(_DTYPE_NAMES.values())}")
         states.append({"name": name, "shape": shape, "dtype": _DTYPE_NAMES[tensor.dtype]})
     chunk_frames, subsampling = int(model.chunk_frames), int(model.subsampling)
+    lookahead = int(getattr(model, "lookahead_frames", 0))
     c_out = chunk_frames // subsampling
     outputs: dict[str, Any] = {"log_probs": {"shape": ["B", c_out, "V"], "dtype": "float32"}}
     outputs.update({f"{s['name']}_out": {"shape": s["shape"], "dtype": s["dtype"]} for s in states})
     return {
-        "inputs": {"chunk": {"shape": ["B", chunk_frames, int(model.input_dim)], "dtype": "float32"}},
+        "inputs": {"chunk": {"shape": ["B", chunk_frames + lookahead, int(model.input_dim)], "dtype": "float32"}},
         "states": states,
         "outputs": outputs,
         "streaming": {"chunk_frames": chunk_frames, "subsampling": subsampling,
-                      "output_frames_per_chunk": c_out, "lookahead_frames": 0},
+                      "output_frames_per_chunk": c_out, "lookahead_frames": lookahead},
     }
 
 
@@ -116,7 +118,7 @@ def export_streaming_onnx(model: nn.Module, path: Path | str, metadata: dict[str
     try:
         # a batch of 2 while tracing keeps B symbolic; zeros are a valid state
         state = model.initial_state(2)
-        chunk = torch.zeros(2, model.chunk_frames, model.input_dim)
+        chunk = torch.zeros(2, model.chunk_frames + int(getattr(model, "lookahead_frames", 0)), model.input_dim)
         _, new_state = model.forward_chunk(chunk, state)
         for s, before, after in zip(spec["states"], state, new_state):
             if before.shape != after.shape or before.dtype != after.dtype:

@@ -8,7 +8,9 @@ its own copy of this loop (serve/), written against the same bundle contract.
 
 Utterances are cut into chunks of `chunk_frames` input frames, the last one zero-padded
 (what a streaming client does at end of input); outputs cover the padded length too, so
-keep the first `T // subsampling` frames of an utterance of T input frames.
+keep the first `T // subsampling` frames of an utterance of T input frames. A model with
+lookahead is fed windows of `chunk_frames + lookahead_frames` frames that start a chunk apart
+(`windows`), with `lookahead_frames` more zero frames after the last chunk.
 """
 from __future__ import annotations
 
@@ -33,13 +35,22 @@ def session_options(threads: int | None = 1):
     return opts
 
 
-def pad_to_chunks(feats: np.ndarray, chunk_frames: int) -> np.ndarray:
-    """feats (T, F) -> (ceil(T / chunk_frames) * chunk_frames, F), zero-padded at the end (at least one chunk)."""
+def pad_to_chunks(feats: np.ndarray, chunk_frames: int, lookahead_frames: int = 0) -> np.ndarray:
+    """feats (T, F) -> (n * chunk_frames + lookahead_frames, F), n = max(1, ceil(T / chunk_frames)),
+    zero-padded at the end."""
     T = feats.shape[0]
     n_chunks = max(1, -(-T // chunk_frames))
-    out = np.zeros((n_chunks * chunk_frames, feats.shape[1]), dtype=np.float32)
+    out = np.zeros((n_chunks * chunk_frames + lookahead_frames, feats.shape[1]), dtype=np.float32)
     out[:T] = feats
     return out
+
+
+def windows(padded: np.ndarray, chunk_frames: int, lookahead_frames: int = 0) -> list[np.ndarray]:
+    """padded (..., n * chunk_frames + lookahead_frames, F) from `pad_to_chunks` -> the n windows a
+    stream feeds, each (..., chunk_frames + lookahead_frames, F), contiguous, a chunk apart."""
+    n_chunks = (padded.shape[-2] - lookahead_frames) // chunk_frames
+    size = chunk_frames + lookahead_frames
+    return [np.ascontiguousarray(padded[..., s:s + size, :]) for s in range(0, n_chunks * chunk_frames, chunk_frames)]
 
 
 class OrtStreamer:
@@ -59,6 +70,7 @@ class OrtStreamer:
         self.bundle = bundle
         self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=list(providers))
         self.chunk_frames = int(bundle["streaming"]["chunk_frames"])
+        self.lookahead_frames = int(bundle["streaming"].get("lookahead_frames", 0))
         self.subsampling = int(bundle["streaming"]["subsampling"])
         self.out_per_chunk = int(bundle["streaming"]["output_frames_per_chunk"])
         self.state_names = [s["name"] for s in bundle["states"]]
@@ -72,16 +84,17 @@ class OrtStreamer:
         return {"chunk": chunk, **dict(zip(self.state_names, states))}
 
     def step(self, chunk: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """chunk (B, chunk_frames, F) float32 + states -> log_probs (B, C_out, V), next states."""
+        """chunk (B, chunk_frames + lookahead_frames, F) float32 + states -> log_probs (B, C_out, V), next states."""
         log_probs, *new_states = self.session.run(self.output_names, self.feeds(chunk, states))
         return log_probs, new_states
 
     def run_padded(self, feats: np.ndarray) -> np.ndarray:
-        """feats (B, n_chunks * chunk_frames, F) -> log_probs (B, n_chunks * C_out, V), from zero states."""
+        """feats (B, n_chunks * chunk_frames + lookahead_frames, F) -> log_probs (B, n_chunks * C_out, V),
+        from zero states."""
         states = self.zero_states(feats.shape[0])
         outs = []
-        for start in range(0, feats.shape[1], self.chunk_frames):
-            log_probs, states = self.step(np.ascontiguousarray(feats[:, start:start + self.chunk_frames]), states)
+        for window in windows(feats, self.chunk_frames, self.lookahead_frames):
+            log_probs, states = self.step(window, states)
             outs.append(log_probs)
         return np.concatenate(outs, axis=1)
 
@@ -91,7 +104,8 @@ class OrtStreamer:
         With batch_size > 1, utterances of similar length are streamed together as one batch
         (shorter ones padded with zero chunks at the end, which cannot change earlier outputs).
         """
-        padded = [pad_to_chunks(np.asarray(f, dtype=np.float32), self.chunk_frames) for f in feats_list]
+        padded = [pad_to_chunks(np.asarray(f, dtype=np.float32), self.chunk_frames, self.lookahead_frames)
+                  for f in feats_list]
         order = sorted(range(len(padded)), key=lambda i: padded[i].shape[0])
         results: list[np.ndarray | None] = [None] * len(padded)
         for start in range(0, len(order), max(1, batch_size)):
@@ -102,5 +116,5 @@ class OrtStreamer:
                 batch[b, : padded[i].shape[0]] = padded[i]
             log_probs = self.run_padded(batch)  # (B, longest // subsampling, V)
             for b, i in enumerate(group):
-                results[i] = log_probs[b, : padded[i].shape[0] // self.subsampling]
+                results[i] = log_probs[b, : (padded[i].shape[0] - self.lookahead_frames) // self.subsampling]
         return results  # type: ignore[return-value]

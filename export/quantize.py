@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks
+from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks, windows
 from ekd_compress.export.verify import Utterance
 
 METHODS = ("dynamic", "static")
@@ -78,10 +78,10 @@ class ChunkCalibrationReader:
         runner = OrtStreamer(fp32_path, bundle, threads=None)
         self.feeds: list[dict[str, np.ndarray]] = []
         for utt in utterances:
-            feats = pad_to_chunks(np.asarray(utt.feats, dtype=np.float32), runner.chunk_frames)[None]
+            feats = pad_to_chunks(np.asarray(utt.feats, dtype=np.float32), runner.chunk_frames,
+                                  runner.lookahead_frames)[None]
             states = runner.zero_states(1)
-            for start in range(0, feats.shape[1], runner.chunk_frames):
-                chunk = np.ascontiguousarray(feats[:, start:start + runner.chunk_frames])
+            for chunk in windows(feats, runner.chunk_frames, runner.lookahead_frames):
                 self.feeds.append(runner.feeds(chunk, states))
                 _, states = runner.step(chunk, states)
                 if len(self.feeds) >= max_chunks:
@@ -171,9 +171,9 @@ def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int
         raise ValueError(f"clock={clock!r}: use 'wall' or 'cpu'")
     now = time.perf_counter if clock == "wall" else time.thread_time
     first = next(iter(runners.values()))
-    chunk_frames = first.chunk_frames
-    padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames)
-    chunks = [np.ascontiguousarray(padded[None, s:s + chunk_frames]) for s in range(0, padded.shape[0], chunk_frames)]
+    chunk_frames, lookahead = first.chunk_frames, first.lookahead_frames
+    padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames, lookahead)
+    chunks = windows(padded[None], chunk_frames, lookahead)
     states = {name: r.zero_states(1) for name, r in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(warmup + n_chunks):

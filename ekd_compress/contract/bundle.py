@@ -18,7 +18,7 @@ bundle.json (format "ekd-bundle/1"):
                   inside the bundle
     features      FeatureSpec.to_dict(): kaldi-native-fbank settings (sample_rate Hz, num_mel_bins, ...)
     streaming     {chunk_frames, subsampling, output_frames_per_chunk, lookahead_frames, frame_shift_ms}
-    inputs        {"chunk": {"shape": ["B", chunk_frames, F], "dtype": "float32"}}
+    inputs        {"chunk": {"shape": ["B", chunk_frames + lookahead_frames, F], "dtype": "float32"}}
     states        [{"name", "shape" (with "B" for the batch axis), "dtype"}] in model input order;
                   the initial value of every state is zeros of that shape and dtype
     outputs       {"log_probs": {"shape": ["B", output_frames_per_chunk, "V"], "dtype": "float32"},
@@ -33,9 +33,10 @@ bundle.json (format "ekd-bundle/1"):
                   (phone models: PER in the wer_* fields)
     trt           null | {precision, tensorrt_version, gpu, profiles, ...}
 
-A runtime feeds `chunk` (B, chunk_frames, F) float32 fbank frames plus the states, gets
-`log_probs` (B, output_frames_per_chunk, V) (natural-log CTC posteriors) and the next
-states. The chunk length is fixed at `chunk_frames`: zero-pad the last chunk of an
+A runtime feeds `chunk` (B, chunk_frames + lookahead_frames, F) float32 fbank frames plus the
+states, gets `log_probs` (B, output_frames_per_chunk, V) (natural-log CTC posteriors) and the
+next states, and moves on by `chunk_frames`: a model with lookahead sees the next call's first
+`lookahead_frames` frames too (0 for a causal model). Zero-pad the last window of an
 utterance. The batch axis B is dynamic.
 
 Two levels of checking, both here:
@@ -160,9 +161,10 @@ def _check_consistency(d: dict[str, Any], errors: list[str]) -> None:
         errors.append("streaming.output_frames_per_chunk must equal chunk_frames // subsampling")
     chunk = d["inputs"]["chunk"]
     _check_shape(chunk["shape"], "inputs.chunk.shape", errors)
-    if chunk["shape"] != ["B", s["chunk_frames"], feats["num_mel_bins"]]:
-        errors.append(f"inputs.chunk.shape {chunk['shape']} must be ['B', chunk_frames, num_mel_bins] = "
-                      f"{['B', s['chunk_frames'], feats['num_mel_bins']]}")
+    window = ["B", s["chunk_frames"] + s["lookahead_frames"], feats["num_mel_bins"]]
+    if chunk["shape"] != window:
+        errors.append(f"inputs.chunk.shape {chunk['shape']} must be ['B', chunk_frames + lookahead_frames, "
+                      f"num_mel_bins] = {window}")
     lp = d["outputs"]["log_probs"]
     _check_shape(lp["shape"], "outputs.log_probs.shape", errors)
     names = []

@@ -72,6 +72,8 @@ class FusedEnsemble(nn.Module):
     order (state names prefixed `m{i}.`), so the ensemble can be exported and streamed
     like a single model. Members must share `subsampling` and vocab; streaming also needs
 equal `chunk_frames` (`chunk_frames` is None, and the streaming methods raise, otherwise).
+    The ensemble's window is its longest member's (the largest `lookahead_frames`); each member
+    gets the first `window_frames` of its own.
     """
 
     def __init__(self, members: Sequence[nn.Module], weights: Optional[Sequence[float]] = None) -> None:
@@ -84,8 +86,15 @@ equal `chunk_frames` (`chunk_frames` is None, and the streaming methods raise, o
         # offline fusion works with any chunk sizes; streaming (forward_chunk) needs them equal
         self.member_chunk_frames = chunks
         self.chunk_frames = chunks[0] if len(set(chunks)) == 1 else None
+        self.lookahead_frames = max(int(getattr(m, "lookahead_frames", 0)) for m in members)
         self.vocab_size = _same(members, "vocab_size", "train every member with the same tokens.txt")
         self.input_dim = _same(members, "input_dim", "use the same feature config for every member")
+
+    @property
+    def window_frames(self) -> int:
+        """Input frames fed per `forward_chunk` call: the chunk, then the longest member lookahead."""
+        self._check_streamable()
+        return self.chunk_frames + self.lookahead_frames
 
     @property
     def chunk_out_frames(self) -> int:
@@ -144,12 +153,12 @@ equal `chunk_frames` (`chunk_frames` is None, and the streaming methods raise, o
         return out
 
     def forward_chunk(self, chunk: Tensor, state: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """chunk (B, chunk_frames, F), flat state ->
+        """chunk (B, window_frames, F), flat state ->
         fused log_probs (B, chunk_frames // subsampling, V), new flat state."""
         self._check_streamable()
         log_probs, new_state = [], []
         for m, s in zip(self.members, self.split_state(state)):
-            lp, ns = m.forward_chunk(chunk, s)
+            lp, ns = m.forward_chunk(chunk[:, :m.chunk_frames + int(getattr(m, "lookahead_frames", 0))], s)
             log_probs.append(lp)
             new_state.extend(ns)
         return fuse_posteriors(log_probs, self.weights), new_state

@@ -6,10 +6,15 @@ input frame rate, in two equivalent ways:
   forward(feats, lengths)        a padded batch of whole utterances (training, scoring)
   forward_chunk(chunk, state)    `chunk_frames` input frames at a time (streaming, export)
 
-Every model here is strictly causal in time (or, for the chunked transformer, causal at
-chunk granularity), so feeding an utterance chunk by chunk from `initial_state` gives the
-same log-probs as `forward` (within float tolerance).  The state is a fixed list of
-fixed-shape tensors described by `state_spec()`, so `forward_chunk` traces to a static graph.
+Every model here is causal in time (or, for the chunked transformer, causal at chunk
+granularity), except for an optional fixed lookahead: a model with `lookahead_frames` > 0
+lets output frames see that many input frames into the future, so each `forward_chunk` call
+takes a window of `window_frames = chunk_frames + lookahead_frames` input frames and consumes
+only the first `chunk_frames` (the next call's window starts there).  `forward` treats the
+frames after an utterance's end as zero input frames, as a stream's zero-padded last window
+does.  So feeding an utterance window by window from `initial_state` gives the same log-probs
+as `forward` (within float tolerance).  The state is a fixed list of fixed-shape tensors
+described by `state_spec()`, so `forward_chunk` traces to a static graph.
 
 Subclasses implement `logits`, `logits_chunk`, `state_spec` (and `initial_state` when a
 state tensor is not a float zero tensor); `forward`/`forward_chunk` add the log_softmax.
@@ -49,6 +54,7 @@ class StreamingCTCModel(nn.Module):
     """
 
     subsampling: int = 4
+    lookahead_frames: int = 0  # input frames of right context beyond each chunk (0: causal)
 
     def __init__(self, input_dim: int, vocab_size: int, chunk_frames: int) -> None:
         super().__init__()
@@ -101,6 +107,11 @@ class StreamingCTCModel(nn.Module):
 
     # ------------------------------------------------------------------ shared implementation
     @property
+    def window_frames(self) -> int:
+        """Input frames fed per `forward_chunk` call: the chunk, then its lookahead."""
+        return self.chunk_frames + self.lookahead_frames
+
+    @property
     def chunk_out_frames(self) -> int:
         """Output frames produced per `forward_chunk` call."""
         return self.chunk_frames // self.subsampling
@@ -117,7 +128,8 @@ class StreamingCTCModel(nn.Module):
         return logits.float().log_softmax(dim=-1), out_lengths
 
     def forward_chunk(self, chunk: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """chunk (B, chunk_frames, F), state from `initial_state` or the previous call ->
+        """chunk (B, window_frames, F): `chunk_frames` new frames then `lookahead_frames` after them
+        (zero-padded at the end of an utterance), state from `initial_state` or the previous call ->
         log_probs (B, chunk_frames // subsampling, V) float32, new state (same shapes)."""
         self._check_chunk(chunk, state)
         logits, new_state = self.logits_chunk((chunk - self.feat_mean) * self.feat_scale, state)
@@ -150,10 +162,11 @@ class StreamingCTCModel(nn.Module):
             )
 
     def _check_chunk(self, chunk: Tensor, state: list[Tensor]) -> None:
-        if chunk.dim() != 3 or chunk.shape[1] != self.chunk_frames or chunk.shape[2] != self.input_dim:
+        if chunk.dim() != 3 or chunk.shape[1] != self.window_frames or chunk.shape[2] != self.input_dim:
+            ahead = f" ({self.chunk_frames} new frames + {self.lookahead_frames} of lookahead)" if self.lookahead_frames else ""
             raise ValueError(
                 f"chunk of shape {tuple(chunk.shape)} does not fit the model; "
-                f"pass (batch, {self.chunk_frames}, {self.input_dim}) and pad the last chunk of an utterance"
+                f"pass (batch, {self.window_frames}{ahead}, {self.input_dim}) and pad the last chunk of an utterance"
             )
         names = [name for name, _ in self.state_spec()]
         if len(state) != len(names):
@@ -193,7 +206,11 @@ class CausalStackFrontend(nn.Module):
         padded = F.pad(feats[:, :usable], (0, 0, S, 0))  # (B, S + usable, F): zero left context
         return self._stack(padded)
 
-    def forward_chunk(self, chunk: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
-        """chunk (B, Tc, F) with Tc a multiple of S, cache (B, S, F) -> (B, Tc // S, out_dim), new cache (B, S, F)."""
+    def forward_chunk(self, chunk: Tensor, cache: Tensor, consumed: int | None = None) -> tuple[Tensor, Tensor]:
+        """chunk (B, Tc, F) with Tc a multiple of S, cache (B, S, F) -> (B, Tc // S, out_dim), new cache (B, S, F).
+
+        `consumed` (default Tc): input frames of the chunk the next call starts after; the rest
+        of the chunk is lookahead, fed again next time, so the cache ends where `consumed` does."""
         frames = torch.cat([cache, chunk], dim=1)  # (B, S + Tc, F)
-        return self._stack(frames), frames[:, -self.subsampling:]
+        end = frames.shape[1] if consumed is None else consumed + self.subsampling
+        return self._stack(frames), frames[:, end - self.subsampling:end]

@@ -115,7 +115,8 @@ def count_chunk_flops(model: nn.Module, chunk_frames: int | None = None, warm_ch
             gen = torch.Generator().manual_seed(0)
             for i in range(warm_chunks + 1):
                 active[0] = i == warm_chunks
-                chunk = torch.randn(1, chunk_frames, model.input_dim, generator=gen)
+                window = chunk_frames + int(getattr(model, "lookahead_frames", 0))  # the chunk, then its lookahead
+                chunk = torch.randn(1, window, model.input_dim, generator=gen)
                 _, state = model.forward_chunk(chunk, state)
     finally:
         for h in handles:

@@ -27,6 +27,8 @@ CONFIGS = [(name, {}) for name in ARCHS] + [
     ("gru", {"layers": 1, "hidden": 48, "chunk_frames": 4}),
     ("lstm", {"layers": 3, "hidden": 32, "chunk_frames": 8}),
     ("tdnn", {"hidden": 48, "layers": 3, "kernel": 5, "dilations": [1, 3]}),
+    ("tdnn", {"hidden": 48, "layers": 4, "lookahead": 3}),
+    ("tdnn", {"hidden": 48, "layers": 3, "kernel": 5, "dilations": [1, 3], "lookahead": 5, "chunk_frames": 8}),
     ("transformer", {"hidden": 64, "heads": 2, "left_chunks": 0, "chunk_frames": 16}),
     ("transformer", {"hidden": 64, "heads": 2, "layers": 2, "left_chunks": 3, "chunk_frames": 8}),
 ]
@@ -94,17 +96,18 @@ def test_state_spec_matches_state(name: str, kwargs: dict) -> None:
     for (spec_name, shape), tensor in zip(spec, state):
         assert shape.count("B") == 1, spec_name
         assert tensor.shape == tuple(3 if d == "B" else d for d in shape), spec_name
-    _, new_state = model.forward_chunk(torch.randn(3, model.chunk_frames, F_DIM), state)
+    _, new_state = model.forward_chunk(torch.randn(3, model.window_frames, F_DIM), state)
     for old, new in zip(state, new_state):
         assert old.shape == new.shape and old.dtype == new.dtype
 
 
-@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize(("name", "kwargs"), [(n, {}) for n in ARCHS] + [("tdnn", {"lookahead": 4})],
+                         ids=ARCHS + ["tdnn-lookahead4"])
 @torch.no_grad()
-def test_padding_independence(name: str) -> None:
+def test_padding_independence(name: str, kwargs: dict) -> None:
     """Valid frames of a short utterance do not depend on the batch's padding (length not a
     multiple of 4 nor of the chunk, padding filled with noise)."""
-    model = make(name)
+    model = make(name, **kwargs)
     long_len, short_len = 3 * model.chunk_frames + 8, model.chunk_frames + 7
     short = torch.randn(1, short_len, F_DIM)
     alone, alone_len = model(short, torch.tensor([short_len]))

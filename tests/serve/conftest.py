@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serve_helpers import make_energy_bundle, make_ensemble_bundle, make_gru_bundle  # noqa: E402
+from serve_helpers import make_energy_bundle, make_ensemble_bundle, make_gru_bundle, make_lookahead_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,11 @@ def gru_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def energy_bundle(tmp_path_factory) -> Path:
     return make_energy_bundle(tmp_path_factory.mktemp("energy_bundle"))
+
+
+@pytest.fixture(scope="session")
+def lookahead_bundle(tmp_path_factory) -> Path:
+    return make_lookahead_bundle(tmp_path_factory.mktemp("lookahead_bundle"))
 
 
 @pytest.fixture(scope="session")

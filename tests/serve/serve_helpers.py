@@ -100,6 +100,9 @@ def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> 
     write_tokens(out / "tokens.txt", CHARS)
     meta = bundle_json(name, st, len(CHARS), model.chunk_frames, sum(p.numel() for p in model.parameters()), arch)
     meta["model"].update(kind=kind, members=members)
+    if export_streaming_onnx is not None:  # the window (chunk + lookahead) the exporter wrote
+        meta["inputs"] = spec["inputs"]
+        meta["streaming"]["lookahead_frames"] = spec["streaming"]["lookahead_frames"]
     if write_bundle is not None:
         write_bundle(out, meta)
     else:
@@ -115,7 +118,8 @@ def build_tiny(arch: str, seed: int = 0):
 
     torch.manual_seed(seed)
     params = {"gru": dict(hidden=32, layers=1), "lstm": dict(hidden=32, layers=1),
-              "transformer": dict(hidden=32, layers=1, heads=2, ff_mult=2)}[arch]
+              "transformer": dict(hidden=32, layers=1, heads=2, ff_mult=2),
+              "tdnn": dict(hidden=32, layers=4, lookahead=3)}[arch]  # a TDNN with 120 ms of lookahead
     return build_model(arch, 80, len(CHARS), **params).eval()
 
 
@@ -128,6 +132,11 @@ def build_tiny_ensemble():
 def make_gru_bundle(out: Path, seed: int = 0) -> Path:
     """An untrained 1-layer GRU student, hidden 32."""
     return _export(build_tiny("gru", seed), out, "tiny-gru", "student", "gru")
+
+
+def make_lookahead_bundle(out: Path) -> Path:
+    """An untrained 4-layer TDNN, hidden 32, that sees 3 output frames (12 input frames) ahead."""
+    return _export(build_tiny("tdnn"), out, "tiny-tdnn-lookahead", "student", "tdnn")
 
 
 def make_ensemble_bundle(out: Path) -> Path:

@@ -110,12 +110,15 @@ def _torch_greedy(bundle_dir, model, x):
     return ctc_greedy_decode(lp.numpy(), n.numpy())[0], feats.shape[0]
 
 
-@pytest.mark.parametrize("which", ["gru", "ensemble"])
+@pytest.mark.parametrize("which", ["gru", "ensemble", "lookahead"])
 def test_streaming_equals_offline_and_torch(which, request):
+    """... for a causal model, the ensemble, and a TDNN with lookahead (windows wider than the chunk)."""
     pytest.importorskip("torch")
     from serve_helpers import build_tiny, build_tiny_ensemble
 
     bundle = request.getfixturevalue(f"{which}_bundle")
+    if which == "lookahead":
+        assert Bundle.load(bundle).window_frames == 32 + 12
     rec = Recognizer(bundle)
     x = speechish(3.3, seed=1)
     offline = rec.recognize(x, 16000)
@@ -125,7 +128,8 @@ def test_streaming_equals_offline_and_torch(which, request):
     assert [w.to_dict() for w in streamed[0].words] == [w.to_dict() for w in offline[0].words]
     assert offline[0].text  # the untrained model still says something on this input
     # ... and both equal the torch model's full-utterance forward (greedy)
-    ids, frames = _torch_greedy(bundle, build_tiny("gru") if which == "gru" else build_tiny_ensemble(), x)
+    model = {"gru": build_tiny("gru"), "lookahead": build_tiny("tdnn")}.get(which) or build_tiny_ensemble()
+    ids, frames = _torch_greedy(bundle, model, x)
     assert ids == offline[0].token_ids
     assert streamed[0].end == pytest.approx(frames // 4 * 0.04)
 

@@ -1,0 +1,69 @@
+"""A TDNN with lookahead: what each output frame may see, and streaming it window by window."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ekd_compress.models import build_model
+from ekd_compress.models.tdnn import spread_lookahead
+from tests.streaming import stream
+
+F_DIM, VOCAB = 20, 9
+
+
+def make(**kwargs):
+    torch.manual_seed(0)
+    model = build_model("tdnn", F_DIM, VOCAB, hidden=24, **kwargs).eval()
+    model.set_normalization(torch.randn(F_DIM), torch.rand(F_DIM) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 5])
+@torch.no_grad()
+def test_output_sees_exactly_its_lookahead(lookahead: int) -> None:
+    """Output frame n changes with input frame 4(n + L) + 3 (the last frame of the frontend
+    group L ahead) and not with any later frame."""
+    model = make(lookahead=lookahead)
+    assert model.lookahead_frames == 4 * lookahead and model.window_frames == model.chunk_frames + 4 * lookahead
+    feats = torch.randn(1, 128, F_DIM)
+    lengths = torch.tensor([128])
+    base, _ = model(feats, lengths)
+    n = 10
+    last_seen = 4 * (n + lookahead) + 3
+    seen, unseen = feats.clone(), feats.clone()
+    seen[0, last_seen] += 5.0
+    unseen[0, last_seen + 1:] += 5.0
+    assert not torch.allclose(model(seen, lengths)[0][0, n], base[0, n])
+    torch.testing.assert_close(model(unseen, lengths)[0][0, : n + 1], base[0, : n + 1], atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_short_utterance_streams_like_its_forward_in_a_padded_batch() -> None:
+    """The last frames of a short utterance look past its end: forward (batch padding of any
+    value) and a stream of it alone (zero-padded windows) agree there too."""
+    model = make(lookahead=4, chunk_frames=16)
+    short_len = 16 * 2 + 5
+    batch = torch.randn(2, 16 * 5, F_DIM) * 3.0
+    full, out_lengths = model(batch, torch.tensor([batch.shape[1], short_len]))
+    alone = torch.zeros(1, 16 * 3, F_DIM)
+    alone[0, :short_len] = batch[1, :short_len]
+    streamed = stream(model, alone)
+    n = int(out_lengths[1])
+    torch.testing.assert_close(streamed[0, :n], full[1, :n], atol=1e-5, rtol=0)
+
+
+def test_lookahead_spread_and_limits() -> None:
+    assert spread_lookahead(4, [2, 4, 8, 16]) == [1, 2, 1, 0]
+    assert spread_lookahead(0, [2, 4]) == [0, 0]
+    with pytest.raises(ValueError, match="lookahead=4 is more than these blocks can look ahead"):
+        spread_lookahead(4, [2, 4])
+    with pytest.raises(ValueError, match="lookahead=-1"):
+        make(lookahead=-1)
+    with pytest.raises(ValueError, match="lookahead=19"):
+        make(lookahead=19, layers=6)
+
+
+def test_a_chunk_without_its_lookahead_is_refused() -> None:
+    model = make(lookahead=2)
+    with pytest.raises(ValueError, match=r"pass \(batch, 40 \(32 new frames \+ 8 of lookahead\), 20\)"):
+        model.forward_chunk(torch.zeros(1, 32, F_DIM), model.initial_state(1))
