@@ -85,15 +85,22 @@ def save_ensemble(path: Path, member_paths: list[Path], weights: Optional[list[f
 
 
 def load_any(path: Path) -> "torch.nn.Module":
-    """A model.pt or an ensemble.json -> a module with forward(feats, lengths)."""
+    """A model.pt or an ensemble.json -> a module with forward(feats, lengths).
+
+    Ensemble members at fusion weight 0 (dropped by forward selection) are left out: they add
+    nothing to the fused posteriors, only compute (and exported bundles would run them)."""
     from ekd_compress.ensemble.fusion import FusedEnsemble
     from ekd_compress.train.fit import load_model
 
     path = Path(path)
     if path.suffix == ".json":
         spec = json.loads(path.read_text())
-        members = [load_model(path.parent / p)[0] for p in spec["members"]]
-        return FusedEnsemble(members, spec.get("weights")).eval()
+        names, weights = list(spec["members"]), spec.get("weights")
+        if weights is not None and any(float(w) > 0 for w in weights):
+            names, weights = zip(*[(p, w) for p, w in zip(names, weights) if float(w) > 0])
+            weights = list(weights)
+        members = [load_model(path.parent / p)[0] for p in names]
+        return FusedEnsemble(members, weights).eval()
     return load_model(path)[0]
 
 
