@@ -12,9 +12,9 @@ to frame n + L; `lookahead_frames` = 4 L input frames.
 
 `forward` pads every block with `context` zero frames on the left and `right` on the right, after
 setting every input frame past an utterance's length to zero and appending 4 L more (what a
-stream's zero-padded last window holds); `forward_chunk` takes a window of chunk_frames + 4 L input frames, keeps each block's
-last `context` inputs before the next chunk as its cache, and recomputes the lookahead frames
-in the next call.  Both give the same log-probs.  Dilations cycle through `dilations`
+stream's zero-padded last window holds); `forward_chunk` takes a window of chunk_frames + 4 L
+input frames, keeps each block's last `context` inputs before the next chunk as its cache, and
+recomputes the lookahead frames in the next call.  Both give the same log-probs.  Dilations cycle through `dilations`
 (default 1, 2, 4, 8), so 6 causal layers of kernel 3 see 2 * (1+2+4+8+1+2) = 36 output frames
 (1.44 s) of left context.  ~0.57M parameters at the defaults (80 bins, 30 tokens).
 """
