@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ekd_compress.contract.bundle import DTYPES
+from ekd_compress.models.base import window_frames
 
 OPSET = 17
 
@@ -64,7 +65,7 @@ def io_spec(model: nn.Module) -> dict[str, Any]:
             raise ValueError(f"state {name!r} has dtype {tensor.dtype}; export supports {list(_DTYPE_NAMES.values())}")
         states.append({"name": name, "shape": shape, "dtype": _DTYPE_NAMES[tensor.dtype]})
     chunk_frames, subsampling = int(model.chunk_frames), int(model.subsampling)
-    lookahead = int(getattr(model, "lookahead_frames", 0))
+    lookahead = window_frames(model) - chunk_frames
     c_out = chunk_frames // subsampling
     outputs: dict[str, Any] = {"log_probs": {"shape": ["B", c_out, "V"], "dtype": "float32"}}
     outputs.update({f"{s['name']}_out": {"shape": s["shape"], "dtype": s["dtype"]} for s in states})
@@ -118,7 +119,7 @@ def export_streaming_onnx(model: nn.Module, path: Path | str, metadata: dict[str
     try:
         # a batch of 2 while tracing keeps B symbolic; zeros are a valid state
         state = model.initial_state(2)
-        chunk = torch.zeros(2, model.chunk_frames + int(getattr(model, "lookahead_frames", 0)), model.input_dim)
+        chunk = torch.zeros(2, window_frames(model), model.input_dim)
         _, new_state = model.forward_chunk(chunk, state)
         for s, before, after in zip(spec["states"], state, new_state):
             if before.shape != after.shape or before.dtype != after.dtype:

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from ekd_compress.models.base import window_frames
 
 
 def normalise_weights(weights: Optional[Sequence[float]], n: int) -> list[float]:
@@ -158,7 +159,7 @@ equal `chunk_frames` (`chunk_frames` is None, and the streaming methods raise, o
         self._check_streamable()
         log_probs, new_state = [], []
         for m, s in zip(self.members, self.split_state(state)):
-            lp, ns = m.forward_chunk(chunk[:, :m.chunk_frames + int(getattr(m, "lookahead_frames", 0))], s)
+            lp, ns = m.forward_chunk(chunk[:, :window_frames(m)], s)
             log_probs.append(lp)
             new_state.extend(ns)
         return fuse_posteriors(log_probs, self.weights), new_state

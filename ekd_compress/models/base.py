@@ -43,6 +43,12 @@ def check_dropout(value: object) -> float:
     return float(value)
 
 
+def window_frames(model: nn.Module) -> int:
+    """Input frames one `forward_chunk` call of `model` takes: its `chunk_frames`, then its
+    `lookahead_frames` (0 for modules without one, e.g. causal test doubles)."""
+    return int(model.chunk_frames) + int(getattr(model, "lookahead_frames", 0))
+
+
 class StreamingCTCModel(nn.Module):
     """Abstract streaming CTC acoustic model.
 

@@ -115,7 +115,7 @@ def count_chunk_flops(model: nn.Module, chunk_frames: int | None = None, warm_ch
             gen = torch.Generator().manual_seed(0)
             for i in range(warm_chunks + 1):
                 active[0] = i == warm_chunks
-                window = chunk_frames + int(getattr(model, "lookahead_frames", 0))  # the chunk, then its lookahead
+                window = chunk_frames + int(getattr(model, "lookahead_frames", 0))  # chunk_frames may be overridden
                 chunk = torch.randn(1, window, model.input_dim, generator=gen)
                 _, state = model.forward_chunk(chunk, state)
     finally:
