@@ -89,16 +89,19 @@ def load_any(path: Path) -> "torch.nn.Module":
 
     Ensemble members at fusion weight 0 (dropped by forward selection) are left out: they add
     nothing to the fused posteriors, only compute (and exported bundles would run them)."""
-    from ekd_compress.ensemble.fusion import FusedEnsemble
+    from ekd_compress.ensemble.fusion import FusedEnsemble, normalise_weights
     from ekd_compress.train.fit import load_model
 
     path = Path(path)
     if path.suffix == ".json":
         spec = json.loads(path.read_text())
         names, weights = list(spec["members"]), spec.get("weights")
-        if weights is not None and any(float(w) > 0 for w in weights):
-            names, weights = zip(*[(p, w) for p, w in zip(names, weights) if float(w) > 0])
-            weights = list(weights)
+        if weights is not None:
+            try:  # the checks (one finite weight >= 0 per member) before anything is left out
+                weights = normalise_weights(weights, len(names))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
+            names, weights = map(list, zip(*[(p, w) for p, w in zip(names, weights) if w > 0]))
         members = [load_model(path.parent / p)[0] for p in names]
         return FusedEnsemble(members, weights).eval()
     return load_model(path)[0]

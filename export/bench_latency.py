@@ -28,9 +28,11 @@ class TorchStepper:
     """PyTorch `forward_chunk` with the same zero_states/step interface as OrtStreamer."""
 
     def __init__(self, model) -> None:
+        from ekd_compress.models.base import window_frames
+
         self.model = model.eval()
-        self.chunk_frames = model.chunk_frames
-        self.lookahead_frames = int(getattr(model, "lookahead_frames", 0))
+        self.chunk_frames = int(model.chunk_frames)
+        self.lookahead_frames = window_frames(model) - self.chunk_frames
 
     def zero_states(self, batch: int):
         return self.model.initial_state(batch)

@@ -9,7 +9,7 @@ Graph I/O (one model, or a FusedEnsemble: members and fusion in one graph):
              then NAME + "_out" per state: the state to feed with the next chunk
 
 B is a dynamic axis (at its position in each state shape, marked "B" in `state_spec`;
-RNN states have it second). The chunk length is fixed at `chunk_frames`: every
+RNN states have it second). The window length is fixed at `window_frames`: every
 architecture here is exported for the chunk size it was trained with (the transformer
 attends within whole chunks, so its chunk length is part of the model), and a runtime
 zero-pads the last window of an utterance. The initial state is zeros of the documented
@@ -44,7 +44,7 @@ class StreamingChunkModule(nn.Module):
         self.model = model
 
     def forward(self, chunk: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """chunk (B, chunk_frames, F), *state -> (log_probs (B, C_out, V), *new_state)."""
+        """chunk (B, window_frames, F), *state -> (log_probs (B, C_out, V), *new_state)."""
         log_probs, new_state = self.model.forward_chunk(chunk, list(state))
         return (log_probs, *new_state)
 

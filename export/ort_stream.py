@@ -48,7 +48,11 @@ def pad_to_chunks(feats: np.ndarray, chunk_frames: int, lookahead_frames: int = 
 def windows(padded: np.ndarray, chunk_frames: int, lookahead_frames: int = 0) -> list[np.ndarray]:
     """padded (..., n * chunk_frames + lookahead_frames, F) from `pad_to_chunks` -> the n windows a
     stream feeds, each (..., chunk_frames + lookahead_frames, F), contiguous, a chunk apart."""
-    n_chunks = (padded.shape[-2] - lookahead_frames) // chunk_frames
+    frames = padded.shape[-2]
+    n_chunks = (frames - lookahead_frames) // chunk_frames
+    if n_chunks < 1 or n_chunks * chunk_frames + lookahead_frames != frames:
+        raise ValueError(f"{frames} frames are not n * {chunk_frames} + {lookahead_frames} (chunk + lookahead) "
+                         "for any n >= 1; pad the features with pad_to_chunks first")
     size = chunk_frames + lookahead_frames
     return [np.ascontiguousarray(padded[..., s:s + size, :]) for s in range(0, n_chunks * chunk_frames, chunk_frames)]
 
@@ -114,7 +118,7 @@ class OrtStreamer:
             batch = np.zeros((len(group), longest, padded[group[0]].shape[1]), dtype=np.float32)
             for b, i in enumerate(group):
                 batch[b, : padded[i].shape[0]] = padded[i]
-            log_probs = self.run_padded(batch)  # (B, longest // subsampling, V)
+            log_probs = self.run_padded(batch)  # (B, (longest - lookahead) // subsampling, V)
             for b, i in enumerate(group):
                 results[i] = log_probs[b, : (padded[i].shape[0] - self.lookahead_frames) // self.subsampling]
         return results  # type: ignore[return-value]

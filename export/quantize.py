@@ -170,8 +170,11 @@ def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock={clock!r}: use 'wall' or 'cpu'")
     now = time.perf_counter if clock == "wall" else time.thread_time
-    first = next(iter(runners.values()))
-    chunk_frames, lookahead = first.chunk_frames, first.lookahead_frames
+    shapes = {name: (r.chunk_frames, r.lookahead_frames) for name, r in runners.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"runners stream different (chunk, lookahead) frames {shapes}; the per-chunk times are "
+                         "only comparable on one window: time models with equal chunks and lookaheads together")
+    chunk_frames, lookahead = next(iter(shapes.values()))
     padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames, lookahead)
     chunks = windows(padded[None], chunk_frames, lookahead)
     states = {name: r.zero_states(1) for name, r in runners.items()}

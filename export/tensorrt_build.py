@@ -4,7 +4,7 @@
     build_engine(onnx, plan, bundle, precision="fp16")  -> the bundle's `trt` report
 
 The network comes from TensorRT's ONNX parser; one optimization profile covers the
-streaming shapes: `chunk` (B, chunk_frames, F) and every state with its "B" axis at
+streaming shapes: `chunk` (B, window_frames, F) (chunk + lookahead) and every state with its "B" axis at
 min/opt/max batch (1 / opt_batch / max_batch), all other axes fixed.
 
 Precision, for TensorRT 10.x and 11.x alike:

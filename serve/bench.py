@@ -9,8 +9,9 @@ CPU are its own; `url=` uses a running server instead), then:
    100 ms messages) or as fast as possible, for about `seconds` each;
    - chunk_ms: model compute per chunk, from the server's /stats (exact quantiles of the model
      call time each chunk took part in; batched chunks share a call);
-   - first_partial_ms: from sending the audio that completes the first chunk to receiving the first
-     partial (so the chunk's own duration, inherent to the model, is not counted);
+   - first_partial_ms: from sending the audio that completes the first chunk and its lookahead
+     (`lookahead_ms` in /health) to receiving the first partial (so the chunk's own duration and
+     the lookahead, inherent to the model, are not counted);
    - final_ms: from sending "end" to receiving the last final result;
 2. rtf: one stream sent as fast as possible: wall time / audio duration (rtf_runtime: the same
    without server or websocket, `Recognizer.recognize` in the bench process);
@@ -188,15 +189,18 @@ class ServerError(RuntimeError):
 
 
 async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, chunk_s: float,
-                        token: str | None = None, delay: float = 0.0) -> StreamStats:
-    """Stream one clip over the native protocol; returns its latencies."""
+                        token: str | None = None, delay: float = 0.0, lookahead_s: float = 0.0) -> StreamStats:
+    """Stream one clip over the native protocol; returns its latencies.
+
+    chunk_s, lookahead_s: the model's chunk and lookahead (seconds); the first partial is timed from
+    sending the audio that completes both."""
     from websockets.asyncio.client import connect
 
     await asyncio.sleep(delay)
     pcm = pcm16(audio)
     step = int(rate * SEND_MS / 1000) * 2
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    first_chunk_bytes = int((chunk_s + 0.015) * rate) * 2  # fbank needs half a window more
+    first_chunk_bytes = int((chunk_s + lookahead_s + 0.015) * rate) * 2  # fbank needs half a window more
     t_first_chunk_sent = t_first_partial = t_end = t_final = None
     lag = 0.0
     finals: list[str] = []
@@ -248,13 +252,13 @@ async def stream_client(url: str, audio: np.ndarray, rate: int, realtime: bool, 
 
 
 async def run_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], n: int, seconds: float, realtime: bool,
-                      chunk_s: float, token: str | None = None) -> list[StreamStats]:
+                      chunk_s: float, token: str | None = None, lookahead_s: float = 0.0) -> list[StreamStats]:
     rng = np.random.default_rng(n)
     tasks = []
     for i in range(n):
         x, sr = _fit(clips[i % len(clips)], seconds)
         delay = float(rng.uniform(0, chunk_s)) if realtime and n > 1 else 0.0  # no lockstep
-        tasks.append(stream_client(url, x, sr, realtime, chunk_s, token, delay))
+        tasks.append(stream_client(url, x, sr, realtime, chunk_s, token, delay, lookahead_s))
     return await asyncio.gather(*tasks)
 
 
@@ -280,12 +284,13 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
     url = url.rstrip("/")
     health = _http_json(url, "/health", cfg.token)  # without the token /health says only that it is alive
     chunk_s = health["chunk_ms"] / 1000.0
+    lookahead_s = health.get("lookahead_ms", 0) / 1000.0  # servers before lookahead_ms: causal bundles only
     res = ModelResult(bundle=label, chunk_ms=health["chunk_ms"], mode="realtime" if cfg.realtime else "fast",
                       streams=cfg.streams, model=health.get("model"))
 
     # 1. latency run
     since = _http_json(url, "/stats", cfg.token)["next"]
-    stats = asyncio.run(run_streams(url, clips, cfg.streams, cfg.seconds, cfg.realtime, chunk_s, cfg.token))
+    stats = asyncio.run(run_streams(url, clips, cfg.streams, cfg.seconds, cfg.realtime, chunk_s, cfg.token, lookahead_s))
     errors = [s.error for s in stats if s.error]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(stats)} streams failed, e.g. {errors[0]}")
@@ -301,7 +306,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
     # 2. RTF, one stream, as fast as possible
     x, sr = _fit(clips[0], cfg.rtf_seconds)
     cpu0 = server_cpu_seconds(server_pid)
-    one = asyncio.run(run_streams(url, [(x, sr)], 1, cfg.rtf_seconds, False, chunk_s, cfg.token))[0]
+    one = asyncio.run(run_streams(url, [(x, sr)], 1, cfg.rtf_seconds, False, chunk_s, cfg.token, lookahead_s))[0]
     cpu1 = server_cpu_seconds(server_pid)
     if one.error:
         raise RuntimeError(f"RTF stream failed: {one.error}")
@@ -316,7 +321,7 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
 
         def level(n: int) -> dict[str, Any]:
             return measure_level(
-                lambda k: run_streams(url, clips, k, cfg.ramp_seconds, True, chunk_s, cfg.token),
+                lambda k: run_streams(url, clips, k, cfg.ramp_seconds, True, chunk_s, cfg.token, lookahead_s),
                 lambda: _http_json(url, "/stats", cfg.token)["next"],
                 lambda since: _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"], n)
 

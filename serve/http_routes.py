@@ -123,6 +123,7 @@ class HTTPRoutes:
         return {"status": "ok", "model": b.name, "provider": self.rec.provider,
                 "output": "phones" if b.tokens.kind == "phone" else "words",
                 "int8": self.rec.use_int8, "sample_rate": b.sample_rate, "chunk_ms": round(b.chunk_seconds * 1000),
+                "lookahead_ms": round(b.lookahead_seconds * 1000),
                 **model_info(b),
                 "streams": self.active, "max_connections": self.config.max_connections,
                 "chunks_decoded": self.rec.chunks_decoded, "uptime_s": round(time.time() - self.started, 1),

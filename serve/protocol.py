@@ -24,8 +24,10 @@ Native protocol (`/ws`):
     client -> binary messages: mono little-endian int16 PCM at that rate, any size up to the
               message limit (an odd trailing byte is kept for the next message).
     client -> {"type": "end"}                              no more audio.
-    server -> {"type": "ready", "sample_rate": 16000, "model_sample_rate": 16000, "chunk_ms": 320}
-              in reply to start.
+    server -> {"type": "ready", "sample_rate": 16000, "model_sample_rate": 16000, "chunk_ms": 320,
+               "lookahead_ms": 0}
+              in reply to start. lookahead_ms: audio past a chunk the model waits for before
+              decoding it (0 for a causal model), so a partial lags its audio by at least that.
     server -> {"type": "partial", "text": "...", "start": s}  after each audio message that
               completed one or more model chunks (chunk_ms of audio); text of the open segment.
     server -> {"type": "final", "text": "...", "words": [{"word", "start", "end", "conf"}],
@@ -331,7 +333,8 @@ class _Session:
                     raise ClientError("bad_message", "endpointing must be true or false")
                 await self._new_stream(rate, endpointing)
                 await self.send({"type": "ready", "sample_rate": rate, "model_sample_rate": b.sample_rate,
-                                 "chunk_ms": round(b.chunk_seconds * 1000)})
+                                 "chunk_ms": round(b.chunk_seconds * 1000),
+                                 "lookahead_ms": round(b.lookahead_seconds * 1000)})
             elif kind == "end":
                 if self.stream is None:
                     raise ClientError("not_started", "end before start", 1008)

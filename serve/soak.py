@@ -72,7 +72,8 @@ def _words(text: str | None) -> list[str]:
 
 async def hold_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], streams: int, seconds: float,
                        chunk_s: float, drain_s: float, token: str | None = None,
-                       at_middle: Callable[[], Any] = lambda: None) -> tuple[list[tuple[int, StreamStats]], int, Any]:
+                       at_middle: Callable[[], Any] = lambda: None,
+                       lookahead_s: float = 0.0) -> tuple[list[tuple[int, StreamStats]], int, Any]:
     """`streams` clients send clips one after another (a new connection each) for `seconds`.
 
     Returns ([(clip index, stats) per finished utterance], utterances cancelled at the drain bound,
@@ -88,7 +89,7 @@ async def hold_streams(url: str, clips: Sequence[tuple[np.ndarray, int]], stream
         while time.monotonic() < stop_at:
             x, sr = clips[k % len(clips)]
             in_flight[0] += 1
-            st = await stream_client(url, x, sr, True, chunk_s, token, delay)
+            st = await stream_client(url, x, sr, True, chunk_s, token, delay, lookahead_s)
             in_flight[0] -= 1
             results.append((k % len(clips), st))
             delay, k = 0.0, k + 1
@@ -129,13 +130,14 @@ def soak_bundle(bundle: str | Path, streams: int, seconds: float, cfg: BenchConf
     srv = ServerProcess(bundle, cfg, max_connections=streams + 8)
     try:
         pid = srv.proc.pid
-        chunk_ms = _http_json(srv.url, "/health", cfg.token)["chunk_ms"]
+        health = _http_json(srv.url, "/health", cfg.token)
+        chunk_ms, lookahead_ms = health["chunk_ms"], health.get("lookahead_ms", 0)
         rss_start, _ = proc_memory_mib(pid)
         log(f"soak: {streams} streams x {seconds:g} s on {bundle} (server pid {pid}, RSS {rss_start} MiB)")
         t0 = time.monotonic()
         results, cancelled, rss_middle = asyncio.run(hold_streams(
             srv.url, clips, streams, seconds, chunk_ms / 1000.0, drain_s, cfg.token,
-            at_middle=lambda: proc_memory_mib(pid)[0]))
+            at_middle=lambda: proc_memory_mib(pid)[0], lookahead_s=lookahead_ms / 1000.0))
         wall_s = time.monotonic() - t0
         rss_end, rss_peak = proc_memory_mib(pid)
     finally:

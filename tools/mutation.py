@@ -78,7 +78,7 @@ STAGES: dict[str, dict[str, list[str]]] = {
         "patterns": [
             "ekd_compress.models.base.*",
             *[f"ekd_compress.models.{m}.*ǁ{f}__mutmut_*" for m, fs in _MODEL_METHODS.items() for f in fs],
-            "ekd_compress.models.tdnn.xǁCausalConvBlockǁ*",
+            "ekd_compress.models.tdnn.xǁDilatedConvBlockǁ*",
             "ekd_compress.models.transformer.xǁChunkAttentionǁ*",
             "ekd_compress.models.transformer.xǁChunkTransformerLayerǁforward*",
         ],

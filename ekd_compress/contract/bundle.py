@@ -315,7 +315,13 @@ class Bundle:
 
     @property
     def chunk_seconds(self) -> float:
+        """Audio consumed per model call, seconds."""
         return self.chunk_frames * self.features.frame_shift_ms / 1000.0
+
+    @property
+    def lookahead_seconds(self) -> float:
+        """Audio past each chunk that a model call also needs (window - chunk), seconds; 0 when causal."""
+        return (self.window_frames - self.chunk_frames) * self.features.frame_shift_ms / 1000.0
 
     @property
     def sample_rate(self) -> int:

@@ -156,7 +156,10 @@ equal `chunk_frames` (`chunk_frames` is None, and the streaming methods raise, o
     def forward_chunk(self, chunk: Tensor, state: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """chunk (B, window_frames, F), flat state ->
         fused log_probs (B, chunk_frames // subsampling, V), new flat state."""
-        self._check_streamable()
+        if chunk.dim() != 3 or chunk.shape[1] != self.window_frames:
+            raise ValueError(f"ensemble chunk of shape {tuple(chunk.shape)}: pass (batch, {self.window_frames}, "
+                             f"{self.input_dim}) ({self.chunk_frames} new frames + {self.lookahead_frames} of the "
+                             "longest member lookahead); each member is given its own part of it")
         log_probs, new_state = [], []
         for m, s in zip(self.members, self.split_state(state)):
             lp, ns = m.forward_chunk(chunk[:, :window_frames(m)], s)

@@ -4,7 +4,7 @@ A model maps fbank features to per-frame CTC log-probabilities at 1/`subsampling
 input frame rate, in two equivalent ways:
 
   forward(feats, lengths)        a padded batch of whole utterances (training, scoring)
-  forward_chunk(chunk, state)    `chunk_frames` input frames at a time (streaming, export)
+  forward_chunk(chunk, state)    `chunk_frames` new input frames at a time (streaming, export)
 
 Every model here is causal in time (or, for the chunked transformer, causal at chunk
 granularity), except for an optional fixed lookahead: a model with `lookahead_frames` > 0
@@ -46,7 +46,11 @@ def check_dropout(value: object) -> float:
 def window_frames(model: nn.Module) -> int:
     """Input frames one `forward_chunk` call of `model` takes: its `chunk_frames`, then its
     `lookahead_frames` (0 for modules without one, e.g. causal test doubles)."""
-    return int(model.chunk_frames) + int(getattr(model, "lookahead_frames", 0))
+    chunk = getattr(model, "chunk_frames", None)
+    if not chunk:
+        raise ValueError(f"{type(model).__name__} has chunk_frames={chunk!r}, so it cannot stream: use a streaming "
+                         "model, or an ensemble whose members share one chunk_frames")
+    return int(chunk) + int(getattr(model, "lookahead_frames", 0))
 
 
 class StreamingCTCModel(nn.Module):
@@ -104,7 +108,10 @@ class StreamingCTCModel(nn.Module):
         raise NotImplementedError
 
     def logits_chunk(self, chunk: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """chunk (B, chunk_frames, F), state -> logits (B, chunk_frames // subsampling, V), new state."""
+        """chunk (B, window_frames, F), state -> logits (B, chunk_frames // subsampling, V), new state.
+
+        The window is `chunk_frames` new frames then `lookahead_frames` of right context (none for
+        a causal model); the state must advance by the `chunk_frames` only."""
         raise NotImplementedError
 
     def state_spec(self) -> StateSpec:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ekd_compress.models.base import window_frames
+
 _GATES = {nn.GRU: 3, nn.LSTM: 4, nn.RNN: 1}
 
 
@@ -80,20 +82,19 @@ def _module_flops(module: nn.Module, inputs: tuple, output: Any) -> float:
     return 0.0
 
 
-def count_chunk_flops(model: nn.Module, chunk_frames: int | None = None, warm_chunks: int = 4,
-                      frame_shift_ms: float = 10.0) -> FlopCount:
+def count_chunk_flops(model: nn.Module, warm_chunks: int = 4, frame_shift_ms: float = 10.0) -> FlopCount:
     """Steady-state FLOPs of `model.forward_chunk` for one stream (see the module docstring).
 
     Args:
         model: a streaming CTC model or a `FusedEnsemble` (forward_chunk / initial_state).
-        chunk_frames: input frames per chunk (default: the model's own `chunk_frames`).
         warm_chunks: chunks run before the counted one (fills the caches).
         frame_shift_ms: feature frame shift, ms (chunk audio = chunk_frames · frame_shift_ms).
+
+    Each call is fed the model's whole window (`window_frames`: chunk + lookahead) and counted
+    per chunk of new audio.
     """
-    chunk_frames = chunk_frames or getattr(model, "chunk_frames", None)
-    if not chunk_frames:
-        raise ValueError(f"{type(model).__name__} has no chunk_frames: count FLOPs of a streaming model "
-                         "(or an ensemble whose members share one chunk size)")
+    window = window_frames(model)  # raises, naming the model, when it cannot stream
+    chunk_frames = int(model.chunk_frames)
     if warm_chunks < 0:
         raise ValueError(f"warm_chunks={warm_chunks}: give 0 or more chunks to run before counting")
     counted: dict[str, float] = {}
@@ -115,7 +116,6 @@ def count_chunk_flops(model: nn.Module, chunk_frames: int | None = None, warm_ch
             gen = torch.Generator().manual_seed(0)
             for i in range(warm_chunks + 1):
                 active[0] = i == warm_chunks
-                window = chunk_frames + int(getattr(model, "lookahead_frames", 0))  # chunk_frames may be overridden
                 chunk = torch.randn(1, window, model.input_dim, generator=gen)
                 _, state = model.forward_chunk(chunk, state)
     finally:

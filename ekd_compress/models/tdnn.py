@@ -36,7 +36,7 @@ from ekd_compress.models.base import (
 from ekd_compress.models.registry import register_model
 
 
-class CausalConvBlock(nn.Module):
+class DilatedConvBlock(nn.Module):
     """Residual dilated convolution over (B, N, C) frames: `context` frames of left context (the
     streaming state) and `right` frames of lookahead (0: causal)."""
 
@@ -89,9 +89,11 @@ def spread_lookahead(lookahead: int, spans: Sequence[int]) -> list[int]:
 
 @register_model("tdnn")
 class TDNNCTC(StreamingCTCModel):
-    """Causal frontend + residual dilated causal 1-D convolutions + linear.
+    """Causal frontend + residual dilated 1-D convolutions (causal, or with `lookahead` output
+    frames of right context spread over the first blocks) + linear.
 
-    State: [frontend_cache (B, 4, F), tdnn{i}_cache (B, (kernel-1)*dilation_i, hidden) for each layer i].
+    State: [frontend_cache (B, 4, F), tdnn{i}_cache (B, (kernel-1)*dilation_i - right_i, hidden) for each
+    layer i], right_i being block i's lookahead in output frames (0 when causal).
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class TDNNCTC(StreamingCTCModel):
         self.lookahead = check_int("lookahead", lookahead, 0, "set lookahead to 0 (causal) or a few output frames, e.g. 4")
         rights = spread_lookahead(self.lookahead, [(kernel - 1) * d for d in self.dilations])
         self.lookahead_frames = self.lookahead * self.subsampling
-        self.blocks = nn.ModuleList(CausalConvBlock(hidden, kernel, d, dropout, r) for d, r in zip(self.dilations, rights))
+        self.blocks = nn.ModuleList(DilatedConvBlock(hidden, kernel, d, dropout, r) for d, r in zip(self.dilations, rights))
         self.out = nn.Linear(hidden, vocab_size)
 
     @property

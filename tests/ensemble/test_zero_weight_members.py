@@ -1,6 +1,7 @@
 """An ensemble.json whose forward selection gave a member weight 0 loads without that member."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ekd_compress.ensemble.fusion import FusedEnsemble
@@ -29,3 +30,19 @@ def test_zero_weight_members_are_left_out(tmp_path) -> None:
 
     uniform = load_any(save_ensemble(tmp_path / "all.json", paths, None))
     assert len(uniform.members) == 3
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([0.0, 1.0], "2 fusion weights for 3 members"),
+    ([1.0, 1.0, 1.0, 1.0], "4 fusion weights for 3 members"),
+    ([0.0, 3.0, -1.0], "must be finite and >= 0"),
+    ([float("nan"), 1.0, 1.0], "must be finite and >= 0"),
+    ([0.0, 0.0, 0.0], "all zero"),
+])
+def test_bad_weights_fail_before_members_are_left_out(tmp_path, weights, message) -> None:
+    paths = [save_model(build("gru", 20, 7, {"hidden": 8, "layers": 1}), tmp_path / f"m{i}" / "model.pt",
+                        {"name": f"m{i}", "kind": "member"}) for i in range(3)]
+    path = save_ensemble(tmp_path / "bad.json", paths, weights)
+    with pytest.raises(ValueError, match=message) as err:
+        load_any(path)
+    assert str(path) in str(err.value)

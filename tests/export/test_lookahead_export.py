@@ -37,3 +37,25 @@ def test_lookahead_model_exports_and_streams_like_forward(tmp_path) -> None:
             ref, n = model(torch.from_numpy(f)[None], torch.tensor([f.shape[0]]))
             assert out.shape[0] == -(-f.shape[0] // 16) * 4  # whole chunks, the padding included
             np.testing.assert_allclose(out[: int(n[0])], ref[0].numpy(), atol=1e-4)
+
+
+@torch.no_grad()
+def test_mixed_lookahead_ensemble_exports_and_streams_like_forward(tmp_path) -> None:
+    from ekd_compress.ensemble.fusion import FusedEnsemble
+
+    torch.manual_seed(0)
+    tdnn = build_model("tdnn", 20, 7, hidden=24, layers=4, lookahead=2, chunk_frames=16).eval()
+    gru = build_model("gru", 20, 7, hidden=16, layers=1, chunk_frames=16).eval()
+    ens = FusedEnsemble([tdnn, gru], [1.0, 1.0]).eval()
+    io = export_streaming_onnx(ens, tmp_path / "model.onnx")
+    assert io["inputs"]["chunk"]["shape"] == ["B", 16 + 8, 20] and io["streaming"]["lookahead_frames"] == 8
+    runner = OrtStreamer(tmp_path / "model.onnx", {"streaming": io["streaming"], "states": io["states"]})
+    f = np.random.default_rng(3).standard_normal((50, 20)).astype(np.float32)
+    out = runner.run_utterances([f])[0]
+    ref, n = ens(torch.from_numpy(f)[None], torch.tensor([50]))
+    np.testing.assert_allclose(out[: int(n[0])], ref[0].numpy(), atol=1e-4)
+
+
+def test_windows_refuse_features_not_padded_for_the_lookahead() -> None:
+    with pytest.raises(ValueError, match=r"16 frames are not n \* 8 \+ 3"):
+        windows(np.zeros((16, 2), np.float32), 8, 3)

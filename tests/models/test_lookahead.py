@@ -67,3 +67,21 @@ def test_a_chunk_without_its_lookahead_is_refused() -> None:
     model = make(lookahead=2)
     with pytest.raises(ValueError, match=r"pass \(batch, 40 \(32 new frames \+ 8 of lookahead\), 20\)"):
         model.forward_chunk(torch.zeros(1, 32, F_DIM), model.initial_state(1))
+
+
+@torch.no_grad()
+def test_ensemble_of_a_lookahead_and_a_causal_member_streams_like_forward() -> None:
+    """The ensemble's window is its longest member's; the causal GRU must get only the first
+    chunk_frames of it (a window sliced from the wrong end, or not at all, changes its output)."""
+    from ekd_compress.ensemble.fusion import FusedEnsemble
+
+    tdnn = make(lookahead=3, chunk_frames=16)
+    torch.manual_seed(1)
+    gru = build_model("gru", F_DIM, VOCAB, hidden=16, layers=1, chunk_frames=16).eval()
+    ens = FusedEnsemble([gru, tdnn], [1.0, 2.0]).eval()
+    assert ens.lookahead_frames == 12 and ens.window_frames == 28
+    feats = torch.randn(2, 16 * 4, F_DIM)
+    full, _ = ens(feats, torch.tensor([64, 64]))
+    torch.testing.assert_close(stream(ens, feats), full, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"pass \(batch, 28, 20\)"):
+        ens.forward_chunk(torch.zeros(1, 16, F_DIM), ens.initial_state(1))

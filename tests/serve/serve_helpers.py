@@ -90,7 +90,7 @@ def _export(model, out: Path, name: str, kind: str, arch: str, members=None) -> 
             dyn[n] = dyn[f"{n}_out"] = {list(shape).index("B"): "B"}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Wrapper(model), (torch.zeros(2, model.chunk_frames, 80), *states),
+            torch.onnx.export(Wrapper(model), (torch.zeros(2, model.window_frames, 80), *states),
                               str(out / "model.onnx"), dynamo=False, opset_version=17,
                               input_names=["chunk", *names],
                               output_names=["log_probs", *[f"{n}_out" for n in names]], dynamic_axes=dyn)

@@ -235,11 +235,25 @@ def test_http_endpoints(server):
     status, _, body = http(server, "/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["model"] == "energy" and health["rss_mb"] > 0
+    assert health["lookahead_ms"] == 0  # a causal bundle
     status, headers, body = http(server, "/metrics")
     assert status == 200 and "ekd_serve_chunks_total" in body and "ekd_serve_chunk_compute_seconds_bucket" in body
     status, _, body = http(server, "/stats")
     assert status == 200 and "p95" in json.loads(body)["chunk_ms"]
     assert http(server, "/nope")[0] == 404
+
+
+def test_lookahead_is_announced(lookahead_bundle):
+    """A bundle that waits for 3 output frames (12 input frames of 10 ms) past each chunk says so."""
+    rec = Recognizer(lookahead_bundle)
+    assert rec.bundle.window_frames - rec.bundle.chunk_frames == 12
+    with ServerThread(rec, ServerConfig(port=0)) as srv:
+        assert json.loads(http(srv, "/health")[2])["lookahead_ms"] == 120
+        with connect(url(srv), open_timeout=5) as ws:
+            ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            ready = json.loads(ws.recv(timeout=5))
+            assert ready["type"] == "ready" and ready["lookahead_ms"] == 120
+            assert ready["chunk_ms"] == round(rec.bundle.chunk_seconds * 1000)
 
 
 # ----------------------------------------------------------------------------- bad input
