@@ -106,7 +106,8 @@
 
   function onMessage(ev) {
     const msg = JSON.parse(ev.data);
-    if (msg.type === "ready") setStatus("listening (" + msg.chunk_ms + " ms chunks, " + msg.model_sample_rate / 1000 + " kHz)");
+    if (msg.type === "ready") setStatus("listening (" + msg.chunk_ms + " ms chunks"
+      + (msg.lookahead_ms ? " + " + msg.lookahead_ms + " ms lookahead" : "") + ", " + msg.model_sample_rate / 1000 + " kHz)");
     else if (msg.type === "partial") {
       if (window.ekd.firstPartialMs === null && state.tAudio !== null) {
         window.ekd.firstPartialMs = performance.now() - state.tAudio; showLatency();
@@ -249,6 +250,7 @@
         if (!h.model) { $("model").textContent = "(details need the token: add ?token=… to the address)"; return null; }
         window.ekd.info = h;
         $("model").textContent = h.model + " (" + h.provider + (h.int8 ? ", int8" : "") + ", " + h.chunk_ms + " ms chunks"
+          + (h.lookahead_ms ? " + " + h.lookahead_ms + " ms lookahead" : "")
           + (h.dev_wer != null ? ", dev WER " + h.dev_wer + " %" : "") + ")"
           + (h.output === "phones" ? "; a phone model: the text is ARPAbet phones (e.g. HH AH L OW), not words" : "");
         $("rate").textContent = (h.sample_rate / 1000) + " kHz (audio is resampled to it before sending)";
