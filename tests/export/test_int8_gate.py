@@ -33,6 +33,14 @@ def test_gate_decisions_on_constructed_measurements():
     assert choose([c], **GATE)[0] is None and "could not be measured" in c["reasons"][0]
 
 
+def test_gate_words_name_the_metric_of_a_phone_model():
+    best, why = choose([{**cand("static", -0.2, 1.9), "metric": "per"}], **GATE)
+    assert best is not None and "-0.20 PER points" in why
+    c = {**cand("dynamic", 0.5, 1.5), "metric": "per"}
+    assert choose([c], **GATE)[0] is None and c["reasons"][0].startswith("dev PER 10.00 -> 10.50 %")
+    assert "WER points" in choose([cand("static", 0.0, 2.0)], **GATE)[1]  # no metric recorded: WER
+
+
 def _exp_with_train_audio(make_exp, tmp_path) -> Path:
     exp = make_exp(tmp_path / "exp", models=["tdnn"])
     shutil.copyfile(exp / "features" / "dev_cuts.jsonl.gz", exp / "features" / "train_cuts.jsonl.gz")
