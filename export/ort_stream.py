@@ -57,6 +57,13 @@ def windows(padded: np.ndarray, chunk_frames: int, lookahead_frames: int = 0) ->
     return [np.ascontiguousarray(padded[..., s:s + size, :]) for s in range(0, n_chunks * chunk_frames, chunk_frames)]
 
 
+def utterance_windows(feats: np.ndarray, chunk_frames: int, lookahead_frames: int = 0) -> list[np.ndarray]:
+    """One utterance's features (T, F) -> the windows a stream of it feeds, each
+    (1, chunk_frames + lookahead_frames, F) float32: `pad_to_chunks`, then `windows`."""
+    padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames, lookahead_frames)
+    return windows(padded[None], chunk_frames, lookahead_frames)
+
+
 class OrtStreamer:
     """A bundle's ONNX model (fp32 or INT8) as a chunk-by-chunk recogniser front end.
 

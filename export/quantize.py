@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks, windows
+from ekd_compress.export.ort_stream import OrtStreamer, utterance_windows
 from ekd_compress.export.verify import Utterance
 
 METHODS = ("dynamic", "static")
@@ -78,10 +78,8 @@ class ChunkCalibrationReader:
         runner = OrtStreamer(fp32_path, bundle, threads=None)
         self.feeds: list[dict[str, np.ndarray]] = []
         for utt in utterances:
-            feats = pad_to_chunks(np.asarray(utt.feats, dtype=np.float32), runner.chunk_frames,
-                                  runner.lookahead_frames)[None]
             states = runner.zero_states(1)
-            for chunk in windows(feats, runner.chunk_frames, runner.lookahead_frames):
+            for chunk in utterance_windows(utt.feats, runner.chunk_frames, runner.lookahead_frames):
                 self.feeds.append(runner.feeds(chunk, states))
                 _, states = runner.step(chunk, states)
                 if len(self.feeds) >= max_chunks:
@@ -175,8 +173,7 @@ def chunk_latencies_ms(runners: dict[str, Any], feats: np.ndarray, n_chunks: int
         raise ValueError(f"runners stream different (chunk, lookahead) frames {shapes}; the per-chunk times are "
                          "only comparable on one window: time models with equal chunks and lookaheads together")
     chunk_frames, lookahead = next(iter(shapes.values()))
-    padded = pad_to_chunks(np.asarray(feats, dtype=np.float32), chunk_frames, lookahead)
-    chunks = windows(padded[None], chunk_frames, lookahead)
+    chunks = utterance_windows(feats, chunk_frames, lookahead)
     states = {name: r.zero_states(1) for name, r in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(warmup + n_chunks):

@@ -59,7 +59,7 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
         passes: timed passes over the same chunks; the fastest is kept (others share the CPU).
     """
     from ekd_compress.export.onnx_export import export_streaming_onnx
-    from ekd_compress.export.ort_stream import OrtStreamer, pad_to_chunks, windows
+    from ekd_compress.export.ort_stream import OrtStreamer, utterance_windows
 
     if seconds <= 0:
         raise ValueError(f"seconds={seconds}: stream at least some audio, e.g. 20 s")
@@ -71,7 +71,7 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
         chunk_s = cf * frame_shift_ms / 1000.0
         utts, total = [], 0.0
         for feats in feats_list:  # whole utterances, each from a fresh state
-            utts.append(windows(pad_to_chunks(np.asarray(feats, dtype=np.float32), cf, ahead)[None], cf, ahead))
+            utts.append(utterance_windows(feats, cf, ahead))
             total += len(utts[-1]) * chunk_s
             if total >= seconds:
                 break
