@@ -129,6 +129,17 @@ class StreamingCTCModel(nn.Module):
         """Output frames produced per `forward_chunk` call."""
         return self.chunk_frames // self.subsampling
 
+    def pad_lookahead(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """feats (B, T, F) normalised, lengths (B,) -> (B, T + lookahead_frames, F): every frame past
+        an utterance's length set to a zero input frame (normalised), then `lookahead_frames` more
+        of them, which is what a stream's zero-padded last window holds. Unchanged when causal."""
+        if not self.lookahead_frames:
+            return feats
+        zero = ((0.0 - self.feat_mean) * self.feat_scale).to(feats.dtype)  # (F,)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]  # (B, T)
+        feats = torch.where(valid[:, :, None], feats, zero)  # the batch's padding, whatever it holds
+        return torch.cat([feats, zero.expand(feats.shape[0], self.lookahead_frames, -1)], dim=1)
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Input frame counts (B,) int64 -> output frame counts (B,) = lengths // subsampling."""
         return torch.div(lengths, self.subsampling, rounding_mode="floor")

@@ -1,11 +1,22 @@
-"""Recurrent streaming CTC models: causal 4x frontend + unidirectional GRU / LSTM + linear.
+"""Recurrent streaming CTC models: causal 4x frontend + unidirectional GRU / LSTM + linear,
+causal or with a fixed output delay (lookahead).
 
-    feats (B, T, F) -> CausalStackFrontend -> (B, T/4, hidden) -> RNN x layers -> Linear -> (B, T/4, V)
+    feats (B, T, F) -> CausalStackFrontend -> (B, T/4 + L, hidden) -> RNN x layers
+      -> the RNN outputs L..L + T/4 - 1 -> Linear -> (B, T/4, V)
 
 Both are exactly streamable: the frontend keeps its last 4 input frames, the RNN its hidden
-state, and `forward` simply starts both from zeros.  Padding never leaks into valid frames
-because nothing looks ahead, so `forward` runs the RNN over the padded batch as is (no
-packing: faster on GPU and traceable).
+state, and `forward` simply starts both from zeros.  When causal (`lookahead` L = 0), padding
+never leaks into valid frames because nothing looks ahead, so `forward` runs the RNN over the
+padded batch as is (no packing: faster on GPU and traceable).
+
+With a lookahead of L output frames (40 ms each), output frame n is read from the RNN's
+output at frame n + L, so it has heard 4 L input frames more (an output delay, as in
+delayed-output LSTM acoustic models).  `forward` sets the frames past each utterance's end
+to zero input frames and appends 4 L more (what a stream's zero-padded last window holds).
+`forward_chunk` takes chunk_frames + 4 L input frames, runs the RNN over the chunk's own
+frames from the carried state (the new state), then on over the L lookahead frames from there,
+whose state is dropped: the next call recomputes them.  Both give the same log-probs.  The
+streaming cost grows by (chunk_frames / 4 + L) / (chunk_frames / 4) in the RNN.
 
 `gru` is the baseline / student (~0.29M parameters at the defaults with 80 bins, 30 tokens);
 `lstm` is an ensemble member of a different family (~0.35M).
@@ -39,6 +50,7 @@ class _RecurrentCTC(StreamingCTCModel):
         layers: int = 2,
         dropout: float = 0.1,
         chunk_frames: int = 32,
+        lookahead: int = 0,
     ) -> None:
         """
         Args:
@@ -48,11 +60,15 @@ class _RecurrentCTC(StreamingCTCModel):
             layers: stacked unidirectional RNN layers.
             dropout: after the frontend, between RNN layers and before the output layer (training only).
             chunk_frames: input frames per forward_chunk call (multiple of 4; 32 = 320 ms).
+            lookahead: output frames (40 ms each) each output is delayed by, so it hears that much
+                ahead (0: causal); adds 4 * lookahead input frames to every forward_chunk window.
         """
         super().__init__(input_dim, vocab_size, chunk_frames)
         self.hidden = check_int("hidden", hidden, 1, "set hidden to a positive size, e.g. 128")
         self.layers = check_int("layers", layers, 1, "set layers to 1 or more")
         dropout = check_dropout(dropout)
+        self.lookahead = check_int("lookahead", lookahead, 0, "set lookahead to 0 (causal) or a few output frames, e.g. 4")
+        self.lookahead_frames = self.lookahead * self.subsampling
         self.frontend = CausalStackFrontend(input_dim, hidden, self.subsampling)
         self.rnn = self.rnn_class(
             hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
@@ -76,14 +92,20 @@ class _RecurrentCTC(StreamingCTCModel):
 
     def logits(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats (B, T, F), lengths (B,) -> logits (B, T // 4, V), out_lengths (B,)."""
-        x = self.drop(self.frontend(feats))  # (B, T//4, hidden)
-        y, _ = self._run_rnn(x, None)  # (B, T//4, hidden)
-        return self.out(self.drop(y)), self.output_lengths(lengths)
+        n_out = feats.shape[1] // self.subsampling
+        x = self.drop(self.frontend(self.pad_lookahead(feats, lengths)))  # (B, T//4 + L, hidden)
+        y, _ = self._run_rnn(x, None)  # (B, T//4 + L, hidden)
+        return self.out(self.drop(y[:, self.lookahead:self.lookahead + n_out])), self.output_lengths(lengths)
 
     def logits_chunk(self, chunk: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """chunk (B, chunk_frames, F), [frontend_cache, *rnn_state] -> logits (B, chunk_frames // 4, V), new state."""
-        x, cache = self.frontend.forward_chunk(chunk, state[0])  # (B, chunk_frames//4, hidden)
-        y, rnn_state = self._run_rnn(self.drop(x), list(state[1:]))
+        """chunk (B, chunk_frames + 4L, F), [frontend_cache, *rnn_state] -> logits (B, chunk_frames // 4, V), new state."""
+        x, cache = self.frontend.forward_chunk(chunk, state[0], consumed=self.chunk_frames)  # (B, chunk_frames//4 + L, hidden)
+        x = self.drop(x)
+        n_out = self.chunk_out_frames
+        y, rnn_state = self._run_rnn(x[:, :n_out], list(state[1:]))  # the state advances over the chunk only
+        if self.lookahead:
+            ahead, _ = self._run_rnn(x[:, n_out:], rnn_state)  # (B, L, hidden), recomputed by the next call
+            y = torch.cat([y, ahead], dim=1)[:, self.lookahead:]  # (B, chunk_frames//4, hidden)
         return self.out(self.drop(y)), [cache, *rnn_state]
 
 

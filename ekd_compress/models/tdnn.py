@@ -153,11 +153,7 @@ class TDNNCTC(StreamingCTCModel):
     def logits(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats (B, T, F) normalised, lengths (B,) -> logits (B, T // 4, V), out_lengths (B,)."""
         n_out = feats.shape[1] // self.subsampling
-        if self.lookahead_frames:  # the lookahead past each utterance's end sees zero input frames (normalised)
-            zero = ((0.0 - self.feat_mean) * self.feat_scale).to(feats.dtype)  # (F,)
-            valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]  # (B, T)
-            feats = torch.where(valid[:, :, None], feats, zero)  # the batch's padding, whatever it holds
-            feats = torch.cat([feats, zero.expand(feats.shape[0], self.lookahead_frames, -1)], dim=1)
+        feats = self.pad_lookahead(feats, lengths)  # (B, T + 4L, F)
         x = self.drop(self.frontend(feats))  # (B, (T + 4L)//4, hidden)
         for block in self.blocks:
             x = block(x)  # (B, (T + 4L)//4, hidden)

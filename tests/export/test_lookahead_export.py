@@ -1,4 +1,4 @@
-"""A TDNN with lookahead through the exporter: the ONNX window, the bundle contract, and
+"""Models with lookahead (a TDNN, a delayed LSTM) through the exporter: the ONNX window, the bundle contract, and
 onnxruntime streaming (export/ort_stream.py, used by verify, INT8 and bench) equal to forward."""
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def test_windows_start_a_chunk_apart_and_end_with_the_lookahead() -> None:
     assert [w[:, 0].tolist() for w in wins] == [[0, 1, 2, 3, 4, 5, 6], [4, 5, 6, 7, 8, 9, 0], [8, 9, 0, 0, 0, 0, 0]]
 
 
+@pytest.mark.parametrize("arch", ["tdnn", "lstm"])
 @torch.no_grad()
-def test_lookahead_model_exports_and_streams_like_forward(tmp_path) -> None:
+def test_lookahead_model_exports_and_streams_like_forward(tmp_path, arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model("tdnn", 20, 7, hidden=24, layers=4, lookahead=3, chunk_frames=16).eval()
+    model = build_model(arch, 20, 7, hidden=24, layers=4 if arch == "tdnn" else 2, lookahead=3, chunk_frames=16).eval()
     model.set_normalization(torch.randn(20), torch.rand(20) + 0.5)
     io = export_streaming_onnx(model, tmp_path / "model.onnx")
     assert io["inputs"]["chunk"]["shape"] == ["B", 16 + 12, 20]
