@@ -10,6 +10,11 @@ Every reader and writer of EXP/ goes through this module, so its layout has one 
     EXP/models/ensemble.json     the fused ensemble: member paths (relative to models/) and fusion
                                  weights (`save_ensemble`, `load_any`)
     EXP/features/SPLIT_cuts.jsonl.gz  the cuts of each split (transcripts: `cut_text`)
+    EXP/data/SPLIT_cuts.jsonl.gz      the prepared cuts before feature extraction
+
+Cut manifests are written by `save_cuts` and read by `load_cuts`: audio and feature files inside
+the experiment are stored relative to the manifest, so a copied or moved experiment reads its own
+files, never its original's. Stage markers are rebased the same way (pipeline/stages.py).
 
 A registry entry's kind is one of member, ensemble, baseline, kd, student; its path is
 relative to EXP. Entries may carry seed, restarts (watchdog restarts), same_as and k.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -156,3 +162,43 @@ def cut_text(cut: Any) -> str:
     from ekd_compress.train.data import cut_text as transcript
 
     return transcript(cut)
+
+
+# ------------------------------------------------------------ cut manifests
+def save_cuts(cuts: Any, path: Path, root: Path) -> Path:
+    """Write a lhotse CutSet to `path` (.jsonl.gz); audio and feature files under `root` (the
+    experiment) are stored relative to `path`'s folder, files elsewhere (a corpus) stay absolute."""
+    from lhotse.utils import fastcopy
+
+    path, root = Path(path), Path(root).resolve()
+    base = path.parent.resolve()
+
+    def local(p: str) -> str:
+        full = Path(p).resolve()
+        return os.path.relpath(full, base) if full.is_relative_to(root) else p
+
+    def relocatable(cut: Any) -> Any:
+        if hasattr(cut, "tracks"):  # a MixedCut: each track's cut
+            cut = fastcopy(cut, tracks=[fastcopy(t, cut=relocatable(t.cut)) for t in cut.tracks])
+        if getattr(cut, "recording", None) is not None:
+            sources = [fastcopy(s, source=local(s.source)) if s.type == "file" else s for s in cut.recording.sources]
+            cut = fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
+        if getattr(cut, "features", None) is not None:
+            cut = fastcopy(cut, features=fastcopy(cut.features, storage_path=local(cut.features.storage_path)))
+        return cut
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cuts.map(relocatable).to_file(path)
+    return path
+
+
+def load_cuts(path: Path, lazy: bool = False) -> Any:
+    """The CutSet `save_cuts` wrote, its relative file paths resolved against `path`'s folder
+    (absolute ones, as older experiments wrote them, are kept). `lazy` streams it from disk."""
+    from lhotse import CutSet
+
+    path = Path(path)
+    cuts = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
+    base = path.parent.resolve()
+    cuts = cuts.with_recording_path_prefix(base).with_features_path_prefix(base)
+    return cuts if lazy else cuts.to_eager()

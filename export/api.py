@@ -85,16 +85,14 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = 
     """The first `limit` (None: all) cuts of a split ("dev", "train") of the experiment as `Utterance`s
     (fbank computed if not stored), or [] when the experiment holds no such set (only its contract:
     recipe, tokens, models, registry). `spread`: `limit` cuts evenly spaced over the split instead."""
-    from lhotse import CutSet
-
     from ekd_compress.features.fbank import load_features
-    from ekd_compress.experiment import cut_text
+    from ekd_compress.experiment import cut_text, load_cuts
     from ekd_compress.export.verify import Utterance
 
     path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
     if not path.exists():
         return []
-    cuts = CutSet.from_file(path)
+    cuts = load_cuts(path)
     if spread and limit is not None:
         cuts = cuts.to_eager()
         step = max(1, len(cuts) // max(limit, 1))

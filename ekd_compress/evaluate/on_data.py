@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ekd_compress.experiment import read_recipe
+from ekd_compress.experiment import load_cuts, read_recipe
 
 if TYPE_CHECKING:
     from lhotse import CutSet
@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 
 def load_eval_cuts(data: Path, recipe: "Recipe", on_error: str = "raise", log: Callable[[str], None] = print) -> "CutSet":
-    """A Kaldi data dir or a lhotse manifest -> CutSet at the recipe's rate, text normalised like training."""
-    from lhotse import CutSet
-
+    """A Kaldi data dir or a lhotse manifest -> CutSet at the recipe's rate, text normalised like training.
+    Relative audio and feature paths in a manifest are read relative to its folder, as an experiment's
+    manifests (EXP/data, EXP/features) store them."""
     from ekd_compress.data.kaldi import load_kaldi_dir
     from ekd_compress.data.text import get_normalizer
 
@@ -31,7 +31,7 @@ def load_eval_cuts(data: Path, recipe: "Recipe", on_error: str = "raise", log: C
         log(f"{data}: {report.summary()}")
         return cuts
     if data.name.endswith((".jsonl.gz", ".jsonl", ".json")):
-        cuts = CutSet.from_file(data).resample(recipe.data.sample_rate)
+        cuts = load_cuts(data).resample(recipe.data.sample_rate)
         return cuts.map_supervisions(lambda s: s.transform_text(normalize))
     raise ValueError(f"--data {data}: expected a Kaldi data dir or a lhotse CutSet manifest (.jsonl.gz)")
 

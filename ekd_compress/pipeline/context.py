@@ -149,7 +149,7 @@ class Context:
         import gzip
         from itertools import islice
 
-        from lhotse import CutSet
+        from ekd_compress.experiment import load_cuts
 
         if split not in self._cache:
             path = self.features.splits[split]
@@ -157,7 +157,7 @@ class Context:
             if lazy == "auto":
                 with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
                     lazy = sum(1 for _ in islice(f, limit + 1)) > limit
-            self._cache[split] = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path).to_eager()
+            self._cache[split] = load_cuts(Path(path), lazy=bool(lazy))
         return self._cache[split]
 
     def model_path(self, name: str) -> Path:

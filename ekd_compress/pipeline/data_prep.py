@@ -13,6 +13,7 @@ from lhotse import CutSet
 
 from ekd_compress.data.kaldi import load_kaldi_dir
 from ekd_compress.data.text import get_normalizer
+from ekd_compress.experiment import save_cuts
 from ekd_compress.recipe import Recipe, RecipeError, extra_speed_factors
 from ekd_compress.contract.tokens import TokenTable
 
@@ -165,12 +166,12 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
 
     train = speed_perturb(train, d.speed_perturb, log)
     paths = {"train": work / "train_cuts.jsonl.gz", "dev": work / "dev_cuts.jsonl.gz"}
-    train.to_file(paths["train"])
-    dev.to_file(paths["dev"])
+    save_cuts(train, paths["train"], exp_dir)
+    save_cuts(dev, paths["dev"], exp_dir)
     test_paths = {}
     for name, cuts in tests.items():
         test_paths[name] = str(work / f"test_{name}_cuts.jsonl.gz")
-        cuts.to_file(test_paths[name])
+        save_cuts(cuts, test_paths[name], exp_dir)
     for name, summary in reports.items():
         log(f"data {name}: {summary}")
     hours = {"train": sum(c.duration for c in train) / 3600, "dev": sum(c.duration for c in dev) / 3600}

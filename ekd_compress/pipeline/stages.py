@@ -6,6 +6,11 @@ section or any upstream key changed) re-runs it and, through the keys, everythin
 downstream. A stage with a work folder keeps that folder between an interruption and
 the re-run (so training resumes from `last.ckpt`) only while its key is unchanged.
 
+A marker records the experiment folder it was written in. Read in another folder (an
+experiment copied or moved), the paths in its result that lie in the old folder are rebased
+onto the new one, so a resumed copy reads its own files. A marker older than that record was
+written where the `data` stage's marker puts the token table (EXP/tokens.txt).
+
 Under torchrun (see ekd_compress/train/distributed.py) rank 0 runs a stage and writes
 its marker while the other ranks wait for its result; a stage run with `all_ranks=True`
 (training, sharded essence caching) runs on every rank and rank 0's result is kept.
@@ -13,6 +18,7 @@ its marker while the other ranks wait for its result; a stage run with `all_rank
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +45,7 @@ class StageRunner:
         self.plan: list[str] = list(plan or [])
         self.started = time.time()
         self._seconds: dict[bool, list[float]] = {True: [], False: []}  # training stage? -> durations
+        self._moved_noted = False
 
     @staticmethod
     def is_training(name: str) -> bool:
@@ -65,12 +72,32 @@ class StageRunner:
         return self.exp_dir / "stages" / f"{name}.json"
 
     def done(self, name: str, key: str) -> Optional[dict]:
+        """Stage `name`'s saved result when its marker has this key, else None. Paths in it are
+        rebased onto this experiment when the marker was written in another folder."""
         m = self.marker(name)
-        if m.exists():
-            data = json.loads(m.read_text())
-            if data.get("key") == key:
-                return data["result"]
-        return None
+        if not m.exists():
+            return None
+        data = json.loads(m.read_text())
+        if data.get("key") != key:
+            return None
+        here = str(self.exp_dir.resolve())
+        written_in = data.get("exp_dir") or self._legacy_folder()
+        if written_in and written_in != here:
+            if os.path.realpath(written_in) != here and not self._moved_noted:
+                self.log(f"[note] this experiment's stage markers were written in {written_in}: "
+                         f"their paths are read from {here} instead")
+                self._moved_noted = True
+            return _rebase(data["result"], written_in, here)
+        return data["result"]
+
+    def _legacy_folder(self) -> Optional[str]:
+        """Where a marker without `exp_dir` was written: the folder of the token table that the
+        `data` stage's marker names (EXP/tokens.txt), or None when there is no such marker."""
+        m = self.marker("data")
+        if not m.exists():
+            return None
+        tokens = json.loads(m.read_text()).get("result", {}).get("tokens")
+        return os.path.dirname(tokens) if tokens else None
 
     def run(self, name: str, key: str, fn: Callable[[], dict], work_dir: Optional[Path] = None,
             all_ranks: bool = False) -> dict:
@@ -95,7 +122,8 @@ class StageRunner:
         start = time.time()
 
         def finish(result: dict) -> dict:
-            write_json_atomic(self.marker(name), {"key": key, "result": result, "seconds": time.time() - start})
+            write_json_atomic(self.marker(name), {"key": key, "result": result, "seconds": time.time() - start,
+                                                  "exp_dir": str(self.exp_dir.resolve())})
             return result
 
         if all_ranks:
@@ -114,6 +142,21 @@ class StageRunner:
             shutil.rmtree(work_dir)  # stale outputs of a different configuration
         work_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _rebase(value: object, old: str, new: str) -> object:
+    """`value` with every string path inside folder `old` moved to the same place under `new`."""
+    if isinstance(value, str):
+        return new + value[len(old):] if _inside(value, old) else value
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    return value
 
 
 def _clock(seconds: float) -> str:

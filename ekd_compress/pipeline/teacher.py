@@ -51,22 +51,19 @@ def stage_data(ctx: Context) -> PreparedData:
 
 
 def stage_features(ctx: Context) -> Features:
-    from lhotse import CutSet
-
+    from ekd_compress.experiment import load_cuts, save_cuts
     from ekd_compress.features.fbank import store_features
 
     d = ctx.data
     splits = {"train": d.train, "dev": d.dev, **{f"test_{k}": v for k, v in d.tests.items()}}
     out: dict[str, str] = {}
     for split, path in splits.items():
-        cuts = CutSet.from_file(path)
+        cuts = load_cuts(Path(path))
         if ctx.recipe.features.precompute:
             cuts = store_features(cuts, ctx.spec, ctx.exp_dir / "features" / split)
-        target = ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cuts.to_file(target)
+        target = save_cuts(cuts, ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz", ctx.exp_dir)
         out[split] = str(target)
-    cmvn = feature_stats(CutSet.from_file(out["train"]), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
+    cmvn = feature_stats(load_cuts(Path(out["train"])), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
     return Features(out, ctx.spec.hash(), str(cmvn))
 
 

@@ -1,0 +1,91 @@
+"""A copied or moved experiment reads its own files: cut manifests store the experiment's audio and
+feature files relative to themselves, and stage markers are rebased onto the folder they are read in."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lhotse import CutSet, Recording
+
+from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.data.augment import write_pcm16
+from ekd_compress.experiment import load_cuts, save_cuts
+from ekd_compress.features.fbank import store_features
+from ekd_compress.pipeline.stages import StageRunner
+
+SPEC = FeatureSpec(sample_rate=8000, num_mel_bins=23)
+
+
+def _wav(path: Path, seed: int) -> Recording:
+    audio = np.random.default_rng(seed).uniform(-0.3, 0.3, 4000).astype(np.float32)
+    write_pcm16(path, audio, 8000)
+    return Recording.from_file(path, recording_id=path.stem)
+
+
+@pytest.fixture
+def corpus_and_exp(tmp_path):
+    """A corpus file outside the experiment, a synthesised file inside it, features stored inside it."""
+    (tmp_path / "corpus").mkdir()
+    exp = tmp_path / "exp"
+    (exp / "data" / "wav").mkdir(parents=True)
+    recordings = [_wav(tmp_path / "corpus" / "outside.wav", 0), _wav(exp / "data" / "wav" / "inside.wav", 1)]
+    cuts = CutSet.from_manifests(recordings=recordings)
+    data = save_cuts(cuts, exp / "data" / "train_cuts.jsonl.gz", exp)
+    feats = store_features(load_cuts(data), SPEC, exp / "features" / "train")
+    save_cuts(feats, exp / "features" / "train_cuts.jsonl.gz", exp)
+    return tmp_path, exp
+
+
+def test_manifests_store_the_experiments_files_relative_to_themselves(corpus_and_exp):
+    tmp_path, exp = corpus_and_exp
+    stored = [json.loads(line) for line in
+              __import__("gzip").open(exp / "features" / "train_cuts.jsonl.gz", "rt")]
+    sources = {c["recording"]["id"]: c["recording"]["sources"][0]["source"] for c in stored}
+    assert sources["inside"] == "../data/wav/inside.wav"
+    assert sources["outside"] == str(tmp_path / "corpus" / "outside.wav")  # a corpus stays where it is
+    assert {c["features"]["storage_path"] for c in stored} == {"train.lca"}
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_moved_experiment_reads_its_own_audio_and_features(corpus_and_exp, lazy):
+    tmp_path, exp = corpus_and_exp
+    before = {c.id: (c.load_audio(), c.load_features()) for c in load_cuts(exp / "features" / "train_cuts.jsonl.gz")}
+    moved = tmp_path / "elsewhere" / "exp2"
+    shutil.move(str(exp), str(moved))  # the original folder is gone: nothing can be read from it
+    cuts = load_cuts(moved / "features" / "train_cuts.jsonl.gz", lazy=lazy)
+    for cut in cuts:
+        audio, feats = before[cut.id]
+        np.testing.assert_array_equal(cut.load_audio(), audio)
+        np.testing.assert_array_equal(cut.load_features(), feats)
+    inside = next(c for c in cuts if c.recording.id == "inside")
+    assert Path(inside.recording.sources[0].source).resolve() == (moved / "data" / "wav" / "inside.wav").resolve()
+
+
+def test_a_copied_experiments_markers_name_the_copys_files(tmp_path):
+    exp = tmp_path / "a"
+    runner = StageRunner(exp, log=lambda m: None)
+    made = runner.run("features", "k1", lambda: {"train": str(exp.resolve() / "features" / "train_cuts.jsonl.gz"),
+                                                  "report": "/corpus/train: 3 utterances", "n": 3})
+    copy = tmp_path / "b"
+    shutil.copytree(exp, copy)
+    lines = []
+    again = StageRunner(copy, log=lines.append).run("features", "k1", lambda: pytest.fail("re-ran a done stage"))
+    assert again == {**made, "train": str(copy.resolve() / "features" / "train_cuts.jsonl.gz")}
+    assert len(lines) == 2 and str(exp.resolve()) in lines[0] and lines[1].startswith("[skip] features")
+    # in its own folder the marker reads as it was written, without a note
+    lines.clear()
+    assert StageRunner(exp, log=lines.append).run("features", "k1", lambda: {}) == made
+    assert len(lines) == 1 and lines[0].startswith("[skip]")
+
+
+def test_markers_written_before_they_recorded_their_folder_are_rebased_from_the_data_stages_tokens(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "stages").mkdir(parents=True)
+    for name, result in {"data": {"tokens": f"{old}/tokens.txt", "train": f"{old}/data/train_cuts.jsonl.gz"},
+                         "align": {"path": f"{old}/align/train.npz", "utterances": 4}}.items():
+        (new / "stages" / f"{name}.json").write_text(json.dumps({"key": "k", "result": result, "seconds": 1.0}))
+    runner = StageRunner(new, log=lambda m: None)
+    assert runner.done("align", "k") == {"path": f"{new.resolve()}/align/train.npz", "utterances": 4}
+    assert runner.done("data", "k")["train"] == f"{new.resolve()}/data/train_cuts.jsonl.gz"
+    assert runner.done("align", "other key") is None
