@@ -26,7 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ekd_compress.export.quantize import DEFAULT_MAX_WER_INCREASE, Int8AccuracyError, measure_int8, quantize_int8
+from ekd_compress.export.quantize import (
+    DEFAULT_MAX_WER_INCREASE, Int8AccuracyError, measure_int8, metric_name, quantize_int8,
+)
 
 DEFAULT_MIN_SPEEDUP = 1.2  # fp32 / INT8 median chunk CPU time
 
@@ -35,19 +37,13 @@ class Int8SpeedError(RuntimeError):
     """The INT8 model is not enough faster than fp32 on this machine to be worth shipping."""
 
 
-def _metric_name(candidate: dict[str, Any]) -> str:
-    """The error rate a measured candidate was judged on: "WER", or "PER" for phone models
-    (the fields keep the name wer_* for every metric)."""
-    return str(candidate.get("metric") or "wer").upper()
-
-
 def judge(candidate: dict[str, Any], max_wer_increase: float, min_speedup: float) -> list[str]:
     """The reasons a measured candidate fails the gate ([] = it passes)."""
     reasons = []
     inc, speed = candidate.get("wer_increase"), candidate.get("speedup")
-    name = _metric_name(candidate)
+    name, unit = metric_name(candidate)
     if inc is None:
-        reasons.append(f"its {name} change could not be measured (the dev references hold no words)")
+        reasons.append(f"its {name} change could not be measured (the dev references hold no {unit})")
     elif inc > max_wer_increase + 1e-9:
         reasons.append(f"dev {name} {candidate['wer_fp32']:.2f} -> {candidate['wer_int8']:.2f} % "
                        f"({inc:+.2f} points > the allowed {max_wer_increase:+g})")
@@ -70,7 +66,7 @@ def choose(candidates: Sequence[dict[str, Any]], max_wer_increase: float,
     if passing:
         best = max(passing, key=lambda c: c["speedup"])
         return best, (f"{best['method']} INT8 kept: {best['speedup']:.2f}x faster than fp32 per chunk "
-                      f"(>= {min_speedup:g}x) at {best['wer_increase']:+.2f} {_metric_name(best)} points (<= {max_wer_increase:+g})")
+                      f"(>= {min_speedup:g}x) at {best['wer_increase']:+.2f} {metric_name(best)[0]} points (<= {max_wer_increase:+g})")
     why = "; ".join(f"{c['method']}: " + ", ".join(c["reasons"]) for c in candidates)
     return None, f"fp32 kept, no INT8 model pays on this machine: {why}"
 
@@ -97,7 +93,7 @@ def int8_gate(staging: Path, onnx_file: str, int8_file: str, bundle: dict[str, A
         quantize_int8(staging / onnx_file, path, bundle, method, calibration=calibration)
         copy_metadata(staging / onnx_file, path)
         rep = measure_int8(staging / onnx_file, path, bundle, dev, tokens, method)
-        log(f"  {method}: dev {_metric_name(rep)} fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
+        log(f"  {method}: dev {metric_name(rep)[0]} fp32 {_pct(rep['wer_fp32'])} -> int8 {_pct(rep['wer_int8'])}, "
             f"{rep['speedup']:.2f}x per chunk (CPU time, 1 thread)")
         candidates.append(rep)
         files[method] = path

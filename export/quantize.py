@@ -216,17 +216,25 @@ def measure_int8(fp32_path: Path | str, int8_path: Path | str, bundle: dict[str,
     }
 
 
+def metric_name(candidate: dict[str, Any]) -> tuple[str, str]:
+    """The error rate a measured candidate was judged on and what it counts: ("WER", "words"), or
+    ("PER", "phones") for phone models (the fields keep the name wer_* for every metric)."""
+    name = str(candidate.get("metric") or "wer").upper()
+    return name, {"PER": "phones", "CER": "characters"}.get(name, "words")
+
+
 def check_int8(report: dict[str, Any], max_wer_increase: float = DEFAULT_MAX_WER_INCREASE) -> None:
     """Raise `Int8AccuracyError` when the INT8 WER exceeds the fp32 WER by more than `max_wer_increase` points."""
     increase = report.get("wer_increase")
+    name, unit = metric_name(report)
     if increase is None:
         raise Int8AccuracyError(
-            "the INT8 WER change could not be measured (the dev references hold no words); "
+            f"the INT8 {name} change could not be measured (the dev references hold no {unit}); "
             "give the experiment a dev set with transcripts, or export without --int8"
         )
     if increase > max_wer_increase:
         raise Int8AccuracyError(
-            f"INT8 ({report['method']}) changes dev WER from {report['wer_fp32']:.2f}% to {report['wer_int8']:.2f}% "
+            f"INT8 ({report['method']}) changes dev {name} from {report['wer_fp32']:.2f}% to {report['wer_int8']:.2f}% "
             f"({increase:+.2f} points), above the allowed {max_wer_increase:+g}. The INT8 model is refused: "
             "try --int8-method static (calibrated), deploy the fp32 model.onnx, or raise "
             "--max-int8-wer-increase if this loss is acceptable."

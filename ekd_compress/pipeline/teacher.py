@@ -4,6 +4,7 @@ in distill.py; the students and the evaluation in students.py).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -27,8 +28,13 @@ def open_tracker(ctx: Context, enabled: bool) -> Any:
     uri = ctx.recipe.tracking.uri or resolve_tracking_uri()
     check_tracking_uri(uri)  # fail now, not after an hour of training
     tracker = Tracker(uri, ctx.recipe.tracking.experiment)
-    run_file = ctx.exp_dir / "mlflow_run.txt"
+    run_file, run_json = ctx.exp_dir / "mlflow_run.txt", ctx.exp_dir / "mlflow_run.json"
     existing = run_file.read_text().strip() if run_file.exists() else None
+    here = str(ctx.exp_dir.resolve())
+    written_in = json.loads(run_json.read_text()).get("exp_dir", here) if run_json.exists() else here
+    if existing and written_in != here:  # a copied experiment is a run of its own
+        ctx.log(f"MLflow: this experiment is a copy of {written_in} (run {existing}); starting a new parent run")
+        existing = None
     params = recipe_to_dict(ctx.recipe)
     try:
         run_id = tracker.start_parent(ctx.recipe.name, params=params, run_id=existing)
@@ -37,8 +43,8 @@ def open_tracker(ctx: Context, enabled: bool) -> Any:
         run_id = tracker.start_parent(ctx.recipe.name, params=params)
     run_file.write_text(run_id)
     # where the run lives, so `export` logs to it from any directory (credentials never written)
-    write_json_atomic(ctx.exp_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": redact_uri(uri),
-                                                        "experiment": ctx.recipe.tracking.experiment})
+    write_json_atomic(run_json, {"run_id": run_id, "tracking_uri": redact_uri(uri),
+                                 "experiment": ctx.recipe.tracking.experiment, "exp_dir": here})
     ctx.log(f"MLflow: {redact_uri(uri)} run {run_id}")
     return tracker
 

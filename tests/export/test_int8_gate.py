@@ -38,6 +38,19 @@ def test_gate_words_name_the_metric_of_a_phone_model():
     assert best is not None and "-0.20 PER points" in why
     c = {**cand("dynamic", 0.5, 1.5), "metric": "per"}
     assert choose([c], **GATE)[0] is None and c["reasons"][0].startswith("dev PER 10.00 -> 10.50 %")
+    c = {**cand("dynamic", None, 1.5), "metric": "per"}
+    assert choose([c], **GATE)[0] is None and c["reasons"][0] == (
+        "its PER change could not be measured (the dev references hold no phones)")
+
+
+def test_refusal_names_the_metric_of_a_phone_model():
+    from ekd_compress.export.quantize import Int8AccuracyError, check_int8
+
+    report = {"method": "dynamic", "wer_fp32": 30.0, "wer_int8": 31.0, "wer_increase": 1.0, "metric": "per"}
+    with pytest.raises(Int8AccuracyError, match=r"changes dev PER from 30.00% to 31.00% \(\+1.00 points\)"):
+        check_int8(report)
+    with pytest.raises(Int8AccuracyError, match="INT8 WER change could not be measured .*hold no words"):
+        check_int8({**report, "wer_increase": None, "metric": None})
     assert "WER points" in choose([cand("static", 0.0, 2.0)], **GATE)[1]  # no metric recorded: WER
 
 

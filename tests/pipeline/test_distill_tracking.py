@@ -32,3 +32,28 @@ def test_recorded_uri_never_holds_credentials():
     assert redact_uri("https://alice:s3cret@mlflow.example.com:5000/x") == "https://mlflow.example.com:5000/x"
     assert redact_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
     assert redact_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_a_copied_experiment_starts_its_own_run_and_the_original_keeps_its_own(tmp_path):
+    pytest.importorskip("mlflow")
+    import shutil
+
+    from ekd_compress.pipeline.distill import run_distill
+    from ekd_compress.recipe import load_recipe
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = load_recipe(None, ["data.corpus=fsdd", f"data.root={tmp_path / 'nowhere'}", f"tracking.uri={uri}",
+                           "tracking.experiment=copy-test"])
+    exp, copy = tmp_path / "exp", tmp_path / "copy"
+
+    def run_id(folder):
+        with pytest.raises(Exception, match="does not exist"):
+            run_distill(r, folder, log=lambda m: None)
+        record = json.loads((folder / "mlflow_run.json").read_text())
+        assert record["exp_dir"] == str(folder.resolve())
+        return record["run_id"]
+
+    first = run_id(exp)
+    shutil.copytree(exp, copy)
+    assert run_id(copy) != first
+    assert run_id(exp) == first  # in its own folder the experiment goes on logging to its run
