@@ -167,7 +167,8 @@ def cut_text(cut: Any) -> str:
 # ------------------------------------------------------------ cut manifests
 def save_cuts(cuts: Any, path: Path, root: Path) -> Path:
     """Write a lhotse CutSet to `path` (.jsonl.gz); audio and feature files under `root` (the
-    experiment) are stored relative to `path`'s folder, files elsewhere (a corpus) stay absolute."""
+    experiment) are stored relative to `path`'s folder, files elsewhere (a corpus) by absolute
+    path (a path relative to the current directory is made absolute)."""
     from lhotse.utils import fastcopy
 
     path, root = Path(path), Path(root).resolve()
@@ -175,7 +176,7 @@ def save_cuts(cuts: Any, path: Path, root: Path) -> Path:
 
     def local(p: str) -> str:
         full = Path(p).resolve()
-        return os.path.relpath(full, base) if full.is_relative_to(root) else p
+        return os.path.relpath(full, base) if full.is_relative_to(root) else str(full)
 
     def relocatable(cut: Any) -> Any:
         if hasattr(cut, "tracks"):  # a MixedCut: each track's cut

@@ -8,7 +8,9 @@ CPU are its own; `url=` uses a running server instead), then:
 1. latency run: `streams` clients stream the audio concurrently, at real-time pace (`realtime`,
    100 ms messages) or as fast as possible, for about `seconds` each;
    - chunk_ms: model compute per chunk, from the server's /stats (exact quantiles of the model
-     call time each chunk took part in; batched chunks share a call);
+     call time each chunk took part in; batched chunks share a call); per_chunk_ms: that time
+     divided by the call's chunks, and batch_mean: the chunks per call, so batched and unbatched
+     runs compare;
    - first_partial_ms: from sending the audio that completes the first chunk and its lookahead
      (`lookahead_ms` in /health) to receiving the first partial (so the chunk's own duration and
      the lookahead, inherent to the model, are not counted);
@@ -84,6 +86,8 @@ class ModelResult:
     chunk_ms_p50: float | None = None
     chunk_ms_p95: float | None = None
     chunk_ms_p99: float | None = None
+    per_chunk_ms_p50: float | None = None  # a chunk's share of its model call: call time / chunks in the call
+    batch_mean: float | None = None  # mean chunks per model call in the latency run (as a chunk saw it)
     first_partial_ms_p50: float | None = None
     first_partial_ms_p95: float | None = None
     first_partial_ms_p99: float | None = None
@@ -294,9 +298,13 @@ def bench_url(url: str, label: str, clips: Sequence[tuple[np.ndarray, int]], cfg
     errors = [s.error for s in stats if s.error]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(stats)} streams failed, e.g. {errors[0]}")
-    server = _http_json(url, f"/stats?since={since}", cfg.token)["chunk_ms"]
+    served = _http_json(url, f"/stats?since={since}", cfg.token)
+    server = served["chunk_ms"]
     res.chunk_ms_p50, res.chunk_ms_p95, res.chunk_ms_p99 = (
         round(server[k], 3) if server[k] is not None else None for k in ("p50", "p95", "p99"))
+    share, batch = served.get("per_chunk_ms", {}).get("p50"), served.get("batch_mean")  # older servers: absent
+    res.per_chunk_ms_p50 = round(share, 3) if share is not None else None
+    res.batch_mean = round(batch, 2) if batch is not None else None
     fps, fins = [s.first_partial_ms for s in stats], [s.final_ms for s in stats]
     res.first_partial_ms_p50, res.first_partial_ms_p95, res.first_partial_ms_p99 = (_q(fps, p) for p in (50, 95, 99))
     res.final_ms_p50, res.final_ms_p95, res.final_ms_p99 = (_q(fins, p) for p in (50, 95, 99))

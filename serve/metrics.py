@@ -33,7 +33,8 @@ def rss_mb() -> tuple[float, float]:
 
 class Metrics:
     """Prometheus metrics in a private registry (several servers may share a process), plus a
-    bounded list of exact per-chunk compute times for /stats."""
+    bounded list of exact per-chunk compute times for /stats: each chunk's model call time, and
+    that time divided by the chunks of the call (a batch of 4 streams shares one call)."""
 
     def __init__(self, model: str, provider: str) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,6 +64,7 @@ class Metrics:
         info = Gauge(p + "model_info", "Served model", ["model", "provider"], registry=r)
         info.labels(model=model, provider=provider).set(1)
         self._chunk_ms: deque[float] = deque(maxlen=200_000)
+        self._batch_of: deque[int] = deque(maxlen=200_000)  # the size of the call each chunk was in
         self._chunk_count = 0
         self._lock = threading.Lock()
 
@@ -73,16 +75,27 @@ class Metrics:
             for _ in range(size):
                 self.compute.observe(seconds)
                 self._chunk_ms.append(seconds * 1000.0)
+                self._batch_of.append(size)
             self._chunk_count += size
 
     def stats(self, since: int = 0) -> dict[str, Any]:
+        """Chunks decoded since chunk number `since`: "chunk_ms", quantiles of the model call time
+        each took part in; "per_chunk_ms", of that time over the call's chunk count; "batch_mean",
+        the mean chunks per call that a chunk saw; "next", the `since` of the next query."""
         with self._lock:
             total = self._chunk_count
-            first = total - len(self._chunk_ms)
-            vals = np.array(list(self._chunk_ms)[max(since - first, 0):], dtype=np.float64)
-        q = {f"p{p}": (float(np.percentile(vals, p)) if vals.size else None) for p in (50, 95, 99)}
-        q["mean"] = float(vals.mean()) if vals.size else None
-        return {"since": since, "next": total, "chunks": int(vals.size), "chunk_ms": q}
+            start = max(since - (total - len(self._chunk_ms)), 0)
+            vals = np.array(list(self._chunk_ms)[start:], dtype=np.float64)
+            sizes = np.array(list(self._batch_of)[start:], dtype=np.float64)
+
+        def quantiles(x: np.ndarray) -> dict[str, float | None]:
+            q = {f"p{p}": (float(np.percentile(x, p)) if x.size else None) for p in (50, 95, 99)}
+            q["mean"] = float(x.mean()) if x.size else None
+            return q
+
+        return {"since": since, "next": total, "chunks": int(vals.size), "chunk_ms": quantiles(vals),
+                "per_chunk_ms": quantiles(vals / sizes if sizes.size else sizes),
+                "batch_mean": float(sizes.mean()) if sizes.size else None}
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -62,6 +62,18 @@ def test_a_moved_experiment_reads_its_own_audio_and_features(corpus_and_exp, laz
     assert Path(inside.recording.sources[0].source).resolve() == (moved / "data" / "wav" / "inside.wav").resolve()
 
 
+def test_a_corpus_path_relative_to_the_current_directory_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    rec = _wav(Path("data") / "a.wav", 2)
+    assert not Path(rec.sources[0].source).is_absolute()
+    save_cuts(CutSet.from_manifests(recordings=[rec]), tmp_path / "exp" / "data" / "cuts.jsonl.gz", tmp_path / "exp")
+    monkeypatch.chdir(tmp_path / "exp")  # another directory: the stored path must not depend on it
+    (cut,) = load_cuts(tmp_path / "exp" / "data" / "cuts.jsonl.gz")
+    assert cut.recording.sources[0].source == str(tmp_path.resolve() / "data" / "a.wav")
+    assert cut.load_audio().shape == (1, 4000)
+
+
 def test_a_copied_experiments_markers_name_the_copys_files(tmp_path):
     exp = tmp_path / "a"
     runner = StageRunner(exp, log=lambda m: None)

@@ -142,6 +142,7 @@ def test_bench_json(energy_bundle, gru_bundle, tmp_path):
     for m in full["models"]:
         name = m["bundle"]
         assert 0 < m["chunk_ms_p50"] <= m["chunk_ms_p95"] <= m["chunk_ms_p99"], (name, m)
+        assert 1 <= m["batch_mean"] <= 2 and 0 < m["per_chunk_ms_p50"] <= m["chunk_ms_p50"], (name, m)
         assert 0 < m["final_ms_p50"] <= m["final_ms_p95"] <= m["final_ms_p99"], (name, m)
         assert m["first_partial_ms_p50"] is not None and m["first_partial_ms_p50"] > 0, (name, m)
         assert 0 < m["rtf"] < 1.0, f"{name}: one stream sent as fast as possible took rtf={m['rtf']}"

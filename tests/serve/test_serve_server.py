@@ -641,6 +641,23 @@ def test_scheduler_batches_streams(recognizer):
     assert counts == [1, 2, 2] and all(s.ready_chunks == 0 for s in streams)  # 60, 70 and 80 frames
     sizes = {s.labels.get("le"): s.value for s in metrics.batch.collect()[0].samples if s.name.endswith("_bucket")}
     assert (sizes["1.0"], sizes["2.0"], sizes["4.0"]) == (0, 1, 2)  # a batch of 3 streams, then one of 2
+    stats = metrics.stats()
+    assert stats["chunks"] == 5 and stats["batch_mean"] == pytest.approx((3 * 3 + 2 * 2) / 5)
+
+
+def test_stats_share_a_calls_time_among_its_chunks():
+    metrics = Metrics("energy", "cpu")
+    metrics.observe_batch(4, 0.004)  # one call of 4 ms for 4 streams
+    metrics.observe_batch(1, 0.002)  # one of 2 ms for one stream
+    stats = metrics.stats()
+    assert stats["chunks"] == 5 and stats["next"] == 5
+    assert stats["chunk_ms"]["p50"] == pytest.approx(4.0) and stats["chunk_ms"]["mean"] == pytest.approx(3.6)
+    assert stats["per_chunk_ms"]["p50"] == pytest.approx(1.0) and stats["per_chunk_ms"]["mean"] == pytest.approx(1.2)
+    assert stats["batch_mean"] == pytest.approx(17 / 5)
+    later = metrics.stats(since=4)  # only the single-stream call
+    assert later["chunks"] == 1 and later["per_chunk_ms"]["p50"] == pytest.approx(2.0) and later["batch_mean"] == 1
+    empty = metrics.stats(since=5)
+    assert empty["chunks"] == 0 and empty["per_chunk_ms"]["p50"] is None and empty["batch_mean"] is None
 
 
 def test_concurrent_streams(server):
