@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ekd_compress.atomic import write_json_atomic
 
@@ -165,41 +166,75 @@ def cut_text(cut: Any) -> str:
 
 
 # ------------------------------------------------------------ cut manifests
+# the first-level entries of an experiment folder
+LAYOUT = ("models", "features", "data", "essence", "align", "bundles", "plots", "stages", "tokens.txt",
+          "lexicon.txt", "recipe.yaml", "models.json", "mlflow_run.json", "mlflow_run.txt")
+
+
+def relocate_legacy_path(path: str, exp_dir: Path) -> str:
+    """An absolute path E/ENTRY/... into another experiment folder E (ENTRY in LAYOUT), as versions
+    before relocatable experiments wrote them, as the same file in `exp_dir` where that file exists;
+    any other path (a corpus file, a file only E has) unchanged."""
+    here = Path(exp_dir).resolve()
+    if not os.path.isabs(path) or Path(path).is_relative_to(here):
+        return path
+    parts = Path(path).parts
+    for i in range(1, len(parts)):
+        if parts[i] in LAYOUT and here.joinpath(*parts[i:]).exists():
+            return str(here.joinpath(*parts[i:]))
+    return path
+
+
+def _map_paths(cut: Any, fn: Callable[[str], str]) -> Any:
+    """`cut` with `fn` applied to the path of each audio file and its features' storage."""
+    from lhotse.utils import fastcopy
+
+    if hasattr(cut, "tracks"):  # a MixedCut: each track's cut
+        cut = fastcopy(cut, tracks=[fastcopy(t, cut=_map_paths(t.cut, fn)) for t in cut.tracks])
+    if getattr(cut, "recording", None) is not None:
+        sources = [fastcopy(s, source=fn(s.source)) if s.type == "file" else s for s in cut.recording.sources]
+        cut = fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
+    if getattr(cut, "features", None) is not None:
+        cut = fastcopy(cut, features=fastcopy(cut.features, storage_path=fn(cut.features.storage_path)))
+    return cut
+
+
+def _relative_within(path: str, root: Path, base: Path) -> str:
+    full = Path(path).resolve()
+    return os.path.relpath(full, base) if full.is_relative_to(root) else str(full)
+
+
+def _relocated(cut: Any, exp_dir: Path, seen: dict[str, str]) -> Any:
+    def fn(p: str) -> str:
+        if p not in seen:
+            seen[p] = relocate_legacy_path(p, exp_dir)
+        return seen[p]
+
+    return _map_paths(cut, fn)
+
+
 def save_cuts(cuts: Any, path: Path, root: Path) -> Path:
     """Write a lhotse CutSet to `path` (.jsonl.gz); audio and feature files under `root` (the
     experiment) are stored relative to `path`'s folder, files elsewhere (a corpus) by absolute
     path (a path relative to the current directory is made absolute)."""
-    from lhotse.utils import fastcopy
-
-    path, root = Path(path), Path(root).resolve()
-    base = path.parent.resolve()
-
-    def local(p: str) -> str:
-        full = Path(p).resolve()
-        return os.path.relpath(full, base) if full.is_relative_to(root) else str(full)
-
-    def relocatable(cut: Any) -> Any:
-        if hasattr(cut, "tracks"):  # a MixedCut: each track's cut
-            cut = fastcopy(cut, tracks=[fastcopy(t, cut=relocatable(t.cut)) for t in cut.tracks])
-        if getattr(cut, "recording", None) is not None:
-            sources = [fastcopy(s, source=local(s.source)) if s.type == "file" else s for s in cut.recording.sources]
-            cut = fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
-        if getattr(cut, "features", None) is not None:
-            cut = fastcopy(cut, features=fastcopy(cut.features, storage_path=local(cut.features.storage_path)))
-        return cut
-
+    path = Path(path)
+    relative = partial(_relative_within, root=Path(root).resolve(), base=path.parent.resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
-    cuts.map(relocatable).to_file(path)
+    cuts.map(partial(_map_paths, fn=relative)).to_file(path)
     return path
 
 
-def load_cuts(path: Path, lazy: bool = False) -> Any:
-    """The CutSet `save_cuts` wrote, its relative file paths resolved against `path`'s folder
-    (absolute ones, as older experiments wrote them, are kept). `lazy` streams it from disk."""
+def load_cuts(path: Path, lazy: bool = False, exp_dir: Optional[Path] = None) -> Any:
+    """The CutSet `save_cuts` wrote, its relative file paths resolved against `path`'s folder.
+    Absolute paths are kept, except that with `exp_dir` (the experiment the manifest belongs to)
+    a path into another experiment's folder, as older versions wrote, is read from `exp_dir`
+    where the same file exists (`relocate_legacy_path`). `lazy` streams the set from disk."""
     from lhotse import CutSet
 
     path = Path(path)
     cuts = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
     base = path.parent.resolve()
     cuts = cuts.with_recording_path_prefix(base).with_features_path_prefix(base)
+    if exp_dir is not None:
+        cuts = cuts.map(partial(_relocated, exp_dir=Path(exp_dir).resolve(), seen={}))
     return cuts if lazy else cuts.to_eager()

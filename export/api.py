@@ -92,7 +92,7 @@ def load_dev_utterances(exp_dir: Path, spec, limit: Optional[int], split: str = 
     path = exp_dir / "features" / f"{split}_cuts.jsonl.gz"
     if not path.exists():
         return []
-    cuts = load_cuts(path)
+    cuts = load_cuts(path, exp_dir=exp_dir)
     if spread and limit is not None:
         cuts = cuts.to_eager()
         step = max(1, len(cuts) // max(limit, 1))

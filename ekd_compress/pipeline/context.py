@@ -157,7 +157,7 @@ class Context:
             if lazy == "auto":
                 with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
                     lazy = sum(1 for _ in islice(f, limit + 1)) > limit
-            self._cache[split] = load_cuts(Path(path), lazy=bool(lazy))
+            self._cache[split] = load_cuts(Path(path), lazy=bool(lazy), exp_dir=self.exp_dir)
         return self._cache[split]
 
     def model_path(self, name: str) -> Path:

@@ -8,8 +8,9 @@ the re-run (so training resumes from `last.ckpt`) only while its key is unchange
 
 A marker records the experiment folder it was written in. Read in another folder (an
 experiment copied or moved), the paths in its result that lie in the old folder are rebased
-onto the new one, so a resumed copy reads its own files. A marker older than that record was
-written where the `data` stage's marker puts the token table (EXP/tokens.txt).
+onto the new one, so a resumed copy reads its own files. In a marker older than that record, a
+path into another folder's experiment layout (E/models/..., E/features/...) is read from this
+experiment when the same file exists here.
 
 Under torchrun (see ekd_compress/train/distributed.py) rank 0 runs a stage and writes
 its marker while the other ranks wait for its result; a stage run with `all_ranks=True`
@@ -81,23 +82,22 @@ class StageRunner:
         if data.get("key") != key:
             return None
         here = str(self.exp_dir.resolve())
-        written_in = data.get("exp_dir") or self._legacy_folder()
-        if written_in and written_in != here:
-            if os.path.realpath(written_in) != here and not self._moved_noted:
-                self.log(f"[note] this experiment's stage markers were written in {written_in}: "
-                         f"their paths are read from {here} instead")
-                self._moved_noted = True
-            return _rebase(data["result"], written_in, here)
-        return data["result"]
-
-    def _legacy_folder(self) -> Optional[str]:
-        """Where a marker without `exp_dir` was written: the folder of the token table that the
-        `data` stage's marker names (EXP/tokens.txt), or None when there is no such marker."""
-        m = self.marker("data")
-        if not m.exists():
-            return None
-        tokens = json.loads(m.read_text()).get("result", {}).get("tokens")
-        return os.path.dirname(tokens) if tokens else None
+        written_in = data.get("exp_dir")
+        if written_in is None:  # written before markers recorded their folder
+            result = _rebase_legacy(data["result"], Path(here))
+            moved = result != data["result"]
+            elsewhere = [p for p in _strings(result) if _in_other_experiment(p, here)]
+            if elsewhere:
+                self.log(f"[warn] {name}: its marker names {len(elsewhere)} file(s) of another experiment that "
+                         f"this one lacks, e.g. {elsewhere[0]}; they are read from there (--fresh re-makes them)")
+        else:
+            result = _rebase(data["result"], written_in, here) if written_in != here else data["result"]
+            moved = os.path.realpath(written_in) != here
+        if moved and not self._moved_noted:
+            self.log(f"[note] this experiment's stage markers were written in another folder "
+                     f"({written_in or 'an older version did not record which'}): their paths are read from {here}")
+            self._moved_noted = True
+        return result
 
     def run(self, name: str, key: str, fn: Callable[[], dict], work_dir: Optional[Path] = None,
             all_ranks: bool = False) -> dict:
@@ -146,6 +146,36 @@ class StageRunner:
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _rebase_legacy(value: object, here: Path) -> object:
+    """`value` with every path string moved by `relocate_legacy_path`."""
+    from ekd_compress.experiment import relocate_legacy_path
+
+    if isinstance(value, dict):
+        return {k: _rebase_legacy(v, here) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase_legacy(v, here) for v in value]
+    return relocate_legacy_path(value, here) if isinstance(value, str) else value
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in a JSON value."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def _in_other_experiment(path: str, here: str) -> bool:
+    """Whether `path` lies in an experiment folder (one with stages/) other than `here`."""
+    from ekd_compress.experiment import LAYOUT
+
+    if not os.path.isabs(path) or _inside(path, here):
+        return False
+    parts = Path(path).parts
+    return any(parts[i] in LAYOUT and Path(*parts[:i], "stages").is_dir() for i in range(1, len(parts)))
 
 
 def _rebase(value: object, old: str, new: str) -> object:

@@ -64,12 +64,12 @@ def stage_features(ctx: Context) -> Features:
     splits = {"train": d.train, "dev": d.dev, **{f"test_{k}": v for k, v in d.tests.items()}}
     out: dict[str, str] = {}
     for split, path in splits.items():
-        cuts = load_cuts(Path(path))
+        cuts = load_cuts(Path(path), exp_dir=ctx.exp_dir)
         if ctx.recipe.features.precompute:
             cuts = store_features(cuts, ctx.spec, ctx.exp_dir / "features" / split)
         target = save_cuts(cuts, ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz", ctx.exp_dir)
         out[split] = str(target)
-    cmvn = feature_stats(load_cuts(Path(out["train"])), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
+    cmvn = feature_stats(load_cuts(Path(out["train"]), exp_dir=ctx.exp_dir), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
     return Features(out, ctx.spec.hash(), str(cmvn))
 
 

@@ -62,6 +62,25 @@ def test_a_moved_experiment_reads_its_own_audio_and_features(corpus_and_exp, laz
     assert Path(inside.recording.sources[0].source).resolve() == (moved / "data" / "wav" / "inside.wav").resolve()
 
 
+def test_a_copied_old_experiments_manifests_read_the_copys_files(tmp_path):
+    """Manifests written before relocatable experiments name files by absolute path."""
+    old = tmp_path / "old"
+    (old / "data" / "wav").mkdir(parents=True)
+    (tmp_path / "corpus").mkdir()
+    recordings = [_wav(old / "data" / "wav" / "inside.wav", 1), _wav(tmp_path / "corpus" / "outside.wav", 0)]
+    store_features(CutSet.from_manifests(recordings=recordings), SPEC, old / "features" / "train").to_file(
+        old / "features" / "train_cuts.jsonl.gz")  # as older versions wrote it: every path absolute
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    cuts = load_cuts(new / "features" / "train_cuts.jsonl.gz", exp_dir=new)
+    sources = {c.recording.id: c.recording.sources[0].source for c in cuts}
+    assert sources == {"inside": str(new.resolve() / "data" / "wav" / "inside.wav"),
+                       "outside": str(tmp_path / "corpus" / "outside.wav")}
+    assert {c.features.storage_path for c in cuts} == {str(new.resolve() / "features" / "train.lca")}
+    assert all(c.load_audio().shape == (1, 4000) and c.load_features().shape[1] == 23 for c in cuts)
+
+
 def test_a_corpus_path_relative_to_the_current_directory_is_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -91,13 +110,27 @@ def test_a_copied_experiments_markers_name_the_copys_files(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("[skip]")
 
 
-def test_markers_written_before_they_recorded_their_folder_are_rebased_from_the_data_stages_tokens(tmp_path):
-    old, new = tmp_path / "old", tmp_path / "new"
-    (new / "stages").mkdir(parents=True)
-    for name, result in {"data": {"tokens": f"{old}/tokens.txt", "train": f"{old}/data/train_cuts.jsonl.gz"},
-                         "align": {"path": f"{old}/align/train.npz", "utterances": 4}}.items():
+def test_markers_written_before_they_recorded_their_folder_read_this_experiments_files(tmp_path):
+    """An old experiment copied twice: its markers name files in both earlier folders."""
+    first, second, new = tmp_path / "first", tmp_path / "second", tmp_path / "new"
+    for rel in ("data/train_cuts.jsonl.gz", "tokens.txt", "models/gru/model.pt"):
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        (new / rel).write_text("x")
+    (new / "stages").mkdir()
+    (second / "stages").mkdir(parents=True)  # the second folder still exists; the first is gone
+    corpus = f"{tmp_path}/corpus/data/train"  # a corpus folder with "data" in its path, not in this experiment
+    markers = {"data": {"tokens": f"{first}/tokens.txt", "train": f"{first}/data/train_cuts.jsonl.gz",
+                        "report": f"{corpus}: 3 utterances"},
+               "member_gru": {"model": f"{second}/models/gru/model.pt", "gone": f"{second}/models/lstm/model.pt"}}
+    for name, result in markers.items():
         (new / "stages" / f"{name}.json").write_text(json.dumps({"key": "k", "result": result, "seconds": 1.0}))
-    runner = StageRunner(new, log=lambda m: None)
-    assert runner.done("align", "k") == {"path": f"{new.resolve()}/align/train.npz", "utterances": 4}
-    assert runner.done("data", "k")["train"] == f"{new.resolve()}/data/train_cuts.jsonl.gz"
-    assert runner.done("align", "other key") is None
+    lines = []
+    runner = StageRunner(new, log=lines.append)
+    here = new.resolve()
+    assert runner.done("data", "k") == {"tokens": f"{here}/tokens.txt", "train": f"{here}/data/train_cuts.jsonl.gz",
+                                        "report": f"{corpus}: 3 utterances"}
+    assert runner.done("member_gru", "k") == {"model": f"{here}/models/gru/model.pt",
+                                              "gone": f"{second}/models/lstm/model.pt"}  # not here: unchanged
+    assert len(lines) == 2 and lines[0].startswith("[note]")
+    assert lines[1].startswith("[warn] member_gru") and f"{second}/models/lstm/model.pt" in lines[1]
+    assert runner.done("data", "other key") is None
