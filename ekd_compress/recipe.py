@@ -203,6 +203,8 @@ class DistillConfig:
     # student-size sweep (compression curve): [] = none, the default recipe's behaviour
     student_sizes: list[StudentSize] = field(default_factory=list)
     compression_rtf_seconds: float = 20.0  # dev audio streamed per model to time its ONNX RTF (sweep only)
+    # the verdict's target ratio per claim, over ekd_compress.pipeline.verdict.TARGETS ({} = those)
+    verdict_targets: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -381,6 +383,13 @@ def validate_recipe(r: Recipe) -> None:
     for n in sizes:
         if not n or not n.replace("_", "").isalnum():
             raise RecipeError(f"distill.student_sizes name {n!r}: use letters, digits and '_' (e.g. s64)")
+    from ekd_compress.pipeline.verdict import TARGETS
+
+    for claim, target in d.verdict_targets.items():
+        if claim not in TARGETS:
+            raise RecipeError(f"distill.verdict_targets: unknown claim {claim!r}; the claims are {list(TARGETS)}")
+        if not isinstance(target, (int, float)) or target <= 0:
+            raise RecipeError(f"distill.verdict_targets[{claim!r}]={target!r}: a ratio > 0 (e.g. 1.0)")
     if d.compression_rtf_seconds <= 0:
         raise RecipeError(f"distill.compression_rtf_seconds={d.compression_rtf_seconds}: seconds of dev audio, > 0")
     if d.student_k != "auto" and d.student_k not in d.ks:

@@ -130,6 +130,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         if r.distill.student_sizes:  # the compression section joins the key only with a sweep
             ctx.keys["compression"] = config_hash("compression-1", r.distill.compression_rtf_seconds)
         metric = [r.data.metric] if r.data.metric != "wer" else []  # WER experiments keep their key
+        if r.distill.verdict_targets:  # so do experiments with the default targets
+            metric.append(sorted(r.distill.verdict_targets.items()))
         # "scores-2": rows carry per-utterance counts (the verdict's intervals), so older results re-score
         ctx.keys["evaluate"] = config_hash(sorted(ctx.keys.items()), registry, ctx.features.to_json(), *metric,
                                            "scores-2")

@@ -119,7 +119,8 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     split = verdict_split(results["tests"])
     dev = results["tests"].get("dev", {}).get("models")
     metric = results.get("metric", "wer")
-    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev, metric)
+    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev, metric,
+                                     targets=results.get("verdict_targets"))
                           for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""

@@ -208,6 +208,7 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         "ensemble": {k: v for k, v in ctx.ensemble.to_json().items() if k != "grid"} if ctx.ensemble else {},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
         "oov": ctx.data.oov,
+        "verdict_targets": dict(ctx.recipe.distill.verdict_targets),
     }
     if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
         results["compression"] = _compression(ctx, models, tests)

@@ -11,7 +11,8 @@ in the experiment's metric (results["metric"]: WER, CER or PER; WER for results 
   best essence k vs KD-all       essence_k<k> / kd_all, k the chosen student's (or, when dev
                                  chose k = all, the essence k with the best dev WER)
 
-`TARGETS` are the ratios the project aims for (issue "Models that learn"); a claim
+`TARGETS` are the ratios the project aims for (issue "Models that learn"); a recipe's
+`distill.verdict_targets` replaces some (results.json keeps them as "verdict_targets"). A claim
 is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
 paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
 test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim.
@@ -55,7 +56,7 @@ def best_essence_k(chosen_k: Optional[str], dev_models: list[dict[str, Any]], me
 
 def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
             dev_models: Optional[list[dict[str, Any]]] = None, metric: str = "wer",
-            resamples: int = RESAMPLES) -> list[dict[str, Any]]:
+            resamples: int = RESAMPLES, targets: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
     """models: one scored set's rows ({"name", "kind", metric}) -> one row per claim that the
     experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met", "metric", "ci95",
     "decided"}, where "wer" and "vs" hold the two error rates in `metric` (percent; the key names
@@ -63,7 +64,8 @@ def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
     draws of the set's utterances (ekd_compress.evaluate.bootstrap), and "decided" says whether that
     interval lies at or below the target ("met"), above it ("not met") or around it ("undecided");
     both are None for rows without per-utterance counts. `dev_models` (the dev rows) picks the
-    essence k when the chosen student is k = all."""
+    essence k when the chosen student is k = all. `targets` replaces some of `TARGETS`."""
+    targets = {**TARGETS, **(targets or {})}
     by = {r["name"]: float(r[metric]) for r in models if r.get(metric) is not None}
     members = [r["name"] for r in models if r["kind"] == "member" and r["name"] in by]
     k = best_essence_k(chosen_k, dev_models or [], metric)
@@ -73,7 +75,7 @@ def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
     rows = []
     for claim, (wer, vs) in point.items():
         ratio = float(_ratio(np.float64(wer), np.float64(vs)))
-        target = TARGETS[claim]
+        target = targets[claim]
         ci = decided = None
         if claim in spread:
             ci = list(interval(_ratio(*spread[claim])))
@@ -147,7 +149,8 @@ def verdict_on_data(scored: dict[str, Any], exp_dir: Path) -> tuple[list[dict[st
     results_file = Path(exp_dir) / "results.json"
     exp_results = json.loads(results_file.read_text()) if results_file.exists() else {}
     dev = (exp_results.get("tests") or {}).get("dev", {}).get("models")
-    rows = verdict(scored["models"], exp_results.get("chosen_k"), dev, metric)
+    rows = verdict(scored["models"], exp_results.get("chosen_k"), dev, metric,
+                   targets=exp_results.get("verdict_targets"))
     return rows, (verdict_table(rows, f"`{scored['data']}`", LABELS[metric]) if rows else "")
 
 
@@ -162,7 +165,8 @@ def verdict_markdown(results: dict[str, Any]) -> str:
     splits = [main] + [t for t in tests if t.startswith(main + "_noisy")]
     out = []
     for split in splits:
-        rows = verdict(tests[split]["models"], results.get("chosen_k"), tests.get("dev", {}).get("models"), metric)
+        rows = verdict(tests[split]["models"], results.get("chosen_k"), tests.get("dev", {}).get("models"), metric,
+                       targets=results.get("verdict_targets"))
         if not rows:
             continue
         caveat = "" if split != "dev" else " (dev also selected checkpoints, k and fusion weights: flattering)"

@@ -57,3 +57,34 @@ def test_verdict_is_read_on_the_test_split_and_says_so():
     assert md.endswith("\n\n"), "without a blank line the next paragraph would join the list (or a table's rows)"
     del results["restarts"]
     assert verdict_markdown(results).endswith("|\n\n")
+
+
+def test_a_recipes_targets_replace_the_defaults_they_name():
+    targets = {"ensemble vs best member": 1.0, "student vs baseline (seed mean)": 0.9}
+    worse = rows(gru=10.0, ensemble=9.0, baseline=10.0, student=8.5)
+    v = {r["claim"]: r for r in verdict(worse, "all", targets=targets)}
+    assert v["ensemble vs best member"]["target"] == 1.0 and v["ensemble vs best member"]["met"]  # 0.9 <= 1.0
+    assert v["student vs baseline (seed mean)"]["target"] == 0.9 and v["student vs baseline (seed mean)"]["met"]
+    assert v["student vs ensemble"]["target"] == TARGETS["student vs ensemble"]  # not named: the default
+    assert not verdict(worse, "all")[0]["met"]  # the same numbers against the default 0.85
+    results = {"tests": {"test": {"models": worse}}, "chosen_k": "all", "verdict_targets": targets}
+    assert "| ensemble vs best member | 9.00 | 10.00 | 0.900 | <= 1 | yes |" in verdict_markdown(results)
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("distill.verdict_targets={student beats all: 1.0}", "unknown claim 'student beats all'"),
+    ("distill.verdict_targets={student vs control: 0}", "a ratio > 0"),
+])
+def test_a_bad_target_is_refused_at_load(override, expect):
+    from ekd_compress.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=expect):
+        load_recipe(None, [override])
+
+
+def test_the_phone_recipe_judges_issue_13s_targets():
+    from ekd_compress.recipe import load_recipe
+
+    targets = load_recipe("recipes/speechocean762.yaml").distill.verdict_targets
+    assert targets == {"ensemble vs best member": 1.0, "student vs ensemble": 1.0,
+                       "student vs baseline (seed mean)": 0.9, "student vs control": 1.0}
