@@ -145,7 +145,9 @@ def test_evaluate_command_json(exp):
     from ekd_compress.pipeline.verdict import verdict
 
     results = json.loads((exp / "results.json").read_text())
-    assert out["verdict"] == verdict(out["models"], results["chosen_k"], results["tests"]["dev"]["models"])
+    assert results["verdict_targets"] == {"ensemble vs best member": 1.0, "student vs baseline (seed mean)": 1.0}
+    assert out["verdict"] == verdict(out["models"], results["chosen_k"], results["tests"]["dev"]["models"],
+                                     targets=results["verdict_targets"])  # the demo recipe's own targets
     assert [r["claim"] for r in out["verdict"]] == [r["claim"] for r in results["verdict"]["test"]]
     assert all(r["ci95"] and r["decided"] for r in out["verdict"])
     shown = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(data_dir)])
@@ -235,9 +237,8 @@ def fused_teacher_probs(exp: Path, feats: np.ndarray) -> np.ndarray:
 def test_cached_targets_are_the_essence_of_the_fused_members(exp):
     """One training utterance, end to end: features as stored -> every member -> weighted fusion
     -> temperature -> top-k renorm, by hand, against what the 'essence' stage cached (fp16)."""
-    from lhotse import CutSet
-
     from ekd_compress.ensemble.cache import EssenceCache
+    from ekd_compress.experiment import load_cuts
     from ekd_compress.features.fbank import feature_spec, load_features
     from ekd_compress.recipe import load_recipe
 
@@ -245,7 +246,7 @@ def test_cached_targets_are_the_essence_of_the_fused_members(exp):
     d = recipe.distill
     assert d.mode == "renorm" and d.temperature == 2.0 and d.fusion_weights == [1, 2, 5], "the settings under test"
     assert json.loads((exp / "models" / "ensemble.json").read_text())["weights"] is not None
-    cut = next(iter(CutSet.from_file(exp / "features" / "train_cuts.jsonl.gz")))
+    cut = next(iter(load_cuts(exp / "features" / "train_cuts.jsonl.gz")))
     feats = load_features(cut, feature_spec(recipe.features, recipe.data.sample_rate))
     p = fused_teacher_probs(exp, feats)  # (T', V)
     tempered = p ** (1.0 / d.temperature)

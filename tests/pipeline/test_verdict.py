@@ -82,9 +82,12 @@ def test_a_bad_target_is_refused_at_load(override, expect):
         load_recipe(None, [override])
 
 
-def test_the_phone_recipe_judges_issue_13s_targets():
+def test_the_phone_recipe_and_the_demo_judge_their_issues_targets():
     from ekd_compress.recipe import load_recipe
 
     targets = load_recipe("recipes/speechocean762.yaml").distill.verdict_targets
     assert targets == {"ensemble vs best member": 1.0, "student vs ensemble": 1.0,
                        "student vs baseline (seed mean)": 0.9, "student vs control": 1.0}
+    assert load_recipe("recipes/demo.yaml").distill.verdict_targets == {
+        "ensemble vs best member": 1.0, "student vs baseline (seed mean)": 1.0}
+    assert load_recipe("recipes/fsdd.yaml").distill.verdict_targets == {}  # FSDD's are the defaults
