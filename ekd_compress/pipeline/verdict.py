@@ -11,7 +11,7 @@ in the experiment's metric (results["metric"]: WER, CER or PER; WER for results 
   best essence k vs KD-all       essence_k<k> / kd_all, k the chosen student's (or, when dev
                                  chose k = all, the essence k with the best dev WER)
 
-`TARGETS` are the ratios the project aims for (issue "Models that learn"); a recipe's
+`TARGETS` (ekd_compress.recipe.VERDICT_TARGETS) are the ratios the project aims for (issue "Models that learn"); a recipe's
 `distill.verdict_targets` replaces some (results.json keeps them as "verdict_targets"). A claim
 is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
 paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
@@ -28,15 +28,9 @@ from typing import Any, Optional
 import numpy as np
 
 from ekd_compress.evaluate.bootstrap import RESAMPLES, bootstrap_rates, interval
+from ekd_compress.recipe import VERDICT_TARGETS
 
-TARGETS = {
-    "ensemble vs best member": 0.85,
-    "student vs ensemble": 0.8,
-    "student vs baseline (seed mean)": 0.6,
-    "student vs baseline (best seed)": 1.0,
-    "student vs control": 0.9,
-    "best essence k vs KD-all": 1.0,
-}
+TARGETS = VERDICT_TARGETS  # the defaults; the claims in the order the tables list them
 
 
 def _seeds(by: dict[str, Any], prefix: str) -> list[str]:

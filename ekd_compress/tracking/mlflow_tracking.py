@@ -26,6 +26,7 @@ store spends a few more seconds creating its tables on first use.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -48,14 +49,19 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 # --------------------------------------------------------------------------- params
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
 def flatten_params(params: Mapping[str, Any] | None, prefix: str = "", sep: str = ".") -> dict[str, str]:
     """Nested mapping -> {dotted.key: string value}, values cut to MLflow's length limit.
 
-    Lists, tuples and other values are stringified with `str()`; None becomes "None".
+    Lists, tuples and other values are stringified with `str()`; None becomes "None". A character
+    MLflow refuses in a key (anything but letters, digits, `_-. :/`) becomes "_", so a recipe key
+    such as "student vs baseline (seed mean)" logs as "student vs baseline _seed mean_".
     """
     out: dict[str, str] = {}
     for key, value in (params or {}).items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        name = _KEY_UNSAFE.sub("_", f"{prefix}{sep}{key}" if prefix else str(key))
         if isinstance(value, Mapping):
             out.update(flatten_params(value, name, sep))
             continue

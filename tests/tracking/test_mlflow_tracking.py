@@ -29,6 +29,13 @@ def test_flatten_params():
         flatten_params({"k" * 300: 1})
 
 
+def test_keys_mlflow_refuses_are_made_safe_and_log(uri, client):
+    flat = flatten_params({"distill": {"verdict_targets": {"student vs baseline (seed mean)": 0.9}}})
+    assert flat == {"distill.verdict_targets.student vs baseline _seed mean_": "0.9"}
+    run_id = Tracker(uri, "ekd-keys").start_parent("keys", params={"t": {"a (b)": 1}})
+    assert client.get_run(run_id).data.params == {"t.a _b_": "1"}
+
+
 def test_parent_child_params_metrics_artifacts(uri, client, tmp_path):
     tracker = Tracker(uri, "ekd-test")
     parent_id = tracker.start_parent("pipeline", params={"data": {"corpus": "swbd"}, "seed": 7}, tags={"recipe": "t"})
