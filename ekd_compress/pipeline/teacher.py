@@ -69,7 +69,8 @@ def stage_features(ctx: Context) -> Features:
             cuts = store_features(cuts, ctx.spec, ctx.exp_dir / "features" / split)
         target = save_cuts(cuts, ctx.exp_dir / "features" / f"{split}_cuts.jsonl.gz", ctx.exp_dir)
         out[split] = str(target)
-    cmvn = feature_stats(load_cuts(Path(out["train"]), exp_dir=ctx.exp_dir), ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
+    train = load_cuts(Path(out["train"]), exp_dir=ctx.exp_dir)
+    cmvn = feature_stats(train, ctx.spec, ctx.exp_dir / "features" / "cmvn.npz")
     return Features(out, ctx.spec.hash(), str(cmvn))
 
 

@@ -11,8 +11,9 @@ in the experiment's metric (results["metric"]: WER, CER or PER; WER for results 
   best essence k vs KD-all       essence_k<k> / kd_all, k the chosen student's (or, when dev
                                  chose k = all, the essence k with the best dev WER)
 
-`TARGETS` (ekd_compress.recipe.VERDICT_TARGETS) are the ratios the project aims for (issue "Models that learn"); a recipe's
-`distill.verdict_targets` replaces some (results.json keeps them as "verdict_targets"). A claim
+`TARGETS` (ekd_compress.recipe.VERDICT_TARGETS) are the ratios the project aims for (issue
+"Models that learn"); a recipe's `distill.verdict_targets` replaces some (results.json keeps
+them as "verdict_targets"). A claim
 is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
 paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
 test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim.
