@@ -148,17 +148,6 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _rebase_legacy(value: object, here: Path) -> object:
-    """`value` with every path string moved by `relocate_legacy_path`."""
-    from ekd_compress.experiment import relocate_legacy_path
-
-    if isinstance(value, dict):
-        return {k: _rebase_legacy(v, here) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rebase_legacy(v, here) for v in value]
-    return relocate_legacy_path(value, here) if isinstance(value, str) else value
-
-
 def _strings(value: object) -> list[str]:
     """Every string in a JSON value."""
     if isinstance(value, dict):
@@ -178,15 +167,25 @@ def _in_other_experiment(path: str, here: str) -> bool:
     return any(parts[i] in LAYOUT and Path(*parts[:i], "stages").is_dir() for i in range(1, len(parts)))
 
 
+def _map_strings(value: object, fn: Callable[[str], str]) -> object:
+    """A JSON value with `fn` applied to every string in it (dict values, list items)."""
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
+
+
 def _rebase(value: object, old: str, new: str) -> object:
     """`value` with every string path inside folder `old` moved to the same place under `new`."""
-    if isinstance(value, str):
-        return new + value[len(old):] if _inside(value, old) else value
-    if isinstance(value, dict):
-        return {k: _rebase(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rebase(v, old, new) for v in value]
-    return value
+    return _map_strings(value, lambda s: new + s[len(old):] if _inside(s, old) else s)
+
+
+def _rebase_legacy(value: object, here: Path) -> object:
+    """`value` with every path string moved by `relocate_legacy_path`."""
+    from ekd_compress.experiment import relocate_legacy_path
+
+    return _map_strings(value, lambda s: relocate_legacy_path(s, here))
 
 
 def _clock(seconds: float) -> str:
