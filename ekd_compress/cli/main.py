@@ -71,23 +71,32 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="Print one JSON object instead of a table: {data, metric (the recipe's primary measure), models: "
                    "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, utterances (per-utterance "
                    "[errors, units] per measure, with ids), rtf; per, per_counts for phone "
-                   "models, whose wer and cer are null}], verdict (the experiment's claims on DATA, when every model "
+                   "models, whose wer and cer are null unless --words; words (the word LM) with --words}], verdict (the experiment's claims on DATA, when every model "
                    "was scored)}.")
 @click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
 @click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="Bad utterances in DATA stop the run, or are skipped and counted.")
+@click.option("--words", is_flag=True,
+              help="Phone models: also decode words (lexicon + word n-gram of the training transcripts, "
+                   "flashlight-text) and report their WER and CER beside the PER.")
+@click.option("--lm-order", default=3, show_default=True, type=click.IntRange(1, 6), help="--words: n-gram order.")
+@click.option("--lm-weight", default=1.0, show_default=True, type=float, help="--words: weight of the word LM.")
+@click.option("--word-score", default=0.0, show_default=True, type=float, help="--words: score added per word.")
+@click.option("--beam", default=32, show_default=True, type=click.IntRange(min=1), help="--words: beam size.")
 @needs("train")
-def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str) -> None:
+def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str,
+             words: bool, lm_order: int, lm_weight: float, word_score: float, beam: int) -> None:
     """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does, then
     read the experiment's verdict on DATA (when every model was scored)."""
     from ekd_compress.evaluate.on_data import evaluate_on_data
     from ekd_compress.pipeline.verdict import verdict_on_data
 
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    word_opts = dict(order=lm_order, lm_weight=lm_weight, word_score=word_score, beam=beam) if words else None
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
-                       on_error=on_error, log=log)
+                       on_error=on_error, log=log, words=word_opts)
     if not names:  # the claims compare models, so only a full scoring judges them
         result["verdict"], table = verdict_on_data(result, exp_dir)
         if table:

@@ -37,8 +37,13 @@ def load_eval_cuts(data: Path, recipe: "Recipe", on_error: str = "raise", log: C
 
 
 def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = None, scoring: str = "plain",
-                     on_error: str = "raise", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score the experiment's models (all, or those in `names`) on `data` -> the `evaluate --json` object."""
+                     on_error: str = "raise", log: Callable[[str], None] = print,
+                     words: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Score the experiment's models (all, or those in `names`) on `data` -> the `evaluate --json` object.
+
+    words: for phone experiments, also decode words through the lexicon and an n-gram of the training
+    transcripts: keyword arguments of `experiment_word_decoder` (order, lm_weight, word_score, beam).
+    The object then has "words" (the LM and settings) and each row a word-level wer and cer."""
     from ekd_compress.evaluate.scoring import evaluate_experiment
     from ekd_compress.features.fbank import feature_spec
 
@@ -46,5 +51,16 @@ def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = Non
     recipe = read_recipe(exp_dir)
     cuts = load_eval_cuts(data, recipe, on_error, log)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
-    return evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log,
-                               metric=recipe.data.metric)
+    decoder = info = None
+    if words is not None:
+        from ekd_compress.evaluate.lexicon_words import experiment_word_decoder
+
+        decoder, info = experiment_word_decoder(exp_dir, **words)
+        log(f"words from phones: {info['order']}-gram of {info['train_sentences']} training transcripts "
+            f"({info['lm']}), {info['lexicon_words']} lexicon words, LM weight {info['lm_weight']}, "
+            f"word score {info['word_score']}, beam {info['beam']}")
+    result = evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log,
+                                 metric=recipe.data.metric, words=decoder)
+    if info is not None:
+        result["words"] = info
+    return result

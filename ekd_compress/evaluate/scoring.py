@@ -2,13 +2,15 @@
 
 `score_models` gives the `evaluate --json` object ({"data", "metric", "models": [row per
 model]}) that `distill`'s evaluate stage writes into results.json and `ekd-compress evaluate`
-prints; the models come from the experiment folder (ekd_compress.experiment).
+prints; the models come from the experiment folder (ekd_compress.experiment). Phone models can
+also be scored on words: pass a `LexiconWordDecoder` (ekd_compress.evaluate.lexicon_words) and
+their rows gain `wer`/`cer` of the words it decodes, beside `per` of the greedy phones.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from lhotse import CutSet
@@ -17,18 +19,25 @@ from ekd_compress.contract.features import FeatureSpec
 from ekd_compress.contract.tokens import TokenTable
 from ekd_compress.experiment import load_registered, read_tokens
 
+if TYPE_CHECKING:
+    from ekd_compress.evaluate.lexicon_words import LexiconWordDecoder
+
 
 @torch.no_grad()
 def decode_cuts(
-    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0
-) -> tuple[list[str], list[str], list[str], float, float]:
-    """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds)."""
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0,
+    words: Optional["LexiconWordDecoder"] = None,
+) -> tuple[list[str], list[str], list[str], float, float, list[str]]:
+    """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds, word hyps).
+
+    Word hyps are `words`' decoding of each utterance (phone models), [] without `words`; their
+    beam search is not counted in compute seconds (the greedy RTF stays comparable)."""
     from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.train.data import AsrDataset, make_loader
 
     dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
                          with_targets=False)
-    ids, refs, hyps = [], [], []
+    ids, refs, hyps, word_hyps = [], [], [], []
     audio = compute = 0.0
     for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
         start = time.perf_counter()
@@ -39,19 +48,28 @@ def decode_cuts(
         ids += batch["ids"]
         refs += batch["texts"]
         hyps += [tokens.decode(d) for d in decoded]
-    return ids, refs, hyps, audio, compute
+        if words is not None:
+            lp = log_probs.detach().float().cpu().numpy()
+            word_hyps += [words.decode(lp[b, : int(n)]) for b, n in enumerate(out_lengths.cpu())]
+    return ids, refs, hyps, audio, compute, word_hyps
 
 
 def score_model(
-    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain"
+    model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain",
+    words: Optional["LexiconWordDecoder"] = None,
 ) -> dict[str, Any]:
     """{wer, sub, del, ins, words, cer, cer_counts, utterances, rtf} (+ per, per_counts for phone
     models; + {"subsets": ...} for Switchboard scoring; utterances = {"ids", and per measure
-    [errors, units] per utterance}). See ekd_compress.evaluate.error_rates."""
+    [errors, units] per utterance}). See ekd_compress.evaluate.error_rates. With `words` (phone
+    models), wer and cer are those of the words it decodes instead of null."""
     from ekd_compress.evaluate.error_rates import score_texts
 
-    ids, refs, hyps, audio, compute = decode_cuts(model, cuts, tokens, spec)
+    ids, refs, hyps, audio, compute, word_hyps = decode_cuts(model, cuts, tokens, spec, words=words)
     result = score_texts(refs, hyps, tokens.kind, tokens.lexicon)
+    if words is not None and tokens.kind == "phone":
+        from_words = score_texts(refs, word_hyps, "char")
+        result.update({k: v for k, v in from_words.items() if k != "utterances"})
+        result["utterances"].update(from_words["utterances"])
     result["utterances"] = {"ids": list(ids), **result["utterances"]}
     if scoring == "swbd" and tokens.kind != "phone":
         from ekd_compress.evaluate.swbd import score_eval2000
@@ -65,18 +83,19 @@ def score_model(
 
 def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts: CutSet, data_name: str,
                  tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log: Callable[[str], None] = print,
-                 metric: str = "wer") -> dict[str, Any]:
+                 metric: str = "wer", words: Optional["LexiconWordDecoder"] = None) -> dict[str, Any]:
     """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object:
-    {"data", "metric" (the recipe's primary measure), "models": [row per model]}."""
+    {"data", "metric" (the recipe's primary measure), "models": [row per model]}; `words`: see score_model."""
     from ekd_compress.evaluate.error_rates import LABELS
     from ekd_compress.models import count_parameters
 
     rows = []
     for name, (entry, model) in models.items():
-        res = score_model(model, cuts, tokens, spec, scoring)
+        res = score_model(model, cuts, tokens, spec, scoring, words=words)
         value = res.get(metric)
         shown = f"{value:6.2f}%" if value is not None else "   n/a "
-        log(f"  {data_name:>12} {name:<26} {LABELS[metric]} {shown}  RTF {res['rtf']:.4f}")
+        extra = f"  WER {res['wer']:6.2f}% (words from phones)" if words is not None and res.get("wer") is not None else ""
+        log(f"  {data_name:>12} {name:<26} {LABELS[metric]} {shown}{extra}  RTF {res['rtf']:.4f}")
         rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model), **res})
     return {"data": data_name, "metric": metric, "models": rows}
 
@@ -84,7 +103,8 @@ def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts
 def evaluate_experiment(
     exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
     names: Optional[list[str]] = None, log: Callable[[str], None] = print, metric: str = "wer",
+    words: Optional["LexiconWordDecoder"] = None,
 ) -> dict[str, Any]:
     """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
     tokens = read_tokens(exp_dir)
-    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric)
+    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric, words)

@@ -10,6 +10,7 @@ import torch
 from conftest import NUM_BINS, SAMPLE_RATE, TEXTS, write_dev_set
 
 from ekd_compress.contract.lexicon import Lexicon
+from ekd_compress.serve.decode import flashlight_available
 
 LEXICON = "ONE W AH1 N\nTWO T UW1\nTHREE TH R IY1\nFOUR F AO1 R\nFIVE F AY1 V\nSIX S IH1 K S\n" \
           "SEVEN S EH1 V AH0 N\nEIGHT EY1 T\nNINE N AY1 N\nZERO Z IH1 R OW0\nZERO Z IY1 R OW0\n"
@@ -61,6 +62,42 @@ def test_phone_experiment_evaluates_on_per(phone_exp):
     c = row["per_counts"]
     assert row["per"] == pytest.approx(100.0 * (c["sub"] + c["del"] + c["ins"]) / units)
     json.dumps(out, allow_nan=False)  # null, not NaN: valid JSON
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text with KenLM is not installed")
+def test_phone_experiment_scores_words_from_phones(phone_exp, tmp_path):
+    """`evaluate --words`: an n-gram of the training transcripts (speed-perturbed copies left out) and
+    the lexicon turn phone posteriors into words; rows keep their PER and gain a word WER and CER."""
+    import shutil
+
+    from lhotse import load_manifest
+
+    from ekd_compress.evaluate.lexicon_words import training_texts
+    from ekd_compress.evaluate.on_data import evaluate_on_data
+
+    exp = tmp_path / "exp"
+    shutil.copytree(phone_exp, exp)
+    dev = exp / "features" / "dev_cuts.jsonl.gz"
+    with pytest.raises(FileNotFoundError, match="train_cuts.jsonl.gz does not exist"):
+        training_texts(exp)
+    cuts = load_manifest(dev)
+    (exp / "data").mkdir()
+    (cuts + cuts.perturb_speed(0.9)).to_file(exp / "data" / "train_cuts.jsonl.gz")
+    assert sorted(training_texts(exp)) == sorted(TEXTS)
+
+    plain = evaluate_on_data(exp, dev, log=quiet)["models"][0]
+    out = evaluate_on_data(exp, dev, log=quiet, words=dict(order=2, lm_weight=1.0, word_score=0.0, beam=16))
+    row = out["models"][0]
+    assert out["words"]["train_sentences"] == len(TEXTS) and out["words"]["order"] == 2
+    assert Path(out["words"]["lm"]).is_file() and out["words"]["lexicon_words"] == 10
+    assert row["per"] == plain["per"] and row["per_counts"] == plain["per_counts"]  # the phones are scored as before
+    assert row["words"] == sum(len(t.split()) for t in TEXTS)
+    assert row["wer"] == pytest.approx(100.0 * (row["sub"] + row["del"] + row["ins"]) / row["words"])
+    per_utt = row["utterances"]["wer"]
+    assert len(per_utt) == len(TEXTS) and sum(n for _, n in per_utt) == row["words"]
+    assert sum(e for e, _ in per_utt) == row["sub"] + row["del"] + row["ins"]
+    assert row["cer"] is not None and row["cer_counts"]["units"] == sum(len(t.replace(" ", "")) for t in TEXTS)
+    json.dumps(out, allow_nan=False)
 
 
 def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
