@@ -37,8 +37,6 @@ class LexiconWordDecoder:
 
     def __init__(self, tokens: TokenTable, lm_path: str | Path, lm_weight: float = 1.0, word_score: float = 0.0,
                  beam: int = 32, beam_threshold: float = 25.0) -> None:
-        from ekd_compress.serve.decode import DecoderUnavailable
-
         if tokens.kind != "phone" or tokens.lexicon is None:
             raise ValueError(f"words from phones need a phone model with its lexicon; this table is {tokens.kind!r}")
         lm_path = Path(lm_path)
@@ -49,8 +47,8 @@ class LexiconWordDecoder:
                                                      SmearingMode, Trie)
             from flashlight.lib.text.decoder.kenlm import KenLM
             from flashlight.lib.text.dictionary import Dictionary
-        except ImportError as e:
-            raise DecoderUnavailable(f"words from phones need flashlight-text with KenLM ({e}); "
+        except ImportError as e:  # the training side never imports serve, so not its DecoderUnavailable
+            raise RuntimeError(f"words from phones need flashlight-text with KenLM ({e}); "
                                      "`pip install -e '.[lm]'`") from None
         lexicon = tokens.lexicon
         self.words = sorted(lexicon.prons)
