@@ -72,7 +72,7 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
                    "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, utterances (per-utterance "
                    "[errors, units] per measure, with ids), rtf; per, per_counts for phone "
                    "models, whose wer and cer are null unless --words; words (the word LM) with --words}], verdict (the experiment's claims on DATA, when every model "
-                   "was scored)}.")
+                   "was scored; verdict_words too with --words)}.")
 @click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
 @click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")
@@ -101,6 +101,10 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
         result["verdict"], table = verdict_on_data(result, exp_dir)
         if table:
             log("\n" + table)
+        if words:  # the same claims on the words decoded from phones
+            result["verdict_words"], table = verdict_on_data({**result, "metric": "wer"}, exp_dir)
+            if table:
+                log("\n" + table)
     if as_json:
         click.echo(json.dumps(result))
 

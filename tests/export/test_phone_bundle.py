@@ -99,6 +99,18 @@ def test_phone_experiment_scores_words_from_phones(phone_exp, tmp_path):
     assert row["cer"] is not None and row["cer_counts"]["units"] == sum(len(t.replace(" ", "")) for t in TEXTS)
     json.dumps(out, allow_nan=False)
 
+    # the command: the JSON carries the LM settings, word-level rows and the verdict on words
+    from click.testing import CliRunner
+
+    from ekd_compress.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["evaluate", str(exp), "--data", str(dev), "--words", "--lm-order", "2",
+                                   "--lm-weight", "1.0", "--beam", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout.strip().splitlines()[-1])
+    assert printed["words"]["order"] == 2 and printed["models"][0]["wer"] == row["wer"]
+    assert "verdict_words" in printed and "verdict" in printed
+
 
 def test_phone_bundle_round_trip_and_runtime_transcript(phone_exp, tmp_path):
     from ekd_compress.contract.ctc_decode import ctc_greedy_decode
