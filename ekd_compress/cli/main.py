@@ -71,8 +71,9 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
               help="Print one JSON object instead of a table: {data, metric (the recipe's primary measure), models: "
                    "[{name, kind, params, wer, sub, del, ins, words, cer, cer_counts, utterances (per-utterance "
                    "[errors, units] per measure, with ids), rtf; per, per_counts for phone "
-                   "models, whose wer and cer are null unless --words; words (the word LM) with --words}], verdict (the experiment's claims on DATA, when every model "
-                   "was scored; verdict_words too with --words)}.")
+                   "models, whose wer and cer are null unless --words}], words (the word LM, with --words), "
+                   "verdict (the experiment's claims on DATA, when every model was scored; verdict_words too with "
+                   "--words)}.")
 @click.option("--model", "names", multiple=True, help="Score only these models (repeatable; default: all).")
 @click.option("--scoring", type=click.Choice(["plain", "swbd"]), default="plain", show_default=True,
               help="swbd: GLM-style normalisation with the swbd/callhome split (eval2000).")

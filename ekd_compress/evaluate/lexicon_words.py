@@ -41,7 +41,8 @@ class LexiconWordDecoder:
             raise ValueError(f"words from phones need a phone model with its lexicon; this table is {tokens.kind!r}")
         lm_path = Path(lm_path)
         if not lm_path.is_file():
-            raise FileNotFoundError(f"word LM {lm_path} does not exist; write one with ekd_compress.evaluate.ngram.write_arpa")
+            raise FileNotFoundError(f"word LM {lm_path} does not exist; "
+                                    "write one with ekd_compress.evaluate.ngram.write_arpa")
         try:
             from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions,
                                                      SmearingMode, Trie)

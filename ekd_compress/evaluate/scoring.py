@@ -94,7 +94,8 @@ def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts
         res = score_model(model, cuts, tokens, spec, scoring, words=words)
         value = res.get(metric)
         shown = f"{value:6.2f}%" if value is not None else "   n/a "
-        extra = f"  WER {res['wer']:6.2f}% (words from phones)" if words is not None and res.get("wer") is not None else ""
+        decoded = words is not None and res.get("wer") is not None
+        extra = f"  WER {res['wer']:6.2f}% (words from phones)" if decoded else ""
         log(f"  {data_name:>12} {name:<26} {LABELS[metric]} {shown}{extra}  RTF {res['rtf']:.4f}")
         rows.append({"name": name, "kind": entry["kind"], "params": count_parameters(model), **res})
     return {"data": data_name, "metric": metric, "models": rows}
