@@ -50,7 +50,7 @@ class LexiconWordDecoder:
             from flashlight.lib.text.dictionary import Dictionary
         except ImportError as e:  # the training side never imports serve, so not its DecoderUnavailable
             raise RuntimeError(f"words from phones need flashlight-text with KenLM ({e}); "
-                                     "`pip install -e '.[lm]'`") from None
+                               "`pip install -e '.[lm]'`") from None
         lexicon = tokens.lexicon
         self.words = sorted(lexicon.prons)
         self.words.append("<unk>")
