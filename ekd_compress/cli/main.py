@@ -82,7 +82,8 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
 @click.option("--words", is_flag=True,
               help="Phone models: also decode words (lexicon + word n-gram of the training transcripts, "
                    "flashlight-text) and report their WER and CER beside the PER.")
-@click.option("--lm-order", default=3, show_default=True, type=click.IntRange(1, 6), help="--words: n-gram order.")
+@click.option("--lm-order", default=3, show_default=True, type=click.IntRange(2, 6),
+              help="--words: n-gram order (KenLM needs 2 or more).")
 @click.option("--lm-weight", default=1.0, show_default=True, type=float, help="--words: weight of the word LM.")
 @click.option("--word-score", default=0.0, show_default=True, type=float, help="--words: score added per word.")
 @click.option("--beam", default=32, show_default=True, type=click.IntRange(min=1), help="--words: beam size.")
@@ -94,6 +95,8 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
     from ekd_compress.evaluate.on_data import evaluate_on_data
     from ekd_compress.pipeline.verdict import verdict_on_data
 
+    if words and scoring == "swbd":
+        raise click.UsageError("--words scores plain text; drop --scoring swbd (phone models have no GLM rules)")
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     word_opts = dict(order=lm_order, lm_weight=lm_weight, word_score=word_score, beam=beam) if words else None
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,

@@ -10,9 +10,12 @@ each hypothesis as acoustic log-probability (natural log) + lm_weight x LM log10
 KenLM gives it) + word_score per word.
 Phone tables have no word-boundary token, so the CTC blank doubles as the decoder's silence: a word
 ends on its last phone and the next may start at the following frame (a repeated phone still needs
-a blank between, as CTC requires). The LM is a word-level KenLM model (ARPA); lexicon words it
-never saw are scored as its `<unk>`. Decoding is whole-utterance (offline) and needs the optional
-`lm` extra (flashlight-text).
+a blank between, as CTC requires). Because a word ends on entering its last phone, that phone could
+not last more than one frame; so before the search, each run of consecutive frames whose best token is
+the same phone is merged into its most confident frame (CTC reads such a run as one phone anyway).
+The LM is a word-level KenLM model (ARPA) that should know every lexicon word (`write_arpa`'s
+`vocabulary`). Words are lower case, as the lexicon's keys; score them against lower-cased references.
+Decoding is whole-utterance (offline) and needs the optional `lm` extra (flashlight-text).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class LexiconWordDecoder:
             raise RuntimeError(f"words from phones need flashlight-text with KenLM ({e}); "
                                "`pip install -e '.[lm]'`") from None
         lexicon = tokens.lexicon
-        self.words = sorted(lexicon.prons)
+        self.words = sorted(w for w in lexicon.prons if w != "<unk>")
         self.words.append("<unk>")
         words = Dictionary(self.words)
         self.vocab = len(tokens.tokens)
@@ -60,14 +63,14 @@ class LexiconWordDecoder:
         start = self._lm.start(False)
         trie = Trie(self.vocab, BLANK_ID)
         index = {t: i for i, t in enumerate(tokens.tokens)}
-        for w, variants in lexicon.prons.items():
+        for w in self.words[:-1]:
             label = words.get_index(w)
-            unigram = self._lm.score(start, label)[1]
-            for pron in variants:
+            first_word_score = self._lm.score(start, label)[1]  # the trie's look-ahead score (smeared below)
+            for pron in lexicon.prons[w]:
                 missing = [p for p in pron if p not in index]
                 if missing:
                     raise ValueError(f"lexicon word {w!r} uses phones {missing} that the model's token table lacks")
-                trie.insert([index[p] for p in pron], label, unigram)
+                trie.insert([index[p] for p in pron], label, first_word_score)
         trie.smear(SmearingMode.MAX)
         opts = LexiconDecoderOptions(beam_size=beam, beam_size_token=self.vocab, beam_threshold=beam_threshold,
                                      lm_weight=lm_weight, word_score=word_score, unk_score=-math.inf, sil_score=0.0,
@@ -82,10 +85,25 @@ class LexiconWordDecoder:
             raise ValueError(f"log_probs must be (T, {self.vocab}), got {lp.shape}")
         if lp.shape[0] == 0:
             return ""
+        lp = np.ascontiguousarray(merge_repeated_frames(lp))
         results = self._dec.decode(lp.ctypes.data, lp.shape[0], lp.shape[1])
         if not results:
             return ""
         return " ".join(self.words[i] for i in results[0].words if i >= 0)
+
+
+def merge_repeated_frames(log_probs: np.ndarray, blank: int = BLANK_ID) -> np.ndarray:
+    """(T, V) -> (T', V): each run of consecutive frames with the same best non-blank token becomes
+    its frame where that token is most probable. Blank frames are kept as they are."""
+    best = log_probs.argmax(axis=1)
+    keep: list[int] = []
+    for t, tok in enumerate(best):
+        if t > 0 and tok != blank and tok == best[t - 1]:  # the run goes on: keep its most confident frame
+            if log_probs[t, tok] > log_probs[keep[-1], tok]:
+                keep[-1] = t
+        else:
+            keep.append(t)
+    return log_probs[keep]
 
 
 def training_texts(exp_dir: Path) -> list[str]:
@@ -98,7 +116,16 @@ def training_texts(exp_dir: Path) -> list[str]:
         raise FileNotFoundError(f"{path} does not exist: a word LM is trained on the experiment's training "
                                 "transcripts; run `ekd-compress distill` for this experiment first")
     cuts = load_cuts(path, lazy=True, exp_dir=Path(exp_dir))
-    return [s.text for c in cuts if not c.recording.transforms for s in c.supervisions if s.text]
+    return [s.text for c in cuts if not _speed_perturbed(c) for s in c.supervisions if s.text]
+
+
+def _speed_perturbed(cut) -> bool:
+    """A copy made by speed perturbation (lhotse's `Speed` transform; resampling is not a copy)."""
+    for t in cut.recording.transforms or ():
+        name = t.get("name") if isinstance(t, dict) else type(t).__name__
+        if name == "Speed":
+            return True
+    return False
 
 
 def experiment_word_decoder(exp_dir: Path, order: int = 3, lm_weight: float = 1.0, word_score: float = 0.0,
@@ -115,8 +142,8 @@ def experiment_word_decoder(exp_dir: Path, order: int = 3, lm_weight: float = 1.
     if tokens.kind != "phone":
         raise ValueError(f"--words decodes words from phones; {exp_dir} has {tokens.kind!r} tokens, whose "
                          "models write words already")
-    texts = training_texts(exp_dir)
-    lm = write_arpa(texts, exp_dir / "lm" / f"words_{order}gram.arpa", order)
+    texts = [t.lower() for t in training_texts(exp_dir)]  # the lexicon's words are lower case
+    lm = write_arpa(texts, exp_dir / "lm" / f"words_{order}gram.arpa", order, vocabulary=tokens.lexicon.prons)
     decoder = LexiconWordDecoder(tokens, lm, lm_weight=lm_weight, word_score=word_score, beam=beam)
     info = {"lm": str(lm), "order": order, "train_sentences": len(texts), "lm_weight": lm_weight,
             "word_score": word_score, "beam": beam, "lexicon_words": len(tokens.lexicon)}

@@ -12,8 +12,10 @@ followers, discount D of its order,
 
 where h' drops the oldest word. A seen n-gram stores that whole value; the context's backoff weight
 is g(h), so an unseen w gets g(h) P(w | h'), and every conditional distribution sums to one.
-Unigrams: P(w) = (c(w) - D) / N for seen words; the discounted mass goes to `<unk>`, which is where
-a word of the decoding lexicon that never occurs in the transcripts gets its probability.
+Unigrams: P(w) = (c(w) - D) / N for seen words; the discounted mass D V / N is shared equally by
+`<unk>` and the words of `vocabulary` (the decoding lexicon) that never occur in the transcripts, each
+written as its own unigram: an unseen lexicon word gets a small probability of its own, not the whole
+unknown-word mass.
 Sentences are wrapped in `<s>` ... `</s>`; `<s>` is a context only (log10 probability -99).
 D = n1 / (n1 + 2 n2) per order (n1, n2: the numbers of n-grams seen once and twice), clamped to
 [0.1, 0.9]. Standard library only.
@@ -52,8 +54,11 @@ def count_ngrams(texts: Iterable[str], order: int) -> list[Counter]:
     return counts
 
 
-def train_ngram(texts: Iterable[str], order: int = 3) -> str:
-    """Transcripts (one sentence each, words split on white space) -> ARPA text of an order-`order` model."""
+def train_ngram(texts: Iterable[str], order: int = 3, vocabulary: Iterable[str] = ()) -> str:
+    """Transcripts (one sentence each, words split on white space) -> ARPA text of an order-`order` model.
+
+    vocabulary: words the model must know although the transcripts may lack them (a decoder's lexicon);
+    the unseen ones share the unigram discount mass with `<unk>`."""
     texts = [t for t in texts if t.split()]
     if not texts:
         raise ValueError("no non-empty transcripts to train a word n-gram on")
@@ -66,7 +71,10 @@ def train_ngram(texts: Iterable[str], order: int = 3) -> str:
     d = _discount(uni)
     for (w,), c in uni.items():
         probs[0][(w,)] = (c - d) / total
-    probs[0][(UNK,)] = probs[0].get((UNK,), 0.0) + d * len(uni) / total
+    unseen = sorted({w for w in vocabulary if (w,) not in uni and w not in (BOS, EOS, UNK)})
+    share = d * len(uni) / total / (len(unseen) + 1)
+    for w in (*unseen, UNK):
+        probs[0][(w,)] = probs[0].get((w,), 0.0) + share
 
     def lower(gram: tuple[str, ...]) -> float:
         """P(gram[-1] | gram[:-1]) of the model built so far, backing off."""
@@ -111,11 +119,11 @@ def _format(probs: list[dict], bows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_arpa(texts: Iterable[str], path: str | Path, order: int = 3) -> Path:
-    """Train an order-`order` model on `texts` and write it to `path` (ARPA)."""
+def write_arpa(texts: Iterable[str], path: str | Path, order: int = 3, vocabulary: Iterable[str] = ()) -> Path:
+    """Train an order-`order` model on `texts` (see `train_ngram`) and write it to `path` (ARPA)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(train_ngram(texts, order), encoding="utf-8")
+    path.write_text(train_ngram(texts, order, vocabulary), encoding="utf-8")
     return path
 
 

@@ -67,7 +67,7 @@ def score_model(
     ids, refs, hyps, audio, compute, word_hyps = decode_cuts(model, cuts, tokens, spec, words=words)
     result = score_texts(refs, hyps, tokens.kind, tokens.lexicon)
     if words is not None and tokens.kind == "phone":
-        from_words = score_texts(refs, word_hyps, "char")
+        from_words = score_texts([r.lower() for r in refs], word_hyps, "char")  # lexicon words are lower case
         result.update({k: v for k, v in from_words.items() if k != "utterances"})
         result["utterances"].update(from_words["utterances"])
     result["utterances"] = {"ids": list(ids), **result["utterances"]}

@@ -119,3 +119,41 @@ def test_words_are_for_phone_experiments_only(tmp_path):
     TokenTable.build_chars(["a cat"]).save(tmp_path / "tokens.txt")
     with pytest.raises(ValueError, match="decodes words from phones.*'char' tokens"):
         experiment_word_decoder(tmp_path)
+
+
+def test_unseen_vocabulary_words_share_the_unknown_mass():
+    vocab = ["a", "b", "never", "also_never"]
+    lm = ArpaModel.parse(train_ngram(["a b", "a"], 2, vocabulary=vocab))
+    unk = 10 ** lm.logprob([], UNK)
+    assert 10 ** lm.logprob([], "never") == pytest.approx(unk) and unk == pytest.approx(3 * 0.2 / 5 / 3, abs=1e-6)
+    assert 10 ** lm.logprob([], "never") < 10 ** lm.logprob([], "b")  # below any seen word
+    for ctx in ([], ["<s>"], ["a"], ["never"]):
+        assert sum(10 ** lm.logprob(ctx, w) for w in [*vocab, "</s>", UNK]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_runs_of_one_phone_are_merged_into_their_most_confident_frame():
+    from ekd_compress.evaluate.lexicon_words import merge_repeated_frames
+
+    lp = np.log(np.array([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.9, 0.0 + 1e-9], [0.9, 0.05, 0.05],
+                          [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32))
+    out = merge_repeated_frames(lp)
+    assert out.shape == (4, 3)  # frames 0-2 (token 1) -> frame 2; both blank frames kept; frame 5
+    np.testing.assert_array_equal(out, lp[[2, 3, 4, 5]])
+
+
+@needs_flashlight
+def test_a_phone_lasting_several_frames_is_one_phone(tmp_path):
+    from ekd_compress.evaluate.lexicon_words import LexiconWordDecoder
+
+    tokens = _tokens()
+    dec = LexiconWordDecoder(tokens, write_arpa(["a cat", "the cat sat"], tmp_path / "w.arpa", 2), lm_weight=0.0)
+    idx = {t: i for i, t in enumerate(tokens.tokens)}
+
+    def frames(*phones):
+        rows = np.full((len(phones), len(tokens.tokens)), np.log(1e-3), np.float32)
+        for t, p in enumerate(phones):
+            rows[t, idx[p]] = np.log(0.99)
+        return rows
+
+    assert dec.decode(frames("EY", "EY", "K", "AE", "T")) == "a cat"
+    assert dec.decode(frames("K", "K", "AE", "AE", "T", "T", "T")) == "cat"

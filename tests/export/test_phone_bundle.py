@@ -82,7 +82,8 @@ def test_phone_experiment_scores_words_from_phones(phone_exp, tmp_path):
         training_texts(exp)
     cuts = load_manifest(dev)
     (exp / "data").mkdir()
-    (cuts + cuts.perturb_speed(0.9)).to_file(exp / "data" / "train_cuts.jsonl.gz")
+    # resampled originals are kept, speed-perturbed copies left out
+    (cuts.resample(2 * SAMPLE_RATE) + cuts.perturb_speed(0.9)).to_file(exp / "data" / "train_cuts.jsonl.gz")
     assert sorted(training_texts(exp)) == sorted(TEXTS)
 
     plain = evaluate_on_data(exp, dev, log=quiet)["models"][0]
