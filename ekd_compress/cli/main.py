@@ -87,9 +87,12 @@ def distill(recipe: str, out_dir: Path | None, overrides: tuple[str, ...], no_ml
 @click.option("--lm-weight", default=1.0, show_default=True, type=float, help="--words: weight of the word LM.")
 @click.option("--word-score", default=0.0, show_default=True, type=float, help="--words: score added per word.")
 @click.option("--beam", default=32, show_default=True, type=click.IntRange(min=1), help="--words: beam size.")
+@click.option("--tune-words-on", "tune_on", type=click.Path(exists=True, path_type=Path), default=None,
+              help="--words: choose each model's LM weight and word score on this set (dev: a Kaldi dir or "
+                   "manifest) instead of --lm-weight/--word-score.")
 @needs("train")
 def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], scoring: str, on_error: str,
-             words: bool, lm_order: int, lm_weight: float, word_score: float, beam: int) -> None:
+             words: bool, lm_order: int, lm_weight: float, word_score: float, beam: int, tune_on: Path | None) -> None:
     """Score every model of EXP_DIR on DATA, normalising text as the experiment's recipe does, then
     read the experiment's verdict on DATA (when every model was scored)."""
     from ekd_compress.evaluate.on_data import evaluate_on_data
@@ -98,7 +101,11 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
     if words and scoring == "swbd":
         raise click.UsageError("--words scores plain text; drop --scoring swbd (phone models have no GLM rules)")
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    if tune_on is not None and not words:
+        raise click.UsageError("--tune-words-on tunes the word decoder: add --words")
     word_opts = dict(order=lm_order, lm_weight=lm_weight, word_score=word_score, beam=beam) if words else None
+    if word_opts is not None and tune_on is not None:
+        word_opts["tune_on"] = tune_on
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log, words=word_opts)
     if not names:  # the claims compare models, so only a full scoring judges them

@@ -47,14 +47,14 @@ class LexiconWordDecoder:
             raise FileNotFoundError(f"word LM {lm_path} does not exist; "
                                     "write one with ekd_compress.evaluate.ngram.write_arpa")
         try:
-            from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions,
-                                                     SmearingMode, Trie)
+            from flashlight.lib.text.decoder import SmearingMode, Trie
             from flashlight.lib.text.decoder.kenlm import KenLM
             from flashlight.lib.text.dictionary import Dictionary
         except ImportError as e:  # the training side never imports serve, so not its DecoderUnavailable
             raise RuntimeError(f"words from phones need flashlight-text with KenLM ({e}); "
                                "`pip install -e '.[lm]'`") from None
         lexicon = tokens.lexicon
+        self.tokens = tokens
         self.words = sorted(w for w in lexicon.prons if w != "<unk>")
         self.words.append("<unk>")
         words = Dictionary(self.words)
@@ -72,11 +72,28 @@ class LexiconWordDecoder:
                     raise ValueError(f"lexicon word {w!r} uses phones {missing} that the model's token table lacks")
                 trie.insert([index[p] for p in pron], label, first_word_score)
         trie.smear(SmearingMode.MAX)
-        opts = LexiconDecoderOptions(beam_size=beam, beam_size_token=self.vocab, beam_threshold=beam_threshold,
-                                     lm_weight=lm_weight, word_score=word_score, unk_score=-math.inf, sil_score=0.0,
-                                     log_add=False, criterion_type=CriterionType.CTC)
         self._trie = trie  # the decoder keeps a pointer: hold the trie as long as the decoder
-        self._dec = LexiconDecoder(opts, trie, self._lm, BLANK_ID, BLANK_ID, words.get_index("<unk>"), [], False)
+        self._unk = words.get_index("<unk>")
+        self.beam, self.beam_threshold = beam, beam_threshold
+        self._dec = self._search(lm_weight, word_score)
+
+    def _search(self, lm_weight: float, word_score: float):
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
+
+        self.lm_weight, self.word_score = lm_weight, word_score
+        opts = LexiconDecoderOptions(beam_size=self.beam, beam_size_token=self.vocab,
+                                     beam_threshold=self.beam_threshold, lm_weight=lm_weight, word_score=word_score,
+                                     unk_score=-math.inf, sil_score=0.0, log_add=False,
+                                     criterion_type=CriterionType.CTC)
+        return LexiconDecoder(opts, self._trie, self._lm, BLANK_ID, BLANK_ID, self._unk, [], False)
+
+    def reweighted(self, lm_weight: float, word_score: float) -> "LexiconWordDecoder":
+        """The same lexicon and LM (shared, not reloaded) with other weights."""
+        import copy
+
+        other = copy.copy(self)
+        other._dec = other._search(lm_weight, word_score)
+        return other
 
     def decode(self, log_probs: np.ndarray) -> str:
         """(T, V) log-probabilities of one utterance -> its best word string ("" if none)."""
@@ -90,6 +107,29 @@ class LexiconWordDecoder:
         if not results:
             return ""
         return " ".join(self.words[i] for i in results[0].words if i >= 0)
+
+
+# (LM weight, word score) pairs `tune_weights` tries: around the weights speechocean762's dev chose (RESULTS.md)
+WEIGHT_GRID = tuple((w, s) for w in (0.5, 1.0, 1.5, 2.0, 3.0) for s in (-1.0, 0.0, 1.0))
+
+
+def tune_weights(decoder: LexiconWordDecoder, log_probs: list[np.ndarray], refs: list[str],
+                 grid: tuple[tuple[float, float], ...] = WEIGHT_GRID) -> tuple[LexiconWordDecoder, dict]:
+    """The decoder weights with the lowest WER on a tuning set (one model's (T, V) log-probs per utterance
+    and the references) -> (that decoder, {"lm_weight", "word_score", "tune_wer", "tried"})."""
+    from ekd_compress.evaluate.wer import compute_wer
+
+    if not log_probs:
+        raise ValueError("no utterances to tune the word decoder's weights on")
+    refs = [r.lower() for r in refs]
+    best = None
+    for lm_weight, word_score in grid:
+        dec = decoder.reweighted(lm_weight, word_score)
+        wer = compute_wer(refs, [dec.decode(lp) for lp in log_probs]).wer
+        if best is None or wer < best[0]:
+            best = (wer, dec)
+    wer, dec = best
+    return dec, {"lm_weight": dec.lm_weight, "word_score": dec.word_score, "tune_wer": wer, "tried": len(grid)}
 
 
 def merge_repeated_frames(log_probs: np.ndarray, blank: int = BLANK_ID) -> np.ndarray:

@@ -42,8 +42,10 @@ def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = Non
     """Score the experiment's models (all, or those in `names`) on `data` -> the `evaluate --json` object.
 
     words: for phone experiments, also decode words through the lexicon and an n-gram of the training
-    transcripts: keyword arguments of `experiment_word_decoder` (order, lm_weight, word_score, beam).
-    The object then has "words" (the LM and settings) and each row a word-level wer and cer."""
+    transcripts: keyword arguments of `experiment_word_decoder` (order, lm_weight, word_score, beam), and
+    optionally "tune_on": a data dir or manifest (dev) on which each model gets its own LM weight and word
+    score (`tune_weights`; rows gain "words_weights"). The object then has "words" (the LM and settings)
+    and each row a word-level wer and cer."""
     from ekd_compress.evaluate.scoring import evaluate_experiment
     from ekd_compress.features.fbank import feature_spec
 
@@ -51,16 +53,34 @@ def evaluate_on_data(exp_dir: Path, data: Path, names: Optional[list[str]] = Non
     recipe = read_recipe(exp_dir)
     cuts = load_eval_cuts(data, recipe, on_error, log)
     spec = feature_spec(recipe.features, recipe.data.sample_rate)
-    decoder = info = None
+    decoder = info = tune = None
     if words is not None:
         from ekd_compress.evaluate.lexicon_words import experiment_word_decoder
 
+        words = dict(words)
+        tune_on = words.pop("tune_on", None)
         decoder, info = experiment_word_decoder(exp_dir, **words)
         log(f"words from phones: {info['order']}-gram of {info['train_sentences']} training transcripts "
-            f"({info['lm']}), {info['lexicon_words']} lexicon words, LM weight {info['lm_weight']}, "
-            f"word score {info['word_score']}, beam {info['beam']}")
+            f"({info['lm']}), {info['lexicon_words']} lexicon words, beam {info['beam']}, " +
+            (f"weights tuned per model on {tune_on}" if tune_on else
+             f"LM weight {info['lm_weight']}, word score {info['word_score']}"))
+        if tune_on:
+            tune = _weight_tuner(decoder, load_eval_cuts(Path(tune_on), recipe, on_error, log), spec)
+            info.update(tune_on=str(tune_on), lm_weight=None, word_score=None)
     result = evaluate_experiment(exp_dir, cuts, str(data), spec, scoring=scoring, names=names, log=log,
-                                 metric=recipe.data.metric, words=decoder)
+                                 metric=recipe.data.metric, words=decoder, tune_words=tune)
     if info is not None:
         result["words"] = info
     return result
+
+
+def _weight_tuner(decoder: Any, tune_cuts: "CutSet", spec: Any) -> Callable[[Any], tuple[Any, dict]]:
+    """model -> (its word decoder with the weights that score best on `tune_cuts`, those weights)."""
+    from ekd_compress.evaluate.lexicon_words import tune_weights
+    from ekd_compress.evaluate.scoring import utterance_log_probs
+
+    def tune(model: Any) -> tuple[Any, dict]:
+        refs, log_probs = utterance_log_probs(model, tune_cuts, decoder.tokens, spec)
+        return tune_weights(decoder, log_probs, refs)
+
+    return tune

@@ -54,6 +54,23 @@ def decode_cuts(
     return ids, refs, hyps, audio, compute, word_hyps
 
 
+@torch.no_grad()
+def utterance_log_probs(model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec,
+                        max_duration: float = 200.0) -> tuple[list[str], list]:
+    """(references, one (T', V) float32 log-prob array per cut), in the cuts' order."""
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
+                         with_targets=False)
+    refs, out = [], []
+    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
+        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+        lp = log_probs.detach().float().cpu().numpy()
+        refs += batch["texts"]
+        out += [lp[b, : int(n)] for b, n in enumerate(out_lengths.cpu())]
+    return refs, out
+
+
 def score_model(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain",
     words: Optional["LexiconWordDecoder"] = None,
@@ -83,15 +100,22 @@ def score_model(
 
 def score_models(models: dict[str, tuple[dict[str, Any], torch.nn.Module]], cuts: CutSet, data_name: str,
                  tokens: TokenTable, spec: FeatureSpec, scoring: str = "plain", log: Callable[[str], None] = print,
-                 metric: str = "wer", words: Optional["LexiconWordDecoder"] = None) -> dict[str, Any]:
+                 metric: str = "wer", words: Optional["LexiconWordDecoder"] = None,
+                 tune_words: Optional[Callable[[torch.nn.Module], tuple["LexiconWordDecoder", dict]]] = None,
+                 ) -> dict[str, Any]:
     """Score loaded models {name: (registry entry, model)} on one set -> the `evaluate --json` object:
-    {"data", "metric" (the recipe's primary measure), "models": [row per model]}; `words`: see score_model."""
+    {"data", "metric" (the recipe's primary measure), "models": [row per model]}; `words`: see score_model.
+    `tune_words(model)` -> (decoder, weights) picks each model's own word decoder (rows gain
+    "words_weights"); it replaces `words`."""
     from ekd_compress.evaluate.error_rates import LABELS
     from ekd_compress.models import count_parameters
 
     rows = []
     for name, (entry, model) in models.items():
-        res = score_model(model, cuts, tokens, spec, scoring, words=words)
+        decoder, weights = (words, None) if tune_words is None else tune_words(model)
+        res = score_model(model, cuts, tokens, spec, scoring, words=decoder)
+        if weights is not None:
+            res["words_weights"] = weights
         value = res.get(metric)
         shown = f"{value:6.2f}%" if value is not None else "   n/a "
         decoded = words is not None and res.get("wer") is not None
@@ -105,7 +129,9 @@ def evaluate_experiment(
     exp_dir: Path, cuts: CutSet, data_name: str, spec: FeatureSpec, scoring: str = "plain",
     names: Optional[list[str]] = None, log: Callable[[str], None] = print, metric: str = "wer",
     words: Optional["LexiconWordDecoder"] = None,
+    tune_words: Optional[Callable[[torch.nn.Module], tuple["LexiconWordDecoder", dict]]] = None,
 ) -> dict[str, Any]:
     """Score every registered model (or those in `names`) -> the `evaluate --json` object."""
     tokens = read_tokens(exp_dir)
-    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric, words)
+    return score_models(load_registered(exp_dir, names), cuts, data_name, tokens, spec, scoring, log, metric, words,
+                        tune_words)

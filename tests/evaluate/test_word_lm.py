@@ -157,3 +157,18 @@ def test_a_phone_lasting_several_frames_is_one_phone(tmp_path):
 
     assert dec.decode(frames("EY", "EY", "K", "AE", "T")) == "a cat"
     assert dec.decode(frames("K", "K", "AE", "AE", "T", "T", "T")) == "cat"
+
+
+@needs_flashlight
+def test_weights_are_tuned_on_the_tuning_set(tmp_path):
+    from ekd_compress.evaluate.lexicon_words import LexiconWordDecoder, tune_weights
+
+    tokens = _tokens()
+    dec = LexiconWordDecoder(tokens, write_arpa(["a cat", "a cat sat", "the cat"] * 5, tmp_path / "w.arpa", 3),
+                             lm_weight=0.0)
+    faint = _posteriors(tokens, [("AH", 0.9), ("K", 0.3), ("AE", 0.9), ("T", 0.9)])
+    best, info = tune_weights(dec, [faint], ["A CAT"], grid=((0.0, 0.0), (2.0, 0.0)))
+    assert info == {"lm_weight": 2.0, "word_score": 0.0, "tune_wer": 0.0, "tried": 2}
+    assert best.decode(faint) == "a cat" and dec.decode(faint) == "a at"  # the original keeps its weights
+    with pytest.raises(ValueError, match="no utterances"):
+        tune_weights(dec, [], [])

@@ -100,6 +100,12 @@ def test_phone_experiment_scores_words_from_phones(phone_exp, tmp_path):
     assert row["cer"] is not None and row["cer_counts"]["units"] == sum(len(t.replace(" ", "")) for t in TEXTS)
     json.dumps(out, allow_nan=False)
 
+    # weights tuned per model on a tuning set (here the same utterances)
+    tuned = evaluate_on_data(exp, dev, log=quiet, words=dict(order=2, beam=16, tune_on=dev))
+    weights = tuned["models"][0]["words_weights"]
+    assert tuned["words"]["tune_on"] == str(dev) and tuned["words"]["lm_weight"] is None
+    assert weights["tried"] == 15 and weights["tune_wer"] == pytest.approx(tuned["models"][0]["wer"])
+
     # the command: the JSON carries the LM settings, word-level rows and the verdict on words
     from click.testing import CliRunner
 
