@@ -149,14 +149,14 @@ def merge_repeated_frames(log_probs: np.ndarray, blank: int = BLANK_ID) -> np.nd
 def training_texts(exp_dir: Path) -> list[str]:
     """The experiment's training transcripts, one per original utterance (speed-perturbed copies,
     which repeat a transcript, left out)."""
-    from ekd_compress.experiment import load_cuts
+    from ekd_compress.experiment import cut_text, load_cuts
 
     path = Path(exp_dir) / "data" / "train_cuts.jsonl.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: a word LM is trained on the experiment's training "
                                 "transcripts; run `ekd-compress distill` for this experiment first")
     cuts = load_cuts(path, lazy=True, exp_dir=Path(exp_dir))
-    return [s.text for c in cuts if not _speed_perturbed(c) for s in c.supervisions if s.text]
+    return [text for c in cuts if not _speed_perturbed(c) and (text := cut_text(c))]
 
 
 def _speed_perturbed(cut) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+import numpy as np
 
 import torch
 from lhotse import CutSet
@@ -24,50 +26,53 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
+def _model_outputs(model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec,
+                   max_duration: float) -> Iterator[tuple[dict, list[np.ndarray], float]]:
+    """Per batch of `cuts`: (batch dict, one (T', V) float32 log-prob array per cut, seconds the model took)."""
+    from ekd_compress.train.data import AsrDataset, make_loader
+
+    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
+                         with_targets=False)
+    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
+        start = time.perf_counter()
+        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
+        lp = log_probs.detach().float().cpu().numpy()
+        yield batch, [lp[b, : int(n)] for b, n in enumerate(out_lengths.cpu())], time.perf_counter() - start
+
+
 def decode_cuts(
     model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec, max_duration: float = 200.0,
     words: Optional["LexiconWordDecoder"] = None,
 ) -> tuple[list[str], list[str], list[str], float, float, list[str]]:
     """Greedy-decode every cut. Returns (ids, refs, hyps, audio seconds, compute seconds, word hyps).
 
-    Word hyps are `words`' decoding of each utterance (phone models), [] without `words`; their
-    beam search is not counted in compute seconds (the greedy RTF stays comparable)."""
+    Compute seconds are the model's and greedy decoding's. Word hyps are `words`' decoding of each
+    utterance (phone models), [] without `words`; their beam search is not counted in compute seconds
+    (the greedy RTF stays comparable)."""
     from ekd_compress.contract.ctc_decode import ctc_greedy_decode
-    from ekd_compress.train.data import AsrDataset, make_loader
 
-    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
-                         with_targets=False)
     ids, refs, hyps, word_hyps = [], [], [], []
     audio = compute = 0.0
-    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
+    for batch, lps, seconds in _model_outputs(model, cuts, tokens, spec, max_duration):
         start = time.perf_counter()
-        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
-        decoded = ctc_greedy_decode(log_probs.detach().float().cpu().numpy(), out_lengths.cpu().numpy())
-        compute += time.perf_counter() - start
+        decoded = [ctc_greedy_decode(lp[None])[0] for lp in lps]
+        compute += seconds + time.perf_counter() - start
         audio += sum(batch["durations"])
         ids += batch["ids"]
         refs += batch["texts"]
         hyps += [tokens.decode(d) for d in decoded]
         if words is not None:
-            lp = log_probs.detach().float().cpu().numpy()
-            word_hyps += [words.decode(lp[b, : int(n)]) for b, n in enumerate(out_lengths.cpu())]
+            word_hyps += [words.decode(lp) for lp in lps]
     return ids, refs, hyps, audio, compute, word_hyps
 
 
-@torch.no_grad()
 def utterance_log_probs(model: torch.nn.Module, cuts: CutSet, tokens: TokenTable, spec: FeatureSpec,
-                        max_duration: float = 200.0) -> tuple[list[str], list]:
+                        max_duration: float = 200.0) -> tuple[list[str], list[np.ndarray]]:
     """(references, one (T', V) float32 log-prob array per cut), in the cuts' order."""
-    from ekd_compress.train.data import AsrDataset, make_loader
-
-    dataset = AsrDataset(tokens, spec, subsampling=getattr(model, "subsampling", 4), keep_in_memory=False,
-                         with_targets=False)
     refs, out = [], []
-    for batch in make_loader(cuts, dataset, max_duration, shuffle=False):
-        log_probs, out_lengths = model(batch["feats"], batch["lengths"])
-        lp = log_probs.detach().float().cpu().numpy()
+    for batch, lps, _ in _model_outputs(model, cuts, tokens, spec, max_duration):
         refs += batch["texts"]
-        out += [lp[b, : int(n)] for b, n in enumerate(out_lengths.cpu())]
+        out += lps
     return refs, out
 
 
