@@ -100,12 +100,14 @@ def evaluate(exp_dir: Path, data: Path, as_json: bool, names: tuple[str, ...], s
 
     if words and scoring == "swbd":
         raise click.UsageError("--words scores plain text; drop --scoring swbd (phone models have no GLM rules)")
-    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     if tune_on is not None and not words:
         raise click.UsageError("--tune-words-on tunes the word decoder: add --words")
-    word_opts = dict(order=lm_order, lm_weight=lm_weight, word_score=word_score, beam=beam) if words else None
-    if word_opts is not None and tune_on is not None:
-        word_opts["tune_on"] = tune_on
+    word_opts = None
+    if words:
+        word_opts = dict(order=lm_order, lm_weight=lm_weight, word_score=word_score, beam=beam)
+        if tune_on is not None:
+            word_opts["tune_on"] = tune_on
+    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     result = friendly(evaluate_on_data, exp_dir, data, names=list(names) or None, scoring=scoring,
                        on_error=on_error, log=log, words=word_opts)
     if not names:  # the claims compare models, so only a full scoring judges them
