@@ -186,8 +186,11 @@ def relocate_legacy_path(path: str, exp_dir: Path) -> str:
 
 
 def _map_paths(cut: Any, fn: Callable[[str], str]) -> Any:
-    """`cut` with `fn` applied to the path of each audio file and its features' storage."""
+    """`cut` with `fn` applied to the path of each audio file, its features' storage and the
+    clean audio and noise pool it is mixed from on the fly (``data.noise_pool``)."""
     from lhotse.utils import fastcopy
+
+    from ekd_compress.data.noise_pool import map_noise_paths
 
     if hasattr(cut, "tracks"):  # a MixedCut: each track's cut
         cut = fastcopy(cut, tracks=[fastcopy(t, cut=_map_paths(t.cut, fn)) for t in cut.tracks])
@@ -196,7 +199,11 @@ def _map_paths(cut: Any, fn: Callable[[str], str]) -> Any:
         cut = fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
     if getattr(cut, "features", None) is not None:
         cut = fastcopy(cut, features=fastcopy(cut.features, storage_path=fn(cut.features.storage_path)))
-    return cut
+    return map_noise_paths(cut, fn)
+
+
+def _under(path: str, base: Path) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(base / path)
 
 
 def _relative_within(path: str, root: Path, base: Path) -> str:
@@ -231,10 +238,13 @@ def load_cuts(path: Path, lazy: bool = False, exp_dir: Optional[Path] = None) ->
     where the same file exists (`relocate_legacy_path`). `lazy` streams the set from disk."""
     from lhotse import CutSet
 
+    from ekd_compress.data.noise_pool import map_noise_paths
+
     path = Path(path)
     cuts = CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
     base = path.parent.resolve()
     cuts = cuts.with_recording_path_prefix(base).with_features_path_prefix(base)
+    cuts = cuts.map(partial(map_noise_paths, fn=partial(_under, base=base)))
     if exp_dir is not None:
         cuts = cuts.map(partial(_relocated, exp_dir=Path(exp_dir).resolve(), seen={}))
     return cuts if lazy else cuts.to_eager()

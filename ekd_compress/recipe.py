@@ -48,6 +48,9 @@ class FsddData:
     # multi-condition training: extra train strings with noise, one (SNR dB, noise type) per share
     train_noise: list[Any] = field(default_factory=list)  # e.g. [[20, white], [10, pink], [5, babble]]
     train_noise_strings: int = 0      # strings per noise condition (0 = none)
+    # mix the noisy strings' noise afresh every epoch (same kind and SNR, drawn from a noise pool of the training
+    # recordings) instead of showing the same fixed noisy copy each time; keyed by plan.extra_data_key
+    train_noise_fly: bool = field(default=False, metadata={"hash": False})
 
 
 @dataclass

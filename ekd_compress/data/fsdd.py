@@ -9,6 +9,7 @@ dataset's convention indices 0-4 of every speaker and digit are the test set.
 * :func:`make_digit_strings` concatenates random recordings of one speaker
   with random pauses into connected digit strings ("three one four"), with
   optional additive noise, and writes them as WAVs plus a Kaldi directory;
+* :func:`make_noise_pool` writes the noise to mix into strings on the fly;
 * :func:`prepare_fsdd` does all of it for train/dev (and optionally test).
 """
 
@@ -25,7 +26,8 @@ from ekd_compress.data.augment import NOISE_COLORS, add_noise, colored_noise, li
 from ekd_compress.data.kaldi import write_kaldi_dir
 from ekd_compress.data.report import DataError, check_on_error
 
-__all__ = ["DIGIT_WORDS", "FsddRecording", "scan_fsdd", "split_fsdd", "make_digit_strings", "prepare_fsdd"]
+__all__ = ["DIGIT_WORDS", "FsddRecording", "scan_fsdd", "split_fsdd", "make_digit_strings", "make_noise_pool",
+           "babble_kind", "prepare_fsdd"]
 
 logger = logging.getLogger(__name__)
 Pathlike = Union[str, Path]
@@ -118,6 +120,50 @@ def split_fsdd(
     raise ValueError(f"by must be 'index' or 'speaker', got {by!r}")
 
 
+class _StringMaker:
+    """Digit strings of one speaker's recordings, and babble of the other speakers' strings."""
+
+    def __init__(self, recordings: Sequence[FsddRecording], sampling_rate: int, min_digits: int = 2,
+                 max_digits: int = 7, pause_range: Tuple[float, float] = (0.05, 0.3)) -> None:
+        self.by_speaker: Dict[str, List[FsddRecording]] = {}
+        for r in sorted(recordings, key=lambda r: (r.speaker, r.digit, r.index, str(r.path))):
+            self.by_speaker.setdefault(r.speaker, []).append(r)
+        self.speakers = sorted(self.by_speaker)
+        self.sampling_rate, self.min_digits, self.max_digits = sampling_rate, min_digits, max_digits
+        self.pause_range = pause_range
+        self._audio: Dict[Path, np.ndarray] = {}
+
+    def _load(self, r: FsddRecording) -> np.ndarray:
+        if r.path not in self._audio:
+            audio, sr = read_mono(r.path)
+            self._audio[r.path] = resample(audio, sr, self.sampling_rate)
+        return self._audio[r.path]
+
+    def _pause(self, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(int(round(rng.uniform(*self.pause_range) * self.sampling_rate)), np.float32)
+
+    def string(self, spk: str, rng: np.random.Generator) -> Tuple[np.ndarray, List[int]]:
+        """(samples, digits): min_digits..max_digits random recordings of `spk` between random pauses."""
+        n = int(rng.integers(self.min_digits, self.max_digits + 1))
+        picks = [self.by_speaker[spk][int(i)] for i in rng.integers(0, len(self.by_speaker[spk]), size=n)]
+        parts = []
+        for r in picks:
+            parts += [self._pause(rng), self._load(r)]
+        parts.append(self._pause(rng))
+        return np.concatenate(parts), [r.digit for r in picks]
+
+    def babble(self, spk: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """3-5 digit strings of speakers other than `spk`, each tiled to `num_samples` and rolled."""
+        others = [s for s in self.speakers if s != spk]
+        if not others:
+            raise ValueError("babble noise needs recordings of at least two speakers")
+        bab = np.zeros(num_samples, np.float32)
+        for _ in range(int(rng.integers(3, 6))):
+            b, _ = self.string(others[int(rng.integers(len(others)))], rng)
+            bab += np.roll(np.resize(b, num_samples), int(rng.integers(num_samples)))
+        return bab
+
+
 def make_digit_strings(
     recordings: Sequence[FsddRecording],
     out_dir: Pathlike,
@@ -157,54 +203,69 @@ def make_digit_strings(
         raise ValueError(f"pause_range must be (low, high) seconds with 0 <= low <= high, got {pause_range}")
     if noise not in NOISE_TYPES:
         raise ValueError(f"Unknown noise {noise!r}; valid: {', '.join(NOISE_TYPES)}")
-    by_speaker: Dict[str, List[FsddRecording]] = {}
-    for r in sorted(recordings, key=lambda r: (r.speaker, r.digit, r.index, str(r.path))):
-        by_speaker.setdefault(r.speaker, []).append(r)
-    speakers = sorted(by_speaker)
-    if noise == "babble" and snr_db is not None and len(speakers) < 2:
+    maker = _StringMaker(recordings, sampling_rate, min_digits, max_digits, pause_range)
+    if noise == "babble" and snr_db is not None and len(maker.speakers) < 2:
         raise ValueError("babble noise needs recordings of at least two speakers")
     out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)
-    cache: Dict[Path, np.ndarray] = {}
-
-    def load(r: FsddRecording) -> np.ndarray:
-        if r.path not in cache:
-            audio, sr = read_mono(r.path)
-            cache[r.path] = resample(audio, sr, sampling_rate)
-        return cache[r.path]
-
-    def string(spk: str, rng: np.random.Generator) -> Tuple[np.ndarray, List[int]]:
-        n = int(rng.integers(min_digits, max_digits + 1))
-        picks = [by_speaker[spk][int(i)] for i in rng.integers(0, len(by_speaker[spk]), size=n)]
-        parts = []
-        for r in picks:
-            parts.append(np.zeros(int(round(rng.uniform(*pause_range) * sampling_rate)), np.float32))
-            parts.append(load(r))
-        parts.append(np.zeros(int(round(rng.uniform(*pause_range) * sampling_rate)), np.float32))
-        return np.concatenate(parts), [r.digit for r in picks]
-
     items = []
     for i in range(n_strings):
         # Content and noise use separate streams: the noise setting never changes the digits.
         rng, noise_rng = np.random.default_rng([seed, i]), np.random.default_rng([seed, i, 1])
-        spk = speakers[int(rng.integers(len(speakers)))]
-        audio, digits = string(spk, rng)
+        spk = maker.speakers[int(rng.integers(len(maker.speakers)))]
+        audio, digits = maker.string(spk, rng)
         if snr_db is not None:
-            if noise == "babble":
-                others = [s for s in speakers if s != spk]
-                bab = np.zeros_like(audio)
-                for _ in range(int(noise_rng.integers(3, 6))):
-                    b, _ = string(others[int(noise_rng.integers(len(others)))], noise_rng)
-                    b = np.roll(np.resize(b, len(audio)), int(noise_rng.integers(len(audio))))
-                    bab += b
-                nz = bab
-            else:
-                nz = colored_noise(len(audio), noise, noise_rng)
+            nz = maker.babble(spk, len(audio), noise_rng) if noise == "babble" else \
+                colored_noise(len(audio), noise, noise_rng)
             audio = add_noise(audio, nz, snr_db)
         utt = f"{spk}-{prefix}{i:06d}"
         write_pcm16(out / "wav" / f"{utt}.wav", limit_peak(audio), sampling_rate)
         items.append((utt, f"wav/{utt}.wav", " ".join(DIGIT_WORDS[d] for d in digits), spk))
     return write_kaldi_dir(out, items)
+
+
+def babble_kind(speaker: str) -> str:
+    """The noise-pool kind of babble that leaves `speaker` out (see :func:`make_noise_pool`)."""
+    return f"babble_without_{speaker}"
+
+
+def make_noise_pool(
+    recordings: Sequence[FsddRecording],
+    out_dir: Pathlike,
+    noises: Iterable[str],
+    *,
+    clips: int = 8,
+    seconds: float = 8.0,
+    seed: int = 0,
+    sampling_rate: int = 8000,
+) -> Path:
+    """Write a noise pool (``ekd_compress.data.noise_pool``) for mixing noise into digit strings on the fly.
+
+    Colored noise kinds get ``clips`` clips of ``seconds`` each; ``"babble"`` gets that many per
+    speaker, as kind ``babble_without_{speaker}`` (:func:`babble_kind`), made of the *other*
+    speakers' strings as in :func:`make_digit_strings`. Same inputs and ``seed``, same files.
+    """
+    from ekd_compress.data.noise_pool import write_noise_pool
+
+    noises = sorted(set(noises))
+    unknown = [n for n in noises if n not in NOISE_TYPES]
+    if unknown:
+        raise ValueError(f"Unknown noise {unknown[0]!r}; valid: {', '.join(NOISE_TYPES)}")
+    if clips < 1 or seconds <= 0:
+        raise ValueError(f"need clips >= 1 and seconds > 0, got clips={clips}, seconds={seconds}")
+    maker = _StringMaker(recordings, sampling_rate)
+    n = int(round(seconds * sampling_rate))
+    pool: Dict[str, List[np.ndarray]] = {}
+    for k, noise in enumerate(noises):
+        if noise == "babble":
+            if len(maker.speakers) < 2:
+                raise ValueError("babble noise needs recordings of at least two speakers")
+            for j, spk in enumerate(maker.speakers):
+                rngs = [np.random.default_rng([seed, k, j, i]) for i in range(clips)]
+                pool[babble_kind(spk)] = [maker.babble(spk, n, rng) for rng in rngs]
+        else:
+            pool[noise] = [colored_noise(n, noise, np.random.default_rng([seed, k, i])) * 0.1 for i in range(clips)]
+    return write_noise_pool(out_dir, pool, sampling_rate)
 
 
 def _isolated_dir(recordings: Sequence[FsddRecording], out_dir: Path) -> Path:

@@ -6,6 +6,8 @@ and line in every error, skip counts) is the same for all of them.
 from __future__ import annotations
 
 import random
+import re
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,6 +18,8 @@ from ekd_compress.data.text import get_normalizer
 from ekd_compress.experiment import save_cuts
 from ekd_compress.recipe import Recipe, RecipeError, extra_speed_factors
 from ekd_compress.contract.tokens import TokenTable
+
+NOISE_POOL = "noise_pool"  # EXP/data/fsdd/noise_pool: data.fsdd.train_noise_fly's noise
 
 if TYPE_CHECKING:  # pragma: no cover
     from ekd_compress.contract.lexicon import Lexicon
@@ -40,7 +44,7 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
         splits = {"train": dirs["train"], "dev": dirs["dev"]}
         tests["test"] = dirs["test"]
     elif d.corpus == "fsdd":
-        from ekd_compress.data.fsdd import make_digit_strings, prepare_fsdd, scan_fsdd, split_fsdd
+        from ekd_compress.data.fsdd import make_digit_strings, make_noise_pool, prepare_fsdd, scan_fsdd, split_fsdd
 
         f = d.fsdd
         if not Path(f.root).exists():
@@ -58,9 +62,14 @@ def corpus_dirs(recipe: Recipe, work: Path) -> tuple[dict[str, Path], dict[str, 
         recs = split_fsdd(scan_fsdd(f.root), by="index", **indices)
         for i, (snr, noise) in enumerate(f.train_noise if f.train_noise_strings > 0 else []):
             name = f"train_{noise}{snr:g}db"
-            splits[name] = make_digit_strings(recs["train"], work / "fsdd" / name, n_strings=f.train_noise_strings,
-                                              seed=recipe.seed + 100 + i, snr_db=float(snr), noise=str(noise),
-                                              sampling_rate=d.sample_rate, prefix=name)
+            strings = partial(make_digit_strings, recs["train"], n_strings=f.train_noise_strings,
+                              seed=recipe.seed + 100 + i, noise=str(noise), sampling_rate=d.sample_rate, prefix=name)
+            splits[name] = strings(work / "fsdd" / name, snr_db=float(snr))
+            if f.train_noise_fly:  # the same strings without noise: mixed afresh each epoch (mark_noisy_parts)
+                strings(work / "fsdd" / f"{name}_clean", snr_db=None)
+        if f.train_noise_fly and f.train_noise_strings > 0:
+            make_noise_pool(recs["train"], work / "fsdd" / NOISE_POOL, [str(n) for _, n in f.train_noise],
+                            seed=recipe.seed + 99, sampling_rate=d.sample_rate)
         if f.noisy_dev_snr_db is not None:  # the same kind of strings with white noise at this SNR
             noisy = {"dev": (f.n_dev, recipe.seed + 7), "test": (f.n_test, recipe.seed + 8)}
             for split, (n, seed) in noisy.items():
@@ -136,6 +145,8 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
             extra, rep = load_kaldi_dir(splits[name], min_duration=d.min_duration, max_duration=d.max_duration,
                                         audio_root=audio_root, **common)
             reports[name] = rep.summary()
+            if d.corpus == "fsdd" and d.fsdd.train_noise_fly:
+                extra = mark_noisy_part(extra, splits[name], work / "fsdd" / NOISE_POOL, log)
             train = (train + extra).to_eager()
         held_test = None
         if "dev" not in splits:
@@ -186,15 +197,37 @@ def prepare_data(recipe: Recipe, exp_dir: Path, log: Callable[[str], None] = pri
 def speed_perturb(cuts: CutSet, factors: list[float], log: Callable[[str], None] = print) -> CutSet:
     """`cuts` plus one speed-perturbed copy per factor != 1 (lhotse resamples the audio when the
     features are computed; ids gain `_sp<factor>`). Bad factors: `recipe.extra_speed_factors`."""
+    from ekd_compress.data.noise_pool import unmarked
+
     extra = extra_speed_factors(factors)
     if not extra:
         return cuts
     out = cuts
     for f in extra:
-        out = out + cuts.perturb_speed(f)
+        out = out + cuts.perturb_speed(f).map(unmarked)  # their audio no longer matches a clean twin
     out = out.to_eager()
     log(f"data train: speed perturbation {extra}: {len(cuts)} -> {len(out)} utterances")
     return out
+
+
+def mark_noisy_part(cuts: CutSet, noisy_dir: Path, pool: Path, log: Callable[[str], None] = print) -> CutSet:
+    """Mark the cuts of an FSDD noisy part `train_{noise}{snr}db` to be mixed afresh every epoch
+    from its clean twin `{noisy_dir}_clean` and `pool` (``ekd_compress.data.noise_pool``)."""
+    from ekd_compress.data.fsdd import babble_kind
+    from ekd_compress.data.noise_pool import mark_for_mixing
+
+    m = re.fullmatch(r"train_([a-z]+)(-?[0-9.]+)db", noisy_dir.name)
+    if m is None:
+        raise ValueError(f"{noisy_dir.name!r} is not an FSDD noisy part name (train_{{noise}}{{snr}}db)")
+    noise, snr = m.group(1), float(m.group(2))
+
+    def kind(cut: Any) -> str:
+        return babble_kind(cut.supervisions[0].speaker) if noise == "babble" else noise
+
+    marked = mark_for_mixing(cuts, noisy_dir.parent / f"{noisy_dir.name}_clean", pool, kind, snr)
+    log(f"data {noisy_dir.name}: {len(marked)} strings get fresh {noise} noise at {snr:g} dB every epoch "
+        f"(pool {pool})")
+    return marked
 
 
 def filter_duration(cuts: CutSet, low: float, high: float) -> tuple[CutSet, str]:

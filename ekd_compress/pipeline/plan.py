@@ -83,7 +83,7 @@ def expected_models(r: Recipe) -> list[str]:
 # ------------------------------------------------------------------ key parts
 def extra_data_key(r: Recipe) -> list[Any]:
     """What the training data also depends on, beyond `r.data` and `r.tokens`: a phone recipe's
-    lexicon (its content and how it is read) and speed perturbation. Each part is empty when
+    lexicon (its content and how it is read), speed perturbation and on-the-fly noise. Each part is empty when
     unused, so the keys of recipes without them are as before these settings existed."""
     key: list[Any] = []
     if r.tokens.kind == "phone":
@@ -92,6 +92,8 @@ def extra_data_key(r: Recipe) -> list[Any]:
         key += [hashlib.sha256(content).hexdigest()[:12], r.tokens.strip_stress, r.tokens.oov]
     if r.data.speed_perturb:
         key.append({"speed_perturb": [float(f) for f in r.data.speed_perturb]})
+    if r.data.corpus == "fsdd" and r.data.fsdd.train_noise_fly:
+        key.append({"train_noise_fly": True})
     return key
 
 

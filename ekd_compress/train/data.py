@@ -16,7 +16,8 @@ import torch
 from lhotse import CutSet
 
 from ekd_compress.features.fbank import load_features
-from ekd_compress.contract.features import FeatureSpec
+from ekd_compress.contract.features import FeatureSpec, compute_fbank
+from ekd_compress.data.noise_pool import NoiseMixer, noise_mix_of
 from ekd_compress.contract.tokens import TokenTable
 
 # utt id -> (T',) int alignment of output frames
@@ -47,6 +48,10 @@ class AsrDataset(torch.utils.data.Dataset):
     `keep_in_memory` caches each utterance's (T, F) float32 features after the first epoch
     (4·F·100 bytes per second of audio at a 10 ms shift: 32 kB/s at F=80), which grows with
     the corpus; `make_loader` turns the cache off for lazy CutSets (see `cache_features`).
+
+    With a `noise` mixer, a cut marked for on-the-fly noise (`data.noise_pool`) is mixed afresh
+    for each epoch and its features computed from that audio (never cached); the epoch comes
+    with the batch, `(epoch, cuts)`, as `make_loader` tags it, so loader workers need no state.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class AsrDataset(torch.utils.data.Dataset):
         essence: Optional[EssenceReader] = None,
         keep_in_memory: bool = True,
         with_targets: bool = True,
+        noise: Optional[NoiseMixer] = None,
     ) -> None:
         self.tokens = tokens
         self.spec = spec
@@ -67,6 +73,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self._memory: dict[str, np.ndarray] | None = {} if keep_in_memory else None
         # scoring batches need no targets: references may hold characters the tokens lack
         self.with_targets = with_targets
+        self.noise = noise
 
     def cache_features(self, enabled: bool) -> None:
         """Keep (True) or stop keeping (False, and drop what is kept) features in memory."""
@@ -79,7 +86,10 @@ class AsrDataset(torch.utils.data.Dataset):
     def caches_features(self) -> bool:
         return self._memory is not None
 
-    def features(self, cut) -> np.ndarray:
+    def features(self, cut, epoch: int = 0) -> np.ndarray:
+        """(T, F) float32 features of one cut (a marked cut mixed afresh for `epoch`)."""
+        if self.noise is not None and noise_mix_of(cut) is not None:
+            return compute_fbank(self.noise.audio(cut, epoch, source_id(cut.id)), self.spec)
         if self._memory is not None and cut.id in self._memory:
             return self._memory[cut.id]
         feats = load_features(cut, self.spec)
@@ -87,9 +97,10 @@ class AsrDataset(torch.utils.data.Dataset):
             self._memory[cut.id] = feats
         return feats
 
-    def __getitem__(self, cuts: CutSet) -> dict:
+    def __getitem__(self, cuts: CutSet | tuple[int, CutSet]) -> dict:
+        epoch, cuts = cuts if isinstance(cuts, tuple) else (0, cuts)
         cuts = list(cuts)
-        feats = [self.features(c) for c in cuts]
+        feats = [self.features(c, epoch) for c in cuts]
         texts = [cut_text(c) for c in cuts]
         targets = [self.tokens.encode(t) if self.with_targets else [] for t in texts]
         B = len(cuts)
@@ -149,6 +160,21 @@ class SortaGradSampler:
         return iter(self.first if self.epoch == 0 else self.rest)
 
 
+class EpochTaggedSampler:
+    """Yields `(epoch, cuts)` for `sampler`'s batches, so that the dataset knows the epoch
+    (even in loader workers, which keep a copy of the dataset made before the epoch began)."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, cuts) for cuts in self.sampler)
+
+
 def make_loader(
     cuts: CutSet, dataset: AsrDataset, max_duration: float, shuffle: bool, seed: int = 0, num_workers: int = 0,
     world_size: int = 1, rank: int = 0, sortagrad: bool = False,
@@ -168,6 +194,7 @@ def make_loader(
     lazy CutSet of fewer than 200 cuts is read into memory and treated as eager.
 
     `sortagrad` (shuffled eager sets only) makes epoch 0 shortest-first, see `SortaGradSampler`.
+    A dataset with a noise mixer gets `(epoch, cuts)` batches (`EpochTaggedSampler`).
     """
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
@@ -192,6 +219,8 @@ def make_loader(
     if sortagrad and shuffle and not lazy:  # sorting a lazy set would read all of it
         first = SimpleCutSampler(cuts.sort_by_duration(ascending=True), max_duration=max_duration, shuffle=False, **dist)
         sampler = SortaGradSampler(first, sampler)
+    if dataset.noise is not None:  # the epoch rides with each batch to the mixing
+        sampler = EpochTaggedSampler(sampler)
     # pinned host memory makes the host-to-GPU copies asynchronous; workers prefetch two batches each
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available(),

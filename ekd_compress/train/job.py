@@ -156,6 +156,7 @@ def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: bool, tracker
     import torch
 
     from ekd_compress.models import count_parameters
+    from ekd_compress.data.noise_pool import NoiseMixer
     from ekd_compress.train.data import AsrDataset, make_loader
     from ekd_compress.train.distributed import dist_info
     from ekd_compress.train.fit import build, fit_model
@@ -177,7 +178,9 @@ def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: bool, tracker
 
         essence = EssenceCache.open(job.essence.cache_dir, **job.essence.cache_keys).read
     subsampling = model.subsampling
-    train_ds = AsrDataset(data.tokens, data.spec, subsampling, alignments=alignments, essence=essence)
+    # cuts marked for on-the-fly noise (data.fsdd.train_noise_fly) get fresh noise every epoch
+    train_ds = AsrDataset(data.tokens, data.spec, subsampling, alignments=alignments, essence=essence,
+                          noise=NoiseMixer(seed))
     dev_ds = AsrDataset(data.tokens, data.spec, subsampling)
     ranks = {"world_size": dist_info().world_size, "rank": dist_info().rank}  # each rank reads its share
     train_loader = make_loader(data.train_cuts, train_ds, cfg.max_duration, shuffle=True, seed=seed,

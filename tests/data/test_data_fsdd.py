@@ -14,6 +14,7 @@ import soundfile as sf
 
 from ekd_compress.data import (DIGIT_WORDS, DataError, load_kaldi_dir, make_digit_strings, prepare_fsdd,
                                read_kaldi_table, scan_fsdd, split_fsdd)
+from ekd_compress.experiment import load_cuts
 
 SPEAKERS = {"alice": 0.0, "bob": 80.0}
 INDICES = (0, 5, 6, 10, 11)
@@ -139,3 +140,56 @@ def test_prepare_fsdd(fsdd_root, tmp_path):
     # train strings only use train indices (10, 11): decode speakers/digits and check against the isolated dir
     scp = read_kaldi_table(dirs["train_isolated"] / "wav.scp")
     assert all(Path(p).name.split("_")[2] in ("10.wav", "11.wav") for p in scp.values())
+
+
+def test_noise_pool_babble_leaves_the_speaker_out(fsdd_root, tmp_path):
+    from ekd_compress.data import fsdd
+
+    recs = [r for r in scan_fsdd(fsdd_root) if r.index >= 10]
+    pool = fsdd.make_noise_pool(recs, tmp_path / "pool", ["babble", "pink"], clips=2, seconds=1.5, seed=4)
+    assert sorted(p.name for p in pool.iterdir()) == ["babble_without_alice", "babble_without_bob", "pink"]
+    assert digest(pool) == digest(fsdd.make_noise_pool(recs, tmp_path / "again", ["pink", "babble"], clips=2,
+                                                       seconds=1.5, seed=4))
+    for spk, other in (("alice", "bob"), ("bob", "alice")):
+        x, sr = sf.read(str(pool / fsdd.babble_kind(spk) / "000.wav"))
+        assert len(x) == 12000 and sr == SR
+        spec = np.abs(np.fft.rfft(x))
+        hz = np.fft.rfftfreq(len(x), 1 / SR)
+        energy = {s: sum(spec[np.abs(hz - freq(d, s)) < 15].sum() for d in range(10)) for s in SPEAKERS}
+        # only the other speaker's digits (what falls on the speaker's own tones is leakage of the 0.12 s tones)
+        assert energy[spk] < 0.2 * energy[other], (spk, energy)
+    with pytest.raises(ValueError, match="purple"):
+        fsdd.make_noise_pool(recs, tmp_path / "x", ["purple"])
+
+
+def test_distill_data_stage_marks_noisy_strings_for_fresh_noise(fsdd_root, tmp_path):
+    """data.fsdd.train_noise_fly: the noisy strings keep their fixed copy as recording and carry
+    their clean twin (same digits), noise kind and SNR; the key changes only when it is on."""
+    from ekd_compress.data.noise_pool import noise_mix_of
+    from ekd_compress.pipeline.data_prep import prepare_data
+    from ekd_compress.pipeline.plan import extra_data_key
+    from ekd_compress.recipe import load_recipe
+
+    sets = ["data.corpus=fsdd", f"data.fsdd.root={fsdd_root}", "data.fsdd.n_train=4", "data.fsdd.n_dev=2",
+            "data.fsdd.train_indices=[10, 11]", "data.fsdd.dev_indices=[5, 6]", "data.fsdd.noisy_dev_snr_db=null",
+            "data.fsdd.train_noise=[[10, white], [5, babble]]", "data.fsdd.train_noise_strings=3"]
+    fixed = load_recipe(None, sets)
+    fly = load_recipe(None, sets + ["data.fsdd.train_noise_fly=true"])
+    assert extra_data_key(fixed) == [] and extra_data_key(fly) == [{"train_noise_fly": True}]
+    lines: list[str] = []
+    out = prepare_data(fly, tmp_path / "exp", log=lines.append)
+    cuts = load_cuts(Path(out["train"]))
+    marked = [c for c in cuts if noise_mix_of(c) is not None]
+    assert len(cuts) == 10 and len(marked) == 6
+    for c in marked:
+        mix = noise_mix_of(c)
+        spk = c.supervisions[0].speaker
+        assert mix["kind"] == ("white" if "white" in c.id else f"babble_without_{spk}")
+        assert mix["snr_db"] == (10.0 if "white" in c.id else 5.0)
+        clean, noisy = sf.read(mix["clean"])[0], c.load_audio()[0]
+        assert clean.shape == noisy.shape and not np.allclose(clean, noisy, atol=1e-3)
+        assert [d for d, _ in decode(Path(mix["clean"]))] == [DIGIT_WORDS.index(w) for w in c.supervisions[0].text.split()]
+        assert (Path(mix["pool"]) / mix["kind"]).is_dir()
+    assert sum("get fresh" in line for line in lines) == 2
+    plain = load_cuts(Path(prepare_data(fixed, tmp_path / "exp2", log=lambda s: None)["train"]))
+    assert [c.id for c in plain] == [c.id for c in cuts] and all(noise_mix_of(c) is None for c in plain)
