@@ -219,7 +219,7 @@ def make_loader(
     if sortagrad and shuffle and not lazy:  # sorting a lazy set would read all of it
         first = SimpleCutSampler(cuts.sort_by_duration(ascending=True), max_duration=max_duration, shuffle=False, **dist)
         sampler = SortaGradSampler(first, sampler)
-    if dataset.noise is not None:  # the epoch rides with each batch to the mixing
+    if getattr(dataset, "noise", None) is not None:  # the epoch rides with each batch to the mixing
         sampler = EpochTaggedSampler(sampler)
     # pinned host memory makes the host-to-GPU copies asynchronous; workers prefetch two batches each
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
