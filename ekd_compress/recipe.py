@@ -199,6 +199,9 @@ class DistillConfig:
     mode: str = "renorm"           # renorm | residual | top_p
     top_p: float = 0.95
     blank_weight: float = 1.0      # KD weight of frames whose teacher top-1 is blank
+    # [start, end] as fractions of a student's training steps: the KD weight (1 - lam) falls linearly to 0
+    # between them, so the last part of training is CTC alone; None keeps it constant
+    kd_fade: Optional[list[float]] = None
     cache: str = "disk"            # disk | fly
     # what the teacher sees under cache=fly: the clean features (as the disk cache does) or the
     # student's own SpecAugmented view of the batch ("consistent" teaching, Beyer et al. 2022)
@@ -381,6 +384,13 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.lam={d.lam}: must be within [0, 1] (1 = CTC only)")
     if d.temperature <= 0:
         raise RecipeError(f"distill.temperature={d.temperature}: must be > 0")
+    if d.kd_fade is not None:
+        from ekd_compress.losses.essence import check_kd_fade
+
+        try:
+            check_kd_fade(d.kd_fade)
+        except ValueError as e:
+            raise RecipeError(f"distill.kd_fade: {e}") from None
     for k in d.ks:
         if not (k == "all" or (isinstance(k, int) and k > 0)):
             raise RecipeError(f"distill.ks contains {k!r}: use positive integers or 'all'")

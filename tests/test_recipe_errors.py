@@ -56,3 +56,10 @@ def test_distill_refuses_unknown_architecture_before_any_stage(tmp_path):
 def test_distill_bad_set_value_is_one_line(tmp_path):
     r = CliRunner().invoke(cli, ["distill", "demo", "--out", str(tmp_path / "e"), "--set", "train.epochs=three"])
     assert r.exit_code == 1 and len(_error_lines(r.output)) == 1 and "train.epochs" in r.output, r.output
+
+
+def test_bad_kd_fade_refused_at_load_naming_the_key():
+    with pytest.raises(RecipeError, match=r"^distill.kd_fade: kd_fade=\[0.9, 0.2\] is invalid; use \[start, end\]"):
+        load_recipe(None, ["distill.kd_fade=[0.9, 0.2]"])
+    assert load_recipe(None, ["distill.kd_fade=[0.5, 0.8]"]).distill.kd_fade == [0.5, 0.8]
+    assert load_recipe(None).distill.kd_fade is None

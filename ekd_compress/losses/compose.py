@@ -70,11 +70,14 @@ class WeightedLoss(nn.Module):
         options = options or {}
         self.terms = nn.ModuleDict({name: LOSSES[name](**options.get(name, {})) for name in self.weights})
 
-    def forward(self, log_probs: Tensor, out_lengths: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, log_probs: Tensor, out_lengths: Tensor, batch: dict[str, Any],
+                scales: Optional[dict[str, float]] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`scales` multiplies some weights for this call only (e.g. a KD weight fading during training)."""
+        scales = scales or {}
         parts = {name: term.batch_loss(log_probs, out_lengths, batch) for name, term in self.terms.items()}
         total: Optional[Tensor] = None
         for name, value in parts.items():
-            weighted = self.weights[name] * value
+            weighted = self.weights[name] * scales.get(name, 1.0) * value
             total = weighted if total is None else total + weighted
         return total, parts
 

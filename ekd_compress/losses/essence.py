@@ -11,7 +11,7 @@ softmax(z/T), renormalised (or with a "rest" bucket, or a top-p set; see
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,29 @@ def _check_number(name: str, value: object, low: float, high: float, low_open: b
         bracket = "(" if low_open else "["
         raise ValueError(f"{name}={value!r} is invalid; use a number in {bracket}{low}, {high}]")
     return float(value)
+
+
+def check_kd_fade(fade: object) -> tuple[float, float]:
+    """Validate a KD fade [start, end] (fractions of training, 0 <= start <= end <= 1) -> (start, end)."""
+    ok = isinstance(fade, (list, tuple)) and len(fade) == 2
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fade)
+    if not ok or not 0.0 <= fade[0] <= fade[1] <= 1.0:  # type: ignore[index]
+        raise ValueError(f"kd_fade={fade!r} is invalid; use [start, end] with 0 <= start <= end <= 1, fractions "
+                         "of training, e.g. [0.5, 0.8] (full KD for the first half, none in the last fifth)")
+    return float(fade[0]), float(fade[1])  # type: ignore[index]
+
+
+def kd_fade_factor(progress: float, fade: Optional[tuple[float, float]]) -> float:
+    """The factor on the KD weight at `progress` (fraction of training steps done, 0..1):
+    1 before fade[0], falling linearly to 0 at fade[1], 0 after; always 1 without a fade."""
+    if fade is None:
+        return 1.0
+    start, end = fade
+    if progress < start:
+        return 1.0
+    if progress >= end:
+        return 0.0
+    return 1.0 - (progress - start) / (end - start)
 
 
 @register_loss("essence_kd")

@@ -17,7 +17,7 @@ from ekd_compress.pipeline.plan import (
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
-from ekd_compress.recipe import config_hash
+from ekd_compress.recipe import DistillConfig, config_hash
 from ekd_compress.train.job import EssenceTargets, TrainJob, TrainResult
 
 
@@ -40,12 +40,22 @@ def cache_keys(ctx: Context, teacher_file: Path, k: Any) -> dict[str, Any]:
     return {"feature_hash": ctx.spec.hash(), "teacher_hash": model_file_hash(teacher_file), "selection": selection(ctx, k)}
 
 
+def teaching_key_extras(d: DistillConfig) -> list[Any]:
+    """The student-key parts of teaching options that are not at their defaults (teacher_view, kd_fade):
+    experiments made before an option existed keep their keys."""
+    extras: list[Any] = [d.teacher_view] if d.teacher_view != "clean" else []
+    if d.kd_fade is not None:
+        extras.append(["kd_fade", *d.kd_fade])
+    return extras
+
+
 def essence_targets(ctx: Context, k: Any, teacher_file: Path, cache: Optional[EssenceResult]) -> EssenceTargets:
     """A student's essence targets: read from `cache` (the essence stage's), or without one
     computed in every step by the frozen teacher (distill.cache=fly, loaded here)."""
     d = ctx.recipe.distill
     targets = EssenceTargets(k=k_value(k, len(ctx.tokens)), temperature=d.temperature, mode=d.mode, top_p=d.top_p,
-                             blank_weight=d.blank_weight)
+                             blank_weight=d.blank_weight,
+                             fade=tuple(d.kd_fade) if d.kd_fade is not None else None)
     if cache is None:
         targets.teacher = load_any(teacher_file)
         targets.teacher_view = d.teacher_view
@@ -132,9 +142,8 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
             "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
             work_dir=ess_dir, all_ranks=True))
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
-    # teacher_view enters only when not the default, so experiments made before it existed keep their keys
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
-                              r.features.specaugment, *([d.teacher_view] if d.teacher_view != "clean" else []))
+                              r.features.specaugment, *teaching_key_extras(d))
 
     def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
                       t_file: Path, size: Optional[dict] = None) -> TrainResult:
@@ -180,7 +189,7 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     for size in d.student_sizes:  # the size sweep: the chosen k and first seed, other widths/depths
         size_params = {**params, **size.params}
         size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
-                               r.features.specaugment)
+                               r.features.specaugment, *teaching_key_extras(d))
         train_student(sweep_name(size.name), "student", chosen, seeds[0],
                       config_hash(size_key, teacher_key, chosen, seeds[0]), ctx.essence, teacher_file, size=size_params)
 

@@ -41,7 +41,8 @@ class EssenceTargets:
     the top-`k` entries of the teacher's softmax(z / temperature) (`mode` renorm/rest/top_p, see
     ekd_compress.ensemble.essence.select_essence), read from the cache in `cache_dir` (checked
     against `cache_keys` when opened) or, without a cache, computed from a frozen `teacher` on the
-    batch's clean features (`teacher_view` "clean") or on the student's SpecAugmented ones ("augmented")."""
+    batch's clean features (`teacher_view` "clean") or on the student's SpecAugmented ones ("augmented").
+    `fade` (start, end): the KD weight falls linearly to 0 between these fractions of the training steps."""
 
     k: Optional[int]
     temperature: float
@@ -52,6 +53,7 @@ class EssenceTargets:
     cache_keys: dict[str, Any] = field(default_factory=dict)
     teacher: Optional["torch.nn.Module"] = None
     teacher_view: str = "clean"
+    fade: Optional[tuple[float, float]] = None  # the KD weight's fade (distill.kd_fade), None: constant
 
 
 @dataclass

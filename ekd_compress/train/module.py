@@ -6,7 +6,8 @@ The objective is a weighted sum of losses registered by name (ekd_compress.losse
                                   (Kurata & Audhkhasi 2019), keeping their spikes on the guide's frames.
   {"ctc": lam, "essence_kd": 1 - lam}  students: + T^2 * KL(essence || student) (arXiv 1906.10834),
                                   targets from the on-disk cache (batch["kd_ids"], batch["kd_probs"]) or
-                                  computed on the fly from a frozen teacher (`EssenceTargets.teacher`).
+                                  computed on the fly from a frozen teacher (`EssenceTargets.teacher`);
+                                  with `EssenceTargets.fade` the KD weight falls to 0 late in training.
 Validation decodes greedily and logs the recipe's error rate `dev_<metric>` (`dev_wer`, `dev_cer`
 or `dev_per`, percent; see ekd_compress.evaluate.error_rates), `dev_loss` (CTC) and `dev_blank`
 (share of dev utterances decoded as empty, read by the convergence watchdog) per epoch.
@@ -28,6 +29,7 @@ from ekd_compress.evaluate.error_rates import METRICS, error_rate
 from ekd_compress.features.specaug import SpecAugment
 from ekd_compress.losses.compose import WeightedLoss, check_weights
 from ekd_compress.losses.ctc import CTCLoss
+from ekd_compress.losses.essence import check_kd_fade, kd_fade_factor
 from ekd_compress.recipe import SpecAugmentConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class AsrModule(L.LightningModule):
         self.metric = metric
         if "essence_kd" in weights and essence is None:
             raise ValueError("the essence_kd loss needs essence targets (EssenceTargets: temperature, k, cache or teacher)")
+        if essence is not None and essence.fade is not None:
+            essence.fade = check_kd_fade(essence.fade)
         self.model = model
         self.tokens = tokens
         self.cfg = train_cfg
@@ -100,12 +104,21 @@ class AsrModule(L.LightningModule):
             augmented = self.essence is not None and self.essence.teacher_view == "augmented"
             kd_ids, kd_probs = self._teacher_targets(feats if augmented else batch["feats"], batch["lengths"])
             batch = {**batch, "kd_ids": kd_ids, "kd_probs": kd_probs}
-        loss, parts = self.objective(log_probs, out_lengths, batch)
+        scales = {}
+        if "essence_kd" in self.objective.weights and self.essence is not None and self.essence.fade is not None:
+            scales["essence_kd"] = kd_fade_factor(self.training_progress(), self.essence.fade)
+        loss, parts = self.objective(log_probs, out_lengths, batch, scales)
         logs = {f"train_{self.objective.terms[name].log_name}": value for name, value in parts.items()}
         logs["train_loss"] = loss
+        if scales:
+            logs["kd_fade"] = scales["essence_kd"]
         B = len(batch["ids"])
         self.log_dict(logs, on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
         return loss
+
+    def training_progress(self) -> float:
+        """Fraction of the planned optimiser steps (train.epochs x steps per epoch) done, 0..1."""
+        return min(1.0, self.global_step / max(1, self.cfg.epochs * self.steps_per_epoch))
 
     @torch.no_grad()
     def _teacher_targets(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ekd_compress.losses.ctc import CTCLoss
-from ekd_compress.losses.essence import REST_ID, DistillationLoss, EssenceKDLoss
+from ekd_compress.losses.essence import REST_ID, DistillationLoss, EssenceKDLoss, check_kd_fade, kd_fade_factor
 
 # student posteriors for 2 frames, V = 3 (blank, a, b)
 Q = [[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]
@@ -156,3 +156,22 @@ def test_utterance_reduction_golden_value_at_t2():
     assert loss.item() == pytest.approx(want, rel=1e-5), (
         f"utterance-reduction KD at T=2 is {loss.item():.6f}, expected {want:.6f} "
         f"(without T² it would be {want / temperature ** 2:.6f})")
+
+
+@pytest.mark.parametrize("fade, progress, factor", [
+    (None, 0.9, 1.0),
+    ((0.5, 0.8), 0.0, 1.0), ((0.5, 0.8), 0.5, 1.0), ((0.5, 0.8), 0.65, 0.5), ((0.5, 0.8), 0.8, 0.0),
+    ((0.5, 0.8), 1.0, 0.0), ((0.0, 1.0), 0.25, 0.75), ((0.3, 0.3), 0.29, 1.0), ((0.3, 0.3), 0.3, 0.0),
+])
+def test_kd_fade_factor_golden_values(fade, progress, factor):
+    assert kd_fade_factor(progress, fade) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("fade", [[0.8, 0.5], [0.0, 1.2], [-0.1, 0.5], [0.5], "0.5,0.8", [True, 1.0], None])
+def test_check_kd_fade_refuses_bad_values_naming_them(fade):
+    with pytest.raises(ValueError, match=r"kd_fade=.* is invalid; use \[start, end\] with 0 <= start <= end <= 1"):
+        check_kd_fade(fade)
+
+
+def test_check_kd_fade_returns_floats():
+    assert check_kd_fade([0, 1]) == (0.0, 1.0)

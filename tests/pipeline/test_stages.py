@@ -46,3 +46,14 @@ def test_stop_on_changes_the_training_key_only_when_set():
     assert "stop_on" not in train_key(TrainConfig())  # experiments made before stop_on keep their keys
     assert train_key(TrainConfig(stop_on="loss"))["stop_on"] == "loss"
     assert "threads" not in train_key(TrainConfig(threads=3))  # how fast it runs is not part of the key
+
+
+def test_teaching_options_join_the_student_key_only_when_set():
+    """Experiments made before distill.kd_fade and teacher_view keep their student keys; setting either changes them."""
+    from ekd_compress.pipeline.students import teaching_key_extras
+    from ekd_compress.recipe import DistillConfig
+
+    assert teaching_key_extras(DistillConfig()) == []
+    assert teaching_key_extras(DistillConfig(kd_fade=[0.5, 0.8])) == [["kd_fade", 0.5, 0.8]]
+    assert teaching_key_extras(DistillConfig(cache="fly", teacher_view="augmented", kd_fade=[0.5, 0.8])) == [
+        "augmented", ["kd_fade", 0.5, 0.8]]

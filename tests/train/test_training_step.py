@@ -148,3 +148,30 @@ def test_on_the_fly_teacher_stays_out_of_checkpoints_and_in_eval_mode() -> None:
     module.load_state_dict(old_style)  # strict: raises if a student entry were missing or unknown
     with pytest.raises(RuntimeError, match="Unexpected key"):
         module.load_state_dict({**state, "model.not_a_weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("progress, factor", [(0.2, 1.0), (0.65, 0.5), (0.9, 0.0)])
+def test_kd_fade_scales_the_kd_weight_by_training_progress(monkeypatch, progress: float, factor: float) -> None:
+    """With EssenceTargets.fade (0.5, 0.8) the KD weight is full before half of training, half at 0.65 and 0
+    after 0.8: the step returns λ·CTC + factor·(1 − λ)·KD."""
+    lam = 0.3
+    torch.manual_seed(0)
+    model = build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2)
+    module = AsrModule(model, TOKENS, TrainConfig(), SpecAugmentConfig(enabled=False),
+                       losses={"ctc": lam, "essence_kd": 1.0 - lam},
+                       essence=EssenceTargets(k=K, temperature=TEMPERATURE, fade=(0.5, 0.8))).eval()
+    monkeypatch.setattr(AsrModule, "training_progress", lambda self: progress)
+    batch = fixed_batch(module.model)
+    loss = module.training_step(batch, 0)
+    ctc, kd = independent_parts(module.model, batch)
+    want = lam * ctc + factor * (1.0 - lam) * kd
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5), (
+        f"at progress {progress} the step returned {loss.item():.5f}, want {want.item():.5f} (KD factor {factor})")
+
+
+def test_a_bad_kd_fade_is_refused_when_the_module_is_built() -> None:
+    model = build_model("tdnn", F_DIM, len(TOKENS), hidden=16, layers=2)
+    with pytest.raises(ValueError, match=r"kd_fade=\(0.8, 0.5\) is invalid; use \[start, end\]"):
+        AsrModule(model, TOKENS, TrainConfig(), SpecAugmentConfig(enabled=False),
+                  losses={"ctc": 0.5, "essence_kd": 0.5},
+                  essence=EssenceTargets(k=K, temperature=TEMPERATURE, fade=(0.8, 0.5)))
