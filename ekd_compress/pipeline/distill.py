@@ -49,7 +49,9 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     info = init_distributed(use_cuda=resolve_device(recipe.train)[0] == "gpu")
     if not info.is_main:  # rank 0 reports; the others would print the same lines again
         log = _quiet
-    exp_dir = Path(exp_dir or recipe.out_dir)
+    # absolute, so the paths stages record do not depend on the working folder (an experiment may be
+    # resumed from another folder, or copied and resumed)
+    exp_dir = Path(exp_dir or recipe.out_dir).resolve()
     exp_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(recipe, exp_dir, log)
     on_main(lambda: save_recipe(recipe, exp_dir / "recipe.yaml"), "saving the recipe")

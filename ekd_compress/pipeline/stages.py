@@ -8,7 +8,8 @@ the re-run (so training resumes from `last.ckpt`) only while its key is unchange
 
 A marker records the experiment folder it was written in. Read in another folder (an
 experiment copied or moved), the paths in its result that lie in the old folder are rebased
-onto the new one, so a resumed copy reads its own files. In a marker older than that record, a
+onto the new one, so a resumed copy reads its own files (a path relative to the writer's working folder,
+"a/models/...", counts as inside folder a). In a marker older than that record, a
 path into another folder's experiment layout (E/models/..., E/features/...) is read from this
 experiment when the same file exists here.
 
@@ -90,8 +91,8 @@ class StageRunner:
             if elsewhere:
                 self.log(f"[warn] {name}: its marker names {len(elsewhere)} file(s) of another experiment that "
                          f"this one lacks, e.g. {elsewhere[0]}; they are read from there (--fresh re-makes them)")
-        else:
-            result = _rebase(data["result"], written_in, here) if written_in != here else data["result"]
+        else:  # rebased even when written here: a relative path was relative to the writer's working folder
+            result = _rebase(data["result"], written_in, here)
             moved = os.path.realpath(written_in) != here
         if moved and not self._moved_noted:
             self.log(f"[note] this experiment's stage markers were written in another folder "
@@ -177,8 +178,26 @@ def _map_strings(value: object, fn: Callable[[str], str]) -> object:
 
 
 def _rebase(value: object, old: str, new: str) -> object:
-    """`value` with every string path inside folder `old` moved to the same place under `new`."""
-    return _map_strings(value, lambda s: new + s[len(old):] if _inside(s, old) else s)
+    """`value` with every string path inside folder `old` moved to the same place under `new`.
+
+    A relative path counts as inside `old` when its leading folders are the last folders of `old`
+    followed by an experiment entry (`distill --out runs/a` from /work wrote "runs/a/models/..." for
+    /work/runs/a): it depended on the writer's working folder, and is made absolute under `new`."""
+    from ekd_compress.experiment import LAYOUT
+
+    old_parts = Path(old).parts
+
+    def move(s: str) -> str:
+        if _inside(s, old):
+            return new + s[len(old):]
+        if not os.path.isabs(s):
+            parts = Path(s).parts
+            for i in range(1, min(len(parts), len(old_parts))):
+                if parts[i] in LAYOUT and parts[:i] == old_parts[-i:]:
+                    return str(Path(new, *parts[i:]))
+        return s
+
+    return _map_strings(value, move)
 
 
 def _rebase_legacy(value: object, here: Path) -> object:

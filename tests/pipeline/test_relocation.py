@@ -134,3 +134,25 @@ def test_markers_written_before_they_recorded_their_folder_read_this_experiments
     assert len(lines) == 2 and lines[0].startswith("[note]")
     assert lines[1].startswith("[warn] member_gru") and f"{second}/models/lstm/model.pt" in lines[1]
     assert runner.done("data", "other key") is None
+
+
+def test_relative_paths_of_a_copied_copy_are_read_from_the_copy(tmp_path, monkeypatch):
+    """`distill --out a` from tmp_path wrote "a/models/..." (relative to its working folder); `a` was
+    copied to `b` and `b`, after training a stage of its own, to `c`; `c` resumed from another folder
+    reads its own files from both markers, and strings that are not such paths stay as they were."""
+    monkeypatch.chdir(tmp_path)
+    StageRunner(Path("a"), log=lambda m: None).run("baseline", "k", lambda: {
+        "model": "a/models/baseline/model.pt", "metric": "wer", "name": "essence_k1", "note": "a/b: not a path"})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    StageRunner(Path("b"), log=lambda m: None).run("student", "k", lambda: {"model": "b/models/student/model.pt"})
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    runner = StageRunner(tmp_path / "c", log=lambda m: None)
+    here = (tmp_path / "c").resolve()
+    assert runner.done("baseline", "k") == {"model": str(here / "models" / "baseline" / "model.pt"),
+                                            "metric": "wer", "name": "essence_k1", "note": "a/b: not a path"}
+    assert runner.done("student", "k") == {"model": str(here / "models" / "student" / "model.pt")}
+    # read in the folder it was written in, from another working folder, a relative path is made absolute too
+    assert StageRunner(tmp_path / "a", log=lambda m: None).done("baseline", "k")["model"] == str(
+        (tmp_path / "a").resolve() / "models" / "baseline" / "model.pt")
