@@ -158,7 +158,11 @@ class TrainConfig:
     accelerator: str = "auto"      # auto | cpu | gpu
     precision: str = "auto"        # auto = bf16-mixed on CUDA, 32 on CPU
     num_workers: int = 0
-    threads: int = 0               # torch CPU threads; 0 = all cores
+    threads: int = 0               # torch CPU threads; 0 = all cores (with parallel_jobs: the cores shared out)
+    # independent trainings of one stage group (baseline seeds, members, students) run at once, each in a
+    # process of its own with cores // parallel_jobs threads (at least 1); 1 = one after another, in this process.
+    # Small models use two threads poorly (RESULTS.md), so on a CPU several one-thread jobs finish sooner
+    parallel_jobs: int = 1
     sortagrad: bool = False        # first epoch shortest-first (DeepSpeech2), then shuffled
     output_prior_bias: bool = False  # start the output bias at the log label prior (blank share of frames)
     # convergence watchdog: [[epoch, max dev WER %], ...]; at the end of each listed epoch a run whose
@@ -440,6 +444,12 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="
                           f"{d.select_rounds} >= 1")
     for section, t in _train_sections(r):
+        if not isinstance(t.parallel_jobs, int) or isinstance(t.parallel_jobs, bool) or t.parallel_jobs < 1:
+            raise RecipeError(f"{section}.parallel_jobs={t.parallel_jobs!r}: a number of trainings run at once, "
+                              ">= 1 (1 = one after another)")
+        if t.parallel_jobs > 1 and t.accelerator == "gpu":
+            raise RecipeError(f"{section}.parallel_jobs={t.parallel_jobs} with {section}.accelerator=gpu: parallel "
+                              "jobs share out CPU cores; on a GPU set parallel_jobs to 1")
         if t.max_restarts < 0:
             raise RecipeError(f"{section}.max_restarts={t.max_restarts} must be >= 0 (0 = never restart)")
         if t.average_last < 0:

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
+from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     baseline_name, expected_models, extra_data_key, planned_stages, train_key, trainset_config,
 )
 from ekd_compress.recipe import Recipe, config_hash, save_recipe
-from ekd_compress.train.job import TrainJob, TrainResult
+from ekd_compress.train.job import TrainJob
 
 
 def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[str], None] = print,
@@ -77,15 +78,16 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         train_cfg = r.train
         base_key = config_hash(ctx.keys["trainset"], r.baseline.arch, r.baseline.params, train_key(train_cfg),
                                r.features.specaugment)
-        base_dev = {}
+        base_stages = []
         for i, seed in enumerate(r.distill.seeds):
             name = baseline_name(i, seed)
             job = TrainJob(name, "baseline", r.baseline.arch, r.baseline.params, seed, train_cfg,
                            exp_dir / "models" / name, losses={"ctc": 1.0})
-            key = config_hash(base_key, seed)
-            res = TrainResult.from_json(runner.run(name, key, lambda j=job: ctx.train(j).to_json(),
-                                                   work_dir=job.out_dir, all_ranks=True))
-            ctx.keys[name] = key
+            base_stages.append(TrainingStage(name, config_hash(base_key, seed), lambda j=job: j, job.out_dir))
+        base_dev = {}
+        for stage in base_stages:
+            ctx.keys[stage.name] = stage.key
+        for name, res in train_stages(ctx, runner, base_stages, train_cfg).items():
             base_dev[name] = res.best_dev
         # the guide (whose spikes the members follow, and the control student's teacher): the best
         # CTC-only model of the student architecture on dev, not seed 0 by fiat
@@ -101,13 +103,14 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.keys["align"] = config_hash(ctx.keys["guide"])
             ctx.alignment = Alignment.from_json(runner.run("align", ctx.keys["align"],
                                                            lambda: S.stage_align(ctx).to_json()))
+            member_stages = []
             for m in r.members:
                 job = TrainJob(m.name, "member", m.arch, m.params, m.seed, member_cfg, exp_dir / "models" / m.name,
                                losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(ctx.alignment.path))
                 key = config_hash(ctx.keys["align"], m, train_key(member_cfg), r.features.specaugment)
-                runner.run(f"member_{m.name}", key, lambda j=job: ctx.train(j).to_json(),
-                           work_dir=job.out_dir, all_ranks=True)
+                member_stages.append(TrainingStage(f"member_{m.name}", key, lambda j=job: j, job.out_dir))
                 ctx.keys[m.name] = key
+            train_stages(ctx, runner, member_stages, member_cfg)
             member_keys = [ctx.keys[m.name] for m in r.members]
             ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold,
                                                r.distill.refuse_below_threshold)

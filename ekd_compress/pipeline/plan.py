@@ -61,10 +61,11 @@ def plan(r: Recipe) -> list[Step]:
         steps += [Step("align"), *[Step(f"member_{m.name}", m.name) for m in r.members], Step("coincide"),
                   Step("ensemble", "ensemble")]
     if not fly:
-        steps.append(Step("essence"))
+        steps += [Step("essence")] + ([Step("essence_control")] if d.control else [])
+    # the first round of students (trained together with train.parallel_jobs > 1), then the second
     steps += [Step(student_name(k), student_name(k)) for k in d.ks]
     if d.control:
-        steps += ([] if fly else [Step("essence_control")]) + [Step(CONTROL, CONTROL)]
+        steps.append(Step(CONTROL, CONTROL))
     steps += [Step(seed_student_name(s), seed_student_name(s)) for s in d.seeds[1:]]
     steps += [Step(sweep_name(s.name), sweep_name(s.name)) for s in d.student_sizes]
     return steps + [Step("evaluate")]
@@ -105,7 +106,7 @@ def trainset_config(r: Recipe) -> Any:
     return data
 
 
-RUNTIME_ONLY = ("threads", "num_workers", "accelerator", "precision")
+RUNTIME_ONLY = ("threads", "num_workers", "accelerator", "precision", "parallel_jobs")
 
 
 def train_key(cfg: TrainConfig) -> dict[str, Any]:

@@ -24,9 +24,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ekd_compress.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 class StageRunner:
@@ -112,10 +115,7 @@ class StageRunner:
         # skip a stage the others are still running together
         cached = on_main(lambda: self.done(name, key), f"checking stage {name}")
         if cached is not None:
-            if name not in self.plan:
-                self.plan.append(name)
-            self.log(f"[skip] {name}  stage {self.plan.index(name) + 1}/{len(self.plan)}  (done, key {key})")
-            self.skipped.append(name)
+            self._skip(name, key)
             return cached
         if work_dir is not None:
             on_main(lambda: self._prepare_work_dir(Path(work_dir), key), f"stage {name}")
@@ -135,6 +135,65 @@ class StageRunner:
         self.ran.append(name)
         self._seconds[self.is_training(name)].append(time.time() - start)
         return result
+
+    def run_concurrently(self, stages: list[tuple[str, str, Optional[Path]]], submit: Callable[[str], "Future"],
+                         on_result: Callable[[str, dict], None] = lambda name, result: None) -> dict[str, dict]:
+        """`run` for stages that do not depend on each other, (name, key, work_dir) each, their work
+        started together: results by name.
+
+        A stage done with its key is skipped; `submit(name)` starts each other one and returns a Future of
+        its result. Each ends with a `[done]` (or `[fail]`) line as it finishes; markers are written and
+        `on_result(name, result)` called in the order of `stages` once all have ended, so the records of a
+        run do not depend on which job finished first (a job that finished before an interruption finds its
+        model.pt on resume). A failed stage is raised after the others have ended and been recorded.
+        """
+        from concurrent.futures import as_completed
+
+        results: dict[str, dict] = {}
+        started: dict[str, tuple[str, "Future"]] = {}
+        for name, key, work_dir in stages:
+            cached = self.done(name, key)
+            if cached is not None:
+                self._skip(name, key)
+                results[name] = cached
+                continue
+            if work_dir is not None:
+                self._prepare_work_dir(Path(work_dir), key)
+            self.log(f"[run ] {name}  {self.progress(name)}  (key {key}; started with the others of its group)")
+            started[name] = (key, submit(name))
+        start = time.time()
+        seconds: dict[str, float] = {}
+        errors: list[tuple[str, BaseException]] = []
+        names = {future: name for name, (_, future) in started.items()}
+        for future in as_completed(names):
+            name = names[future]
+            seconds[name] = time.time() - start
+            error = future.exception()
+            if error is None:
+                results[name] = future.result()
+                self.log(f"[done] {name}  after {_clock(seconds[name])}")
+            else:
+                errors.append((name, error))
+                self.log(f"[fail] {name}  after {_clock(seconds[name])}: {type(error).__name__}: {error}")
+        wall = time.time() - start
+        for name, (key, _) in started.items():
+            if name not in results:
+                continue
+            on_result(name, results[name])
+            write_json_atomic(self.marker(name), {"key": key, "result": results[name], "seconds": seconds[name],
+                                                  "exp_dir": str(self.exp_dir.resolve())})
+            self.ran.append(name)
+            # the estimate of the time left counts the group's wall time shared out over its stages
+            self._seconds[self.is_training(name)].append(wall / len(started))
+        if errors:
+            raise errors[0][1]
+        return {name: results[name] for name, _, _ in stages}
+
+    def _skip(self, name: str, key: str) -> None:
+        if name not in self.plan:
+            self.plan.append(name)
+        self.log(f"[skip] {name}  stage {self.plan.index(name) + 1}/{len(self.plan)}  (done, key {key})")
+        self.skipped.append(name)
 
     @staticmethod
     def _prepare_work_dir(work_dir: Path, key: str) -> None:

@@ -12,13 +12,14 @@ import numpy as np
 from ekd_compress.evaluate.scoring import score_models
 from ekd_compress.experiment import load_any, load_registered, model_file_hash, record_model
 from ekd_compress.pipeline.context import Context, EssenceResult
+from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     CHOSEN, CONTROL, seed_student_name, student_kind, student_name, sweep_name, train_key,
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
 from ekd_compress.recipe import DistillConfig, config_hash
-from ekd_compress.train.job import EssenceTargets, TrainJob, TrainResult
+from ekd_compress.train.job import EssenceTargets, TrainJob
 
 
 def k_value(k: Any, vocab: int) -> int:
@@ -145,23 +146,19 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment, *teaching_key_extras(d))
 
-    def train_student(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
-                      t_file: Path, size: Optional[dict] = None) -> TrainResult:
-        def run() -> dict[str, Any]:
-            job = TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
-                           losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
-                           essence=essence_targets(ctx, k, t_file, cache))
-            return ctx.train(job).to_json()
+    def student_stage(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
+                      t_file: Path, size: Optional[dict] = None) -> TrainingStage:
+        def make_job() -> TrainJob:
+            return TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
+                            losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
+                            essence=essence_targets(ctx, k, t_file, cache))
 
-        res = TrainResult.from_json(runner.run(name, key, run, work_dir=ctx.exp_dir / "models" / name, all_ranks=True))
         ctx.keys[name] = key
-        return res
+        return TrainingStage(name, key, make_job, ctx.exp_dir / "models" / name)
 
-    rows = {}
-    for k in ks:
-        name = student_name(k)
-        rows[k] = (name, train_student(name, student_kind(k), k, seeds[0], config_hash(student_key, teacher_key, k, seeds[0]),
-                                       ctx.essence, teacher_file))
+    # the first round: a student per k, and the control student (taught by the best baseline seed)
+    first = [student_stage(student_name(k), student_kind(k), k, seeds[0], config_hash(student_key, teacher_key, k, seeds[0]),
+                           ctx.essence, teacher_file) for k in ks]
     if d.control:
         base_file = ctx.model_path(ctx.guide)  # the best baseline seed
         ctl: Optional[EssenceResult] = None
@@ -170,8 +167,10 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
             ctl_dir = ctx.exp_dir / "essence" / "control"
             ctl = EssenceResult.from_json(runner.run("essence_control", ctl_key, lambda: stage_essence(
                 ctx, base_file, ["all"], ctl_dir).to_json(), work_dir=ctl_dir, all_ranks=True))
-        train_student(CONTROL, "kd", "all", seeds[0], config_hash(student_key, ctx.keys["guide"], "all", seeds[0]),
-                      ctl, base_file)
+        first.append(student_stage(CONTROL, "kd", "all", seeds[0],
+                                   config_hash(student_key, ctx.keys["guide"], "all", seeds[0]), ctl, base_file))
+    done = train_stages(ctx, runner, first, cfg)
+    rows = {k: (student_name(k), done[student_name(k)]) for k in ks}
 
     chosen = min(ks, key=lambda k: rows[k][1].best_dev) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
@@ -183,15 +182,18 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     on_main(lambda: record_model(ctx.exp_dir, CHOSEN, "student", Path(res.model), seed=seed,
                                  same_as=name, k=str(chosen)), "registering the student")
     ctx.chosen_k = str(chosen)
-    for seed in seeds[1:]:
-        train_student(seed_student_name(seed), "student", chosen, seed,
-                      config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
-    for size in d.student_sizes:  # the size sweep: the chosen k and first seed, other widths/depths
+    # the second round: more seeds of the chosen student, and the size sweep (its k and first seed)
+    second = [student_stage(seed_student_name(seed), "student", chosen, seed,
+                            config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
+              for seed in seeds[1:]]
+    for size in d.student_sizes:
         size_params = {**params, **size.params}
         size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
                                r.features.specaugment, *teaching_key_extras(d))
-        train_student(sweep_name(size.name), "student", chosen, seeds[0],
-                      config_hash(size_key, teacher_key, chosen, seeds[0]), ctx.essence, teacher_file, size=size_params)
+        second.append(student_stage(sweep_name(size.name), "student", chosen, seeds[0],
+                                    config_hash(size_key, teacher_key, chosen, seeds[0]), ctx.essence, teacher_file,
+                                    size=size_params))
+    train_stages(ctx, runner, second, cfg)
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -164,6 +164,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment()
         self._stack: list[Run] = []
+        self._borrowed: Run | None = None  # another process's parent run (attach): never ended here
 
     def _experiment(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -248,6 +249,22 @@ class Tracker:
         self._stack.append(run)
         return run.run_id
 
+    def handoff(self) -> dict[str, str] | None:
+        """What another process needs to open child runs under this tracker's parent run (see `attach`);
+        None when no parent run is open."""
+        if not self._stack:
+            return None
+        return {"uri": self.uri, "experiment": self.experiment_name, "run_id": self._stack[0].run_id}
+
+    @classmethod
+    def attach(cls, handoff: dict[str, str]) -> "Tracker":
+        """A tracker in another process (a parallel training job) whose parent is the run of `handoff`
+        (from `handoff()`), taken as it is: its status is not changed, and `end()` here does not end it."""
+        tracker = cls(handoff["uri"], handoff["experiment"], check=False)
+        tracker._borrowed = Run(tracker.client, handoff["run_id"])
+        tracker._stack.append(tracker._borrowed)
+        return tracker
+
     @contextmanager
     def child(
         self, run_name: str, params: Mapping[str, Any] | None = None, run_id: str | None = None
@@ -270,9 +287,11 @@ class Tracker:
         run.end("FINISHED")
 
     def end(self, status: str = "FINISHED") -> None:
-        """End every open run, innermost first."""
+        """End every open run, innermost first (not a parent run taken with `attach`)."""
         while self._stack:
-            self._stack.pop().end(status)
+            run = self._stack.pop()
+            if run is not self._borrowed:
+                run.end(status)
 
     def __enter__(self) -> "Tracker":
         return self

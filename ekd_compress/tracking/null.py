@@ -56,6 +56,10 @@ class NullTracker:
     def end(self, status: str = "FINISHED") -> None:
         pass
 
+    def handoff(self) -> None:
+        """Nothing to hand to another process: its jobs use a NullTracker too."""
+        return None
+
     def __enter__(self) -> "NullTracker":
         return self
 
