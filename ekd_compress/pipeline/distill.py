@@ -18,8 +18,9 @@ Stages (each resumable, keyed by what it depends on; see stages.py; the list is 
   evaluate   every model on dev and every test set -> results.json / results.md / plots
 
 One student's training, file by file: this module (the order and the keys) -> students.py
-(its TrainJob) -> ekd_compress/train/job.py (the run) -> ekd_compress/train/module.py (the step
-and its losses). The stages hand each other typed results (context.py).
+(its TrainJob) -> parallel.py (in this process, or in a worker beside the others of its group with
+train.parallel_jobs > 1) -> ekd_compress/train/job.py (the run) -> ekd_compress/train/module.py (the
+step and its losses). The stages hand each other typed results (context.py).
 """
 from __future__ import annotations
 

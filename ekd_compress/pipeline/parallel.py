@@ -60,10 +60,14 @@ def train_stages(ctx: Context, runner: StageRunner, stages: list[TrainingStage],
     `cfg.parallel_jobs` jobs at once in worker processes; one after another in this process when it
     is 1, under torchrun, or when at most one stage is left to run."""
     from ekd_compress.train.distributed import dist_info
+    from ekd_compress.train.fit import resolve_device
 
     jobs = cfg.parallel_jobs
     if jobs > 1 and dist_info().enabled:
         ctx.log(f"parallel_jobs={cfg.parallel_jobs} is ignored under torchrun: the ranks share each job")
+        jobs = 1
+    if jobs > 1 and resolve_device(cfg)[0] == "gpu":  # accelerator auto found a GPU
+        ctx.log(f"parallel_jobs={cfg.parallel_jobs} is ignored on a GPU: its jobs train one after another")
         jobs = 1
     if jobs > 1:  # (not under torchrun, where rank 0 alone reads the markers)
         jobs = min(jobs, sum(1 for s in stages if runner.done(s.name, s.key) is None))
