@@ -247,8 +247,8 @@ class Recipe:
     baseline: ModelConfig = field(default_factory=ModelConfig)
     members: list[ModelConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
-    member_train: Optional[TrainConfig] = None   # null: same as train
-    student_train: Optional[TrainConfig] = None  # null: same as train
+    member_train: Optional[TrainConfig] = None   # null: same as train (--set member_train.x=... starts from train)
+    student_train: Optional[TrainConfig] = None  # null: same as train (likewise)
     distill: DistillConfig = field(default_factory=DistillConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -313,9 +313,16 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "=" not in ov:
             raise RecipeError(f"--set {ov!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     try:
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
+        if overrides:
+            given = OmegaConf.from_dotlist(list(overrides))
+            null_sections = [s for s in ("member_train", "student_train") if merged[s] is None]
+            merged = OmegaConf.merge(merged, given)
+            for section in null_sections:
+                # null means "same as train": a setting given for the section alone starts from train's
+                # settings (overrides included), not from the defaults
+                if any(ov.split("=", 1)[0].startswith(section + ".") for ov in overrides):
+                    merged[section] = OmegaConf.merge(merged.train, given[section])
         recipe: Recipe = OmegaConf.to_object(merged)  # resolves ${...}
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e)

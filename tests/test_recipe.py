@@ -1,4 +1,6 @@
 """Recipe loading: typed values, overrides, environment, and errors that list valid keys."""
+import dataclasses
+
 import pytest
 import yaml
 
@@ -93,3 +95,14 @@ def test_cross_field_checks(tmp_path):
     assert load_recipe(p, ["distill.fusion_tune=dev"]).distill.fusion_tune == "dev"
     with pytest.raises(RecipeError, match="reserved"):
         load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))
+
+
+def test_a_setting_for_a_null_member_or_student_section_starts_from_train():
+    # member_train: null means "as train"; one setting given for it must not reset the rest to the defaults
+    r = load_recipe("recipes/demo.yaml", ["member_train.parallel_jobs=3", "train.epochs=7"])
+    assert r.member_train is not None and r.member_train.parallel_jobs == 3
+    assert dataclasses.replace(r.member_train, parallel_jobs=r.train.parallel_jobs) == r.train
+    assert r.member_train.epochs == 7 and r.student_train is None
+    # a section the recipe sets keeps its own values
+    fsdd = load_recipe("recipes/fsdd.yaml", ["member_train.parallel_jobs=1", "train.epochs=7"])
+    assert fsdd.member_train.epochs == 48 and fsdd.member_train.parallel_jobs == 1

@@ -8,8 +8,8 @@ for the students) up to N jobs run at once, each in a spawned process with cores
 (1.2-1.6x faster, RESULTS.md), while two one-thread processes run side by side at full speed.
 
 The parent keeps the records: the work folders, the stage markers and EXP/models.json are written
-by this process only, in the group's order (StageRunner.run_concurrently). A worker's MLflow child
-run opens under the distill's parent run (Tracker.attach). Under torchrun, or with N = 1, the group
+by this process only, in the group's order (StageRunner.run_concurrently). A worker's lines reach the
+parent's log through a queue; its MLflow child run opens under the distill's parent run (Tracker.attach). Under torchrun, or with N = 1, the group
 trains one job after another in this process, as before.
 
     stages = [TrainingStage(name, key, lambda: TrainJob(...)), ...]
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -102,16 +103,39 @@ def _train_in_pool(ctx: Context, runner: StageRunner, stages: list[TrainingStage
                      **({"restarts": res.restarts} if res.restarts else {}))
 
     # spawn, not fork: a forked child would share this process's OpenMP pool and MLflow connections
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = runner.run_concurrently([(s.name, s.key, s.work_dir) for s in stages], submit, record)
+    spawn = multiprocessing.get_context("spawn")
+    lines = spawn.Queue()  # the workers' log lines, passed on to this process's log by a thread
+    relay = threading.Thread(target=_relay, args=(lines, ctx.log), daemon=True)
+    relay.start()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=_start_worker,
+                                 initargs=(lines,)) as pool:
+            results = runner.run_concurrently([(s.name, s.key, s.work_dir) for s in stages], submit, record)
+    finally:  # the pool has ended, so every worker line is in the queue before this
+        lines.put(None)
+        relay.join()
     return {name: TrainResult.from_json(result) for name, result in results.items()}
+
+
+def _relay(lines: Any, log: Callable[[str], None]) -> None:
+    """Pass the workers' lines to `log` until None arrives."""
+    while (line := lines.get()) is not None:
+        log(line)
+
+
+_worker_lines: Any = None  # in a worker: the queue its log lines go to
+
+
+def _start_worker(lines: Any) -> None:
+    global _worker_lines
+    _worker_lines = lines
 
 
 def train_in_worker(recipe: Recipe, exp_dir: str, features: dict[str, Any], handoff: Optional[dict[str, str]],
                     job: TrainJob, threads: int) -> dict[str, Any]:
     """One training job in a worker process: the TrainResult's JSON (the parent records the model).
 
-    Lines go straight to this process's stdout; no progress bar (several would fight over the terminal)."""
+    Its lines go to the parent's log; no progress bar (several would fight over the terminal)."""
     os.environ["EKD_NO_PROGRESS_BAR"] = "1"
     import torch
 
@@ -119,7 +143,7 @@ def train_in_worker(recipe: Recipe, exp_dir: str, features: dict[str, Any], hand
     from ekd_compress.train.job import train
 
     torch.set_num_threads(threads)
-    ctx = Context(recipe, Path(exp_dir), log=_print_line)
+    ctx = Context(recipe, Path(exp_dir), log=_log_line)
     ctx.features = Features.from_json(features)
     if handoff is None:
         tracker: Any = NullTracker()
@@ -131,5 +155,9 @@ def train_in_worker(recipe: Recipe, exp_dir: str, features: dict[str, Any], hand
     return train(job, ctx.train_data(), tracker, ctx.log).to_json()
 
 
-def _print_line(message: str) -> None:
-    print(message, flush=True)
+def _log_line(message: str) -> None:
+    """A worker's log: the parent's, through the queue (stdout when called outside a pool)."""
+    if _worker_lines is None:
+        print(message, flush=True)
+    else:
+        _worker_lines.put(message)

@@ -131,6 +131,9 @@ def test_a_distill_trained_in_parallel_equals_one_trained_in_turn(tmp_path):
     run_distill(load_recipe("recipes/demo.yaml", TINY + parallel), tmp_path / "par", log=lines.append)
 
     assert sum(line.startswith("training up to 2 of") for line in lines) == 3  # baselines, members, first students
+    # the workers' lines reach the caller's log
+    assert any(line.startswith("  baseline_s1 epoch 1/1") for line in lines)
+    assert any(line.startswith("control_baseline_teacher: best dev wer") for line in lines)
     for name in TRAINED:
         turn = torch.load(tmp_path / "turn" / "models" / name / "model.pt", weights_only=False)["state_dict"]
         par = torch.load(tmp_path / "par" / "models" / name / "model.pt", weights_only=False)["state_dict"]
