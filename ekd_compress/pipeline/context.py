@@ -174,12 +174,17 @@ class Context:
 
     def train(self, job: "TrainJob") -> "TrainResult":
         """Run a training job and record the model in EXP/models.json (rank 0)."""
-        from ekd_compress.experiment import record_model
         from ekd_compress.train.distributed import dist_info
         from ekd_compress.train.job import train
 
         res = train(job, self.train_data(), self.tracker, self.log)
         if dist_info().is_main:
-            record_model(self.exp_dir, job.name, job.kind, Path(res.model), seed=res.seed,
-                         **({"restarts": res.restarts} if res.restarts else {}))
+            self.record(job, res)
         return res
+
+    def record(self, job: "TrainJob", res: "TrainResult") -> None:
+        """Add the trained model to EXP/models.json (with the watchdog's restarts, if any)."""
+        from ekd_compress.experiment import record_model
+
+        record_model(self.exp_dir, job.name, job.kind, Path(res.model), seed=res.seed,
+                     **({"restarts": res.restarts} if res.restarts else {}))

@@ -84,12 +84,9 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             name = baseline_name(i, seed)
             job = TrainJob(name, "baseline", r.baseline.arch, r.baseline.params, seed, train_cfg,
                            exp_dir / "models" / name, losses={"ctc": 1.0})
-            base_stages.append(TrainingStage(name, config_hash(base_key, seed), lambda j=job: j, job.out_dir))
-        base_dev = {}
-        for stage in base_stages:
-            ctx.keys[stage.name] = stage.key
-        for name, res in train_stages(ctx, runner, base_stages, train_cfg).items():
-            base_dev[name] = res.best_dev
+            ctx.keys[name] = config_hash(base_key, seed)
+            base_stages.append(TrainingStage(name, ctx.keys[name], lambda j=job: j, job.out_dir))
+        base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
         # the guide (whose spikes the members follow, and the control student's teacher): the best
         # CTC-only model of the student architecture on dev, not seed 0 by fiat
         guide = min(base_dev, key=base_dev.get) if r.distill.guide == "best" else "baseline"

@@ -9,8 +9,9 @@ for the students) up to N jobs run at once, each in a spawned process with cores
 
 The parent keeps the records: the work folders, the stage markers and EXP/models.json are written
 by this process only, in the group's order (StageRunner.run_concurrently). A worker's lines reach the
-parent's log through a queue; its MLflow child run opens under the distill's parent run (Tracker.attach). Under torchrun, or with N = 1, the group
-trains one job after another in this process, as before.
+parent's log through a queue; its MLflow child run opens under the distill's parent run
+(Tracker.attach). Under torchrun, on a GPU, or with N = 1, the group trains one job after another in
+this process, as before.
 
     stages = [TrainingStage(name, key, lambda: TrainJob(...)), ...]
     results = train_stages(ctx, runner, stages, recipe.train)   # name -> TrainResult
@@ -84,8 +85,6 @@ def _train_in_pool(ctx: Context, runner: StageRunner, stages: list[TrainingStage
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from ekd_compress.experiment import record_model
-
     by_name = {s.name: s for s in stages}
     made: dict[str, TrainJob] = {}
     handoff = ctx.tracker.handoff() if ctx.tracker is not None else None
@@ -98,9 +97,7 @@ def _train_in_pool(ctx: Context, runner: StageRunner, stages: list[TrainingStage
                            made[name], threads)
 
     def record(name: str, result: dict) -> None:
-        job, res = made[name], TrainResult.from_json(result)
-        record_model(ctx.exp_dir, job.name, job.kind, Path(res.model), seed=res.seed,
-                     **({"restarts": res.restarts} if res.restarts else {}))
+        ctx.record(made[name], TrainResult.from_json(result))
 
     # spawn, not fork: a forked child would share this process's OpenMP pool and MLflow connections
     spawn = multiprocessing.get_context("spawn")
