@@ -198,10 +198,12 @@ def recipe_list() -> None:
 @click.option("--batch-seconds", type=float, default=None, help="Audio per step (default: the recipe's train.max_duration).")
 @click.option("--utt-seconds", type=float, default=8.0, show_default=True, help="Length of each utterance.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Timed training steps.")
+@click.option("--threads", type=int, default=None,
+              help="Torch CPU threads (default: all cores); compare 1 and 2 to choose train.parallel_jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @needs("train")
 def train_bench(recipe: str, which: str, device: str, precision: str, batch_seconds: float | None,
-                utt_seconds: float, steps: int, as_json: bool) -> None:
+                utt_seconds: float, steps: int, threads: int | None, as_json: bool) -> None:
     """Training throughput of one recipe model on random features: input frames per second,
     GPU utilisation and peak GPU memory (on CUDA)."""
     from ekd_compress.recipe import load_recipe
@@ -214,14 +216,15 @@ def train_bench(recipe: str, which: str, device: str, precision: str, batch_seco
     arch, params = models[which]
     res = friendly(measure_throughput, arch, dict(params), device=device, precision=precision,
                     batch_seconds=batch_seconds or r.train.max_duration, utt_seconds=utt_seconds, steps=steps,
-                    num_mel_bins=r.features.num_mel_bins)
+                    num_mel_bins=r.features.num_mel_bins, threads=threads)
     if as_json:
         click.echo(json.dumps(res.as_dict()))
         return
     util = "n/a" if res.gpu_utilization_mean is None else f"{res.gpu_utilization_mean:.0f} %"
     click.echo(f"{which} ({res.arch}, {res.params:,} params) on {res.device} {res.precision}: "
                f"{res.frames_per_second:,.0f} frames/s = {res.audio_seconds_per_second:,.0f} s of audio per s; "
-               f"{res.batch_utterances} utterances x {utt_seconds:g} s per step; GPU utilisation {util}")
+               f"{res.batch_utterances} utterances x {utt_seconds:g} s per step; {res.threads} thread(s); "
+               f"GPU utilisation {util}")
 
 
 from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)

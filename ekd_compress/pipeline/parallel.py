@@ -5,7 +5,8 @@ results only through what comes after them (the guide, the ensemble, the chosen 
 can train together. With `train.parallel_jobs` N > 1 (member_train's for the members, student_train's
 for the students) up to N jobs run at once, each in a spawned process with cores // N torch threads
 (at least one; `threads` when set). On a 2-core CPU the small models here use a second thread poorly
-(1.2-1.6x faster, RESULTS.md), while two one-thread processes run side by side at full speed.
+(two threads 1.05-1.5x faster than one, RESULTS.md), while two one-thread processes run side by side
+at nearly full speed.
 
 The parent keeps the records: the work folders, the stage markers and EXP/models.json are written
 by this process only, in the group's order (StageRunner.run_concurrently). A worker's lines reach the

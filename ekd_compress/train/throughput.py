@@ -34,6 +34,7 @@ class Throughput:
     audio_seconds_per_second: float
     gpu_utilization_mean: Optional[float]  # percent, sampled during the timed steps; None on CPU
     gpu_memory_peak_mib: Optional[float]
+    threads: int = 0               # torch CPU threads during the timed steps
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,8 +87,10 @@ class _GpuSampler:
 
 def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", precision: str = "auto",
                        batch_seconds: float = 120.0, utt_seconds: float = 8.0, steps: int = 30, warmup: int = 5,
-                       num_mel_bins: int = 80, vocab_size: int = 32, seed: int = 0) -> Throughput:
-    """Time `steps` training steps (after `warmup` untimed ones) of `arch` built with `params`."""
+                       num_mel_bins: int = 80, vocab_size: int = 32, seed: int = 0,
+                       threads: Optional[int] = None) -> Throughput:
+    """Time `steps` training steps (after `warmup` untimed ones) of `arch` built with `params`;
+    `threads`: torch CPU threads (None: torch's default, all cores)."""
     import torch
 
     from ekd_compress.losses.ctc import CTCLoss
@@ -105,6 +108,10 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
     if steps < 1 or warmup < 0 or batch_seconds < utt_seconds or utt_seconds <= 0:
         raise ValueError(f"need steps >= 1, warmup >= 0 and batch_seconds ({batch_seconds}) >= utt_seconds "
                          f"({utt_seconds}) > 0")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}: a number of CPU threads, >= 1")
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build_model(arch, num_mel_bins, vocab_size, **params).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -148,4 +155,5 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
     frames = B * T * steps
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return Throughput(arch, count_parameters(model), device, precision, B, B * T, steps, seconds,
-                      frames / seconds, frames / seconds / FRAMES_PER_SECOND, gpu.mean(), peak)
+                      frames / seconds, frames / seconds / FRAMES_PER_SECOND, gpu.mean(), peak,
+                      torch.get_num_threads())

@@ -40,3 +40,15 @@ def test_cli_json_and_unknown_model():
     assert row["frames_per_second"] > 0 and row["batch_utterances"] == 2
     bad = CliRunner().invoke(cli, [*args, "--model", "nope"])
     assert bad.exit_code != 0 and "baseline" in bad.output
+
+
+def test_threads_are_set_for_the_timed_steps_and_checked():
+    before = torch.get_num_threads()
+    try:
+        res = measure_throughput("tdnn", {"hidden": 16, "layers": 1}, device="cpu", batch_seconds=1.0,
+                                 utt_seconds=0.5, steps=1, warmup=0, num_mel_bins=20, vocab_size=8, threads=1)
+        assert res.threads == 1 and res.as_dict()["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads=0: a number of CPU threads"):
+        measure_throughput("tdnn", {}, device="cpu", threads=0)
