@@ -23,13 +23,11 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 from ekd_compress.atomic import write_json_atomic
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 
 class StageRunner:
@@ -136,21 +134,20 @@ class StageRunner:
         self._seconds[self.is_training(name)].append(time.time() - start)
         return result
 
-    def run_concurrently(self, stages: list[tuple[str, str, Optional[Path]]], submit: Callable[[str], "Future"],
+    def run_concurrently(self, stages: list[tuple[str, str, Optional[Path]]], submit: Callable[[str], Future],
                          on_result: Callable[[str, dict], None] = lambda name, result: None) -> dict[str, dict]:
         """`run` for stages that do not depend on each other, (name, key, work_dir) each, their work
         started together: results by name.
 
         A stage done with its key is skipped; `submit(name)` starts each other one and returns a Future of
-        its result. Each ends with a `[done]` (or `[fail]`) line as it finishes; markers are written and
-        `on_result(name, result)` called in the order of `stages` once all have ended, so the records of a
-        run do not depend on which job finished first (a job that finished before an interruption finds its
-        model.pt on resume). A failed stage is raised after the others have ended and been recorded.
+        its result (a stage whose `submit` raises has failed). Each ends with a `[done]` (or `[fail]`) line
+        as it finishes; markers are written and `on_result(name, result)` called in the order of `stages`
+        once all have ended, so the records of a run do not depend on which job finished first (a job that
+        finished before an interruption finds its model.pt on resume). The first failed stage (in that
+        order) is raised after the others have ended and been recorded.
         """
-        from concurrent.futures import as_completed
-
         results: dict[str, dict] = {}
-        started: dict[str, tuple[str, "Future"]] = {}
+        started: dict[str, tuple[str, Future]] = {}
         for name, key, work_dir in stages:
             cached = self.done(name, key)
             if cached is not None:
@@ -160,10 +157,15 @@ class StageRunner:
             if work_dir is not None:
                 self._prepare_work_dir(Path(work_dir), key)
             self.log(f"[run ] {name}  {self.progress(name)}  (key {key}; started with the others of its group)")
-            started[name] = (key, submit(name))
+            try:
+                future = submit(name)
+            except Exception as error:  # e.g. its job could not be made: a failed stage like the others
+                future = Future()
+                future.set_exception(error)
+            started[name] = (key, future)
         start = time.time()
         seconds: dict[str, float] = {}
-        errors: list[tuple[str, BaseException]] = []
+        errors: dict[str, BaseException] = {}
         names = {future: name for name, (_, future) in started.items()}
         for future in as_completed(names):
             name = names[future]
@@ -173,7 +175,7 @@ class StageRunner:
                 results[name] = future.result()
                 self.log(f"[done] {name}  after {_clock(seconds[name])}")
             else:
-                errors.append((name, error))
+                errors[name] = error
                 self.log(f"[fail] {name}  after {_clock(seconds[name])}: {type(error).__name__}: {error}")
         wall = time.time() - start
         for name, (key, _) in started.items():
@@ -185,8 +187,8 @@ class StageRunner:
             self.ran.append(name)
             # the estimate of the time left counts the group's wall time shared out over its stages
             self._seconds[self.is_training(name)].append(wall / len(started))
-        if errors:
-            raise errors[0][1]
+        if errors:  # the first failure in the group's order, whichever ended first
+            raise next(errors[name] for name in started if name in errors)
         return {name: results[name] for name, _, _ in stages}
 
     def _skip(self, name: str, key: str) -> None:

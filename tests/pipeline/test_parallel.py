@@ -77,15 +77,19 @@ def test_a_failed_stage_is_raised_after_the_others_are_recorded(tmp_path):
         future: Future = Future()
         if name == "a":
             future.set_exception(RuntimeError("out of memory in a"))
+        elif name == "c":
+            raise FileNotFoundError("no teacher for c")  # its job could not even be made
         else:
             future.set_result({"model": name})
         return future
 
     with pytest.raises(RuntimeError, match="out of memory in a"):
-        runner.run_concurrently(_stages(tmp_path, "abc"), submit, lambda n, r: recorded.append(n))
-    assert recorded == ["b", "c"]
-    assert not (tmp_path / "stages" / "a.json").exists() and (tmp_path / "stages" / "c.json").exists()
+        runner.run_concurrently(_stages(tmp_path, "abcd"), submit, lambda n, r: recorded.append(n))
+    assert recorded == ["b", "d"]
+    assert not (tmp_path / "stages" / "a.json").exists() and (tmp_path / "stages" / "d.json").exists()
+    assert not (tmp_path / "stages" / "c.json").exists()
     assert any(line.startswith("[fail] a") and "RuntimeError: out of memory in a" in line for line in lines)
+    assert any(line.startswith("[fail] c") and "FileNotFoundError: no teacher for c" in line for line in lines)
 
 
 def test_each_job_gets_the_cores_shared_out_or_the_threads_set(monkeypatch):
