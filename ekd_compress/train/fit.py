@@ -157,7 +157,11 @@ def fit_model(
     if cfg.average_last:
         from ekd_compress.train.averaging import LastEpochsAverage
 
-        averager = LastEpochsAverage(cfg.average_last, cfg.epochs)
+        window = cfg.averaging_window()
+        if window < cfg.average_last:
+            log(f"  {name}: average_last={cfg.average_last} is more than half of {cfg.epochs} epochs: averaging the "
+                f"last {window} (a mean over the first epochs is a mean with untrained weights)")
+        averager = LastEpochsAverage(window, cfg.epochs)
         callbacks.append(averager)
     if watchdog:
         from ekd_compress.train.watchdog import ConvergenceWatchdog
