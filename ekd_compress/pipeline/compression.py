@@ -182,6 +182,30 @@ MARKERS = {"member": ("s", "tab:blue"), "ensemble": ("*", "tab:red"), "baseline"
            "kd": ("D", "tab:purple"), "student": ("o", "tab:green")}
 
 
+def merged_labels(points: Sequence[tuple[float, float, str]], rel: float = 0.4,
+                  per_line: int = 2) -> list[tuple[float, float, str]]:
+    """One label per cluster of points whose names would print on top of each other: the same
+    error, and costs within a factor 1 + `rel` of the cluster's first (as on a log axis). Returns
+    (cost, error, names) at the cluster's cheapest point, in the order the points came; the names
+    are joined by ", ", `per_line` to a line.
+
+    Several models of one size often tie on a small test set (four students at 16.9 MFLOP/s and
+    1.71 % in run K): their names, drawn one over the other, could not be read.
+    """
+    groups: list[list[tuple[float, float, str]]] = []
+    for cost, err, name in points:
+        for g in groups:
+            c0, e0, _ = g[0]
+            if e0 == err and max(c0, cost) <= (1 + rel) * min(c0, cost):
+                g.append((cost, err, name))
+                break
+        else:
+            groups.append([(cost, err, name)])
+    return [(min(p[0] for p in g), g[0][1],
+             ",\n".join(", ".join(p[2] for p in g[i:i + per_line]) for i in range(0, len(g), per_line)))
+            for g in groups]
+
+
 def plot_compression(comp: dict[str, Any], path: Path) -> Path:
     """WER against FLOPs per audio second and against measured RTF (log x), Pareto fronts drawn."""
     import matplotlib
@@ -203,7 +227,8 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
             ax.scatter(r[key], r["wer"][split], marker=marker, color=color, s=90 if r["kind"] == "ensemble" else 40,
                        label=None if r["kind"] in seen else r["kind"], zorder=3)
             seen.add(r["kind"])
-            ax.annotate(r["name"], (r[key], r["wer"][split]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for x, y, names in merged_labels([(r[key], r["wer"][split], r["name"]) for r in rows]):
+            ax.annotate(names, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points", va="bottom")
         pts = sorted((r[key], r["wer"][split]) for r in rows if r["name"] in front)
         if pts:
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", alpha=0.5, lw=1,

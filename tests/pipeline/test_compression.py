@@ -1,7 +1,8 @@
 """The compression curve's Pareto front and the smallest student that matches the ensemble."""
 import pytest
 
-from ekd_compress.pipeline.compression import compression_markdown, pareto_front, plot_compression, smallest_matching
+from ekd_compress.pipeline.compression import (compression_markdown, merged_labels, pareto_front, plot_compression,
+                                               smallest_matching)
 
 
 def test_pareto_front_on_constructed_points():
@@ -44,3 +45,12 @@ def test_markdown_and_plot(tmp_path):
     md = compression_markdown(comp)
     assert "**sweep_s64**" in md and "12.5x" in md and "| control_baseline_teacher | kd |" in md
     assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_labels_of_points_on_top_of_each_other_are_merged():
+    pts = [(16.9e6, 1.71, "kd_all"), (16.9e6, 1.71, "essence_k1"), (20e6, 1.71, "student_s1"),  # within 1.4x
+           (16.9e6, 1.56, "student_s2"), (25e6, 1.71, "gru"), (4.76e6, 2.56, "sweep_s64")]
+    assert merged_labels(pts) == [(16.9e6, 1.71, "kd_all, essence_k1,\nstudent_s1"), (16.9e6, 1.56, "student_s2"),
+                                  (25e6, 1.71, "gru"), (4.76e6, 2.56, "sweep_s64")]
+    assert merged_labels([(2.0, 1.0, "b"), (1.99, 1.0, "a")]) == [(1.99, 1.0, "b, a")]  # at the cheaper point
+    assert merged_labels([]) == []
