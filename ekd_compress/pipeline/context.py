@@ -183,8 +183,10 @@ class Context:
         return res
 
     def record(self, job: "TrainJob", res: "TrainResult") -> None:
-        """Add the trained model to EXP/models.json (with the watchdog's restarts, if any)."""
+        """Add the trained model to EXP/models.json (with the watchdog's restarts and a failed last
+        seed, if any)."""
         from ekd_compress.experiment import record_model
 
         record_model(self.exp_dir, job.name, job.kind, Path(res.model), seed=res.seed,
-                     **({"restarts": res.restarts} if res.restarts else {}))
+                     **({"restarts": res.restarts} if res.restarts else {}),
+                     **({"unconverged": res.unconverged} if res.unconverged else {}))

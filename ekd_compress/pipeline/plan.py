@@ -116,6 +116,6 @@ def train_key(cfg: TrainConfig) -> dict[str, Any]:
         del key["stop_on"]
     if not key["average_last"]:  # likewise before averaging existed
         del key["average_last"]
-    elif cfg.averaging_window() < cfg.average_last:  # cut to the second half of a short training: other weights
+    elif cfg.averaging_window() < cfg.average_last:  # cut to the last quarter of a short training: other weights
         key["average_last"] = cfg.averaging_window()
     return key

@@ -218,6 +218,7 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         "guide": ctx.guide,
         "ensemble": {k: v for k, v in ctx.ensemble.to_json().items() if k != "grid"} if ctx.ensemble else {},
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
+        "unconverged": {e["name"]: e["unconverged"] for e in registry if e.get("unconverged")},
         "oov": ctx.data.oov,
         "verdict_targets": dict(ctx.recipe.distill.verdict_targets),
     }

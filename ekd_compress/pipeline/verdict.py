@@ -174,6 +174,14 @@ def verdict_markdown(results: dict[str, Any]) -> str:
                 out.append(f"- {name}: seed {a['seed']} stopped at epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
                            f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
         out.append("")
+    unconverged = results.get("unconverged") or {}
+    if unconverged:
+        out += ["Runs that failed the watchdog on their last allowed seed (kept: no restart was left; "
+                "not converged, and in every mean above):", ""]
+        for name, a in unconverged.items():
+            out.append(f"- {name}: seed {a['seed']} at epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
+                       f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
+        out.append("")
     return "\n".join(out) + ("\n" if out else "")  # a blank line ends the table or list before what follows
 
 

@@ -4,7 +4,8 @@
 when one exists), selects the best epoch on dev WER (or dev loss) or, with
 `train.average_last: N`, takes the mean of the weights of the last N epochs
 (`train.averaging`), early-stops (and, with
-`watchdog=True`, raises `train.watchdog.StalledRun` for a run stuck on the blank plateau), and
+`watchdog="stop"`, raises `train.watchdog.StalledRun` for a run stuck on the blank plateau; with
+`watchdog="report"`, trains on and returns the failed check in `FitResult.stalled`), and
 writes `out_dir/model.pt`: the selected weights plus what is needed to rebuild the
 model (architecture, params, input dim, vocabulary size).
 
@@ -102,6 +103,7 @@ class FitResult:
     best_epoch: int
     epochs_run: int
     train_seconds: float     # wall time of the fit; after a resume, of the resumed part only
+    stalled: Optional[dict[str, Any]] = None  # watchdog="report": the first check the run failed (StalledAttempt)
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
@@ -127,8 +129,12 @@ def fit_model(
     logger: Any = None,
     extra_meta: Optional[dict[str, Any]] = None,
     log=print,
-    watchdog: bool = False,
+    watchdog: str = "off",
 ) -> FitResult:
+    """Train `module`; `watchdog` ("off", "stop" or "report") is what the recipe's
+    `train.watchdog` checks do: nothing, raise `StalledRun`, or note the failure in the result."""
+    if watchdog not in ("off", "stop", "report"):
+        raise ValueError(f"watchdog={watchdog!r}: use 'off', 'stop' or 'report'")
     from lightning.pytorch.callbacks import EarlyStopping
 
     out_dir = Path(out_dir)
@@ -140,7 +146,7 @@ def fit_model(
         module.model.load_state_dict(model.state_dict())
         log(f"  {name_of(out_dir, extra_meta)}: training had finished; kept {out_dir / 'model.pt'}")
         return FitResult(out_dir / "model.pt", float(meta["best_score"]), int(meta["best_epoch"]),
-                         int(finished["epochs_run"]), float(finished["train_seconds"]))
+                         int(finished["epochs_run"]), float(finished["train_seconds"]), meta.get("watchdog_failed"))
     info = dist_info()
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning vs torch 2.13 noise
     L.seed_everything(seed, workers=True, verbose=False)
@@ -159,14 +165,17 @@ def fit_model(
 
         window = cfg.averaging_window()
         if window < cfg.average_last:
-            log(f"  {name}: average_last={cfg.average_last} is more than half of {cfg.epochs} epochs: averaging the "
-                f"last {window} (a mean over the first epochs is a mean with untrained weights)")
+            log(f"  {name}: average_last={cfg.average_last} is more than a quarter of {cfg.epochs} epochs: averaging "
+                f"the last {window} (a mean that reaches back into early training is a worse model)")
         averager = LastEpochsAverage(window, cfg.epochs)
         callbacks.append(averager)
-    if watchdog:
+    guard = None
+    if watchdog != "off" and cfg.watchdog:
         from ekd_compress.train.watchdog import ConvergenceWatchdog
 
-        callbacks.append(ConvergenceWatchdog({int(e): float(w) for e, w in cfg.watchdog}, seed, monitor=metric_key))
+        guard = ConvergenceWatchdog({int(e): float(w) for e, w in cfg.watchdog}, seed, monitor=metric_key,
+                                    stop=watchdog == "stop")
+        callbacks.append(guard)
     accel, precision = resolve_device(cfg)
     distributed = {"devices": info.local_world_size, "num_nodes": info.num_nodes, "strategy": "ddp"} \
         if info.enabled else {"devices": 1}
@@ -200,13 +209,16 @@ def fit_model(
             log(f"  {name}: training stopped at epoch {trainer.current_epoch}, before the averaging window "
                 f"(epochs {averager.first_epoch}-{cfg.epochs}); kept the best epoch {best_epoch}")
     model_path = out_dir / "model.pt"
+    stalled = guard.failed.to_dict() if guard is not None and guard.failed is not None else None
+    if stalled:
+        selected["watchdog_failed"] = stalled
     if info.is_main:
         save_model(module.model, model_path, {**(extra_meta or {}), "best_score": best_score, **selected,
                                               "select_on": cfg.select_on, "best_epoch": best_epoch})
         write_json_atomic(timing_file, {"train_seconds": seconds, "epochs_run": trainer.current_epoch,
                                         "complete": True, "world_size": info.world_size})
     barrier()
-    return FitResult(model_path, best_score, best_epoch, trainer.current_epoch, seconds)
+    return FitResult(model_path, best_score, best_epoch, trainer.current_epoch, seconds, stalled)
 
 
 def _use_average(trainer, module, dev_loader, averager, monitor: str, single: float, name: str,

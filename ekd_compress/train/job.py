@@ -108,6 +108,8 @@ class TrainResult:
     params: int
     seed: Optional[int] = None   # None only in stage results written before seeds were recorded
     restarts: list[dict[str, Any]] = field(default_factory=list)
+    # the last allowed seed failed a watchdog check too: kept (no restart was left) and reported
+    unconverged: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,7 +136,7 @@ def train(job: TrainJob, data: TrainData, tracker: Any, log: Log = print) -> Tra
     while True:
         attempt = len(restarts)
         run_seed = restart_seed(job.seed, attempt)
-        watchdog = bool(cfg.watchdog) and attempt < cfg.max_restarts
+        watchdog = "off" if not cfg.watchdog else "stop" if attempt < cfg.max_restarts else "report"
         try:
             res = _fit_once(job, data, run_seed, watchdog, tracker, log)
             break
@@ -148,13 +150,17 @@ def train(job: TrainJob, data: TrainData, tracker: Any, log: Log = print) -> Tra
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                 write_json_atomic(restarts_file, restarts)
             barrier()
-    if restarts:
+    failed = res.pop("unconverged")
+    if failed:
+        log(f"WATCHDOG {job.name}: seed {run_seed} also failed the watchdog ({failed['reason']}) and no restart is left "
+            f"(train.max_restarts={cfg.max_restarts}): kept, and reported as not converged")
+    elif restarts:
         log(f"{job.name}: converged with seed {run_seed} after {len(restarts)} restart(s)")
-    return TrainResult(**res, seed=run_seed, restarts=restarts)
+    return TrainResult(**res, seed=run_seed, restarts=restarts, unconverged=failed)
 
 
-def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: bool, tracker: Any, log: Log) -> dict[str, Any]:
-    """One training run of `train` (the watchdog on or off)."""
+def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
+    """One training run of `train`; `watchdog` is fit_model's ("off", "stop" or "report")."""
     import torch
 
     from ekd_compress.models import count_parameters
@@ -200,12 +206,14 @@ def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: bool, tracker
         except StalledRun as stalled:  # the run ends FAILED, tagged with the reason
             run.set_tags({"watchdog": "stalled", "watchdog_reason": stalled.attempt.reason})
             raise
+        if res.stalled:
+            run.set_tags({"watchdog": "not_converged", "watchdog_reason": res.stalled["reason"]})
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
     n_params = count_parameters(model)
     log(f"{job.name}: best dev {cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
         f"{n_params} params, {res.train_seconds:.0f} s")
     return {"model": str(res.model_path), "best_dev": res.best_score, "best_epoch": res.best_epoch,
-            "train_seconds": res.train_seconds, "params": n_params}
+            "train_seconds": res.train_seconds, "params": n_params, "unconverged": res.stalled}
 
 
 def label_prior(cuts: Iterable[Any], tokens: "TokenTable", frame_shift_ms: float, subsampling: int) -> np.ndarray:

@@ -52,12 +52,17 @@ def restart_seed(seed: int, attempt: int) -> int:
 class ConvergenceWatchdog(L.Callback):
     """Raise `StalledRun` at the end of each epoch in `checks` ({epoch: max dev WER %}) if the
     dev output is all blank or the dev WER is above the bound. Runs after validation
-    (`on_train_epoch_end`)."""
+    (`on_train_epoch_end`).
 
-    def __init__(self, checks: dict[int, float], seed: int, monitor: str = "dev_wer") -> None:
+    With `stop=False` (a run's last allowed seed: no restart is left) it raises nothing and keeps
+    the first failed check in `failed`, so the run is kept but reported as not converged.
+    """
+
+    def __init__(self, checks: dict[int, float], seed: int, monitor: str = "dev_wer", stop: bool = True) -> None:
         if not checks or min(checks) < 1:
             raise ValueError(f"watchdog checks={checks}: give epochs >= 1 (no checks means no watchdog: do not add one)")
-        self.checks, self.seed, self.monitor = dict(checks), seed, monitor
+        self.checks, self.seed, self.monitor, self.stop = dict(checks), seed, monitor, stop
+        self.failed: StalledAttempt | None = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -68,8 +73,18 @@ class ConvergenceWatchdog(L.Callback):
             return  # no validation ran this epoch: nothing to judge
         attempt = judge(float(m[self.monitor]), float(m["dev_blank"]), self.checks[epoch], self.seed, epoch,
                         label=self.monitor.removeprefix("dev_").upper())
-        if attempt is not None:
+        if attempt is not None and self.stop:
             raise StalledRun(attempt)
+        if attempt is not None and self.failed is None:
+            self.failed = attempt
+
+    # the failed check travels in Lightning checkpoints, so a resumed fit still reports it
+    def state_dict(self) -> dict[str, Any]:
+        return {"failed": self.failed.to_dict() if self.failed is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        failed = state.get("failed")
+        self.failed = StalledAttempt(**failed) if failed else None
 
 
 def judge(dev_wer: float, dev_blank: float, max_wer: float, seed: int, epoch: int,

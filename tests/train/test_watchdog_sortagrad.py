@@ -20,9 +20,32 @@ def test_judge_golden():
     assert [restart_seed(2, a) for a in range(3)] == [2, 1002, 2002]
 
 
+def test_the_last_seed_is_judged_not_stopped_and_its_failure_survives_a_checkpoint():
+    from types import SimpleNamespace
+
+    from ekd_compress.train.watchdog import ConvergenceWatchdog, StalledRun
+
+    def epoch_end(dog, epoch, wer):
+        trainer = SimpleNamespace(current_epoch=epoch - 1, callback_metrics={"dev_wer": wer, "dev_blank": 0.0})
+        dog.on_train_epoch_end(trainer, None)
+
+    with pytest.raises(StalledRun):
+        epoch_end(ConvergenceWatchdog({2: 30.0}, seed=5), 2, 40.0)
+    dog = ConvergenceWatchdog({2: 30.0, 4: 20.0}, seed=5, stop=False)
+    epoch_end(dog, 1, 90.0)  # not a checked epoch
+    assert dog.failed is None
+    epoch_end(dog, 2, 40.0)
+    epoch_end(dog, 4, 25.0)  # the first failure is the one kept
+    assert dog.failed.epoch == 2 and dog.failed.seed == 5 and "above the watchdog bound 30 %" in dog.failed.reason
+    resumed = ConvergenceWatchdog({2: 30.0, 4: 20.0}, seed=5, stop=False)
+    resumed.load_state_dict(dog.state_dict())
+    assert resumed.failed == dog.failed
+
+
 def test_a_stalled_run_is_restarted_and_recorded(tmp_path, monkeypatch):
     """A bound of -1 % makes every run fail the watchdog: each model restarts once with the
-    next seed, then trains without it; the restart shows in models.json, results and MLflow."""
+    next seed, whose run (the last one allowed) is kept but reported as not converged; the
+    restart and the failure show in models.json, results and MLflow."""
     from ekd_compress.cli.main import cli
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -44,6 +67,12 @@ def test_a_stalled_run_is_restarted_and_recorded(tmp_path, monkeypatch):
     assert results["restarts"]["baseline"][0]["epoch"] == 1
     assert set(results["restarts"]) == {"baseline", "essence_k1"}
     assert "baseline: seed 0 stopped at epoch 1" in (exp / "results.md").read_text()
+    # the restart (the last seed allowed) fails the bound too: kept, and reported as not converged
+    assert registry["baseline"]["unconverged"]["seed"] == 1000 and registry["baseline"]["unconverged"]["epoch"] == 1
+    assert set(results["unconverged"]) == {"baseline", "essence_k1"}
+    assert "WATCHDOG baseline: seed 1000 also failed the watchdog" in result.output
+    assert "converged with seed" not in result.output
+    assert "- baseline: seed 1000 at epoch 1" in (exp / "results.md").read_text()
     # the stalled attempt's MLflow child run ended FAILED, tagged with the reason
     import mlflow
 
@@ -52,6 +81,8 @@ def test_a_stalled_run_is_restarted_and_recorded(tmp_path, monkeypatch):
     failed = client.search_runs([exp_id], "tags.watchdog = 'stalled'")
     assert {r.info.run_name for r in failed} == {"baseline", "essence_k1"}
     assert all(r.info.status == "FAILED" for r in failed)
+    kept = client.search_runs([exp_id], "tags.watchdog = 'not_converged'")
+    assert {r.info.run_name for r in kept} == {"baseline", "essence_k1"}
     # a re-run resumes: nothing is trained again and the record stays
     again = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert again.exit_code == 0 and "WATCHDOG" not in again.output
