@@ -170,19 +170,21 @@ def verdict_markdown(results: dict[str, Any]) -> str:
     if restarts:
         out += ["Runs restarted by the convergence watchdog (stuck seeds, not averaged in):", ""]
         for name, attempts in restarts.items():
-            for a in attempts:
-                out.append(f"- {name}: seed {a['seed']} stopped at epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
-                           f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
+            out += [_attempt_line(name, a, "stopped at", label) for a in attempts]
         out.append("")
     unconverged = results.get("unconverged") or {}
     if unconverged:
         out += ["Runs that failed the watchdog on their last allowed seed (kept: no restart was left; "
                 "not converged, and in every mean above):", ""]
-        for name, a in unconverged.items():
-            out.append(f"- {name}: seed {a['seed']} at epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
-                       f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
+        out += [_attempt_line(name, a, "at", label) for name, a in unconverged.items()]
         out.append("")
     return "\n".join(out) + ("\n" if out else "")  # a blank line ends the table or list before what follows
+
+
+def _attempt_line(name: str, a: dict[str, Any], verb: str, label: str) -> str:
+    """One watchdog finding (train.watchdog.StalledAttempt as a dict) as a list item."""
+    return (f"- {name}: seed {a['seed']} {verb} epoch {a['epoch']} (dev {label} {a['dev_wer']:.1f} %, "
+            f"{a['dev_blank']:.0%} of dev empty): {a['reason']}")
 
 
 def _interval_text(ci: Optional[list[float]]) -> str:

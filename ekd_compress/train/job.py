@@ -150,13 +150,13 @@ def train(job: TrainJob, data: TrainData, tracker: Any, log: Log = print) -> Tra
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                 write_json_atomic(restarts_file, restarts)
             barrier()
-    failed = res.pop("unconverged")
+    failed = res["unconverged"]
     if failed:
         log(f"WATCHDOG {job.name}: seed {run_seed} also failed the watchdog ({failed['reason']}) and no restart is left "
             f"(train.max_restarts={cfg.max_restarts}): kept, and reported as not converged")
     elif restarts:
         log(f"{job.name}: converged with seed {run_seed} after {len(restarts)} restart(s)")
-    return TrainResult(**res, seed=run_seed, restarts=restarts, unconverged=failed)
+    return TrainResult(**res, seed=run_seed, restarts=restarts)
 
 
 def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
