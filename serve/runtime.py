@@ -144,6 +144,7 @@ class Recognizer:
             raise BundleError(f"{self.model_path} lacks outputs {missing} (has {outs}); re-export the bundle")
         batch_dim = self.session.get_inputs()[names.index("chunk")].shape[0]
         self.max_batch = 1 if batch_dim == 1 else None  # None: dynamic batch axis
+        self._batch_axes = [s.batch_axis for s in b.states]
 
     def new_decoder(self) -> CTCDecoder:
         return make_decoder(self.decoder_kind, self.bundle.tokens.tokens, blank=self.bundle.blank_id, beam=self.beam,
@@ -169,13 +170,16 @@ class Recognizer:
             return sum(self.decode_batch([s]) for s in ready)
         taken = [s._peek_chunk() for s in ready]  # (window, n_real) per stream
         chunk = np.stack([c for c, _ in taken])  # (B, window_frames, F)
-        states = [
-            np.concatenate([s._states[i] for s in ready], axis=info.batch_axis)
-            for i, info in enumerate(self.bundle.states)
-        ]
-        log_probs, new_states = self.run(chunk, states)
+        if len(ready) == 1:  # one stream (offline recognition, a quiet server): its states as they are
+            log_probs, new_states = self.run(chunk, ready[0]._states)
+            ready[0]._states = new_states
+        else:
+            states = [np.concatenate([s._states[i] for s in ready], axis=axis) for i, axis in enumerate(self._batch_axes)]
+            log_probs, new_states = self.run(chunk, states)
+            for b, stream in enumerate(ready):  # views of the batch's outputs: the next call copies them anyway
+                stream._states = [ns[(slice(None),) * axis + (slice(b, b + 1),)]
+                                  for ns, axis in zip(new_states, self._batch_axes)]
         for b, (stream, (_, n_real)) in enumerate(zip(ready, taken)):
-            stream._states = [np.take(ns, [b], axis=info.batch_axis) for ns, info in zip(new_states, self.bundle.states)]
             stream._after_chunk(log_probs[b], n_real)
         with self._lock:
             self.chunks_decoded += len(ready)
@@ -293,8 +297,8 @@ class Stream:
         if not keep:
             return
         self._decoder.accept(lp, self._frames_out)
-        for a in lp.argmax(axis=-1):
-            self._trailing_blank = self._trailing_blank + 1 if int(a) == b.blank_id else 0
+        spoken = np.flatnonzero(lp.argmax(axis=-1) != b.blank_id)  # frames whose best token is not blank
+        self._trailing_blank = keep - 1 - int(spoken[-1]) if spoken.size else self._trailing_blank + keep
         self._frames_out += keep
         self._check_endpoint()
 
