@@ -90,7 +90,26 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
                        num_mel_bins: int = 80, vocab_size: int = 32, seed: int = 0,
                        threads: Optional[int] = None) -> Throughput:
     """Time `steps` training steps (after `warmup` untimed ones) of `arch` built with `params`;
-    `threads`: torch CPU threads (None: torch's default, all cores)."""
+    `threads`: torch CPU threads for the measurement (None: torch's default, all cores). The
+    process's thread count is restored afterwards."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads}: a number of CPU threads, >= 1")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_training_steps(arch, params, device, precision, batch_seconds, utt_seconds, steps, warmup,
+                                    num_mel_bins, vocab_size, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_training_steps(arch: str, params: dict[str, Any], device: str, precision: str, batch_seconds: float,
+                         utt_seconds: float, steps: int, warmup: int, num_mel_bins: int, vocab_size: int,
+                         seed: int) -> Throughput:
+    """`measure_throughput` at the torch thread count already set."""
     import torch
 
     from ekd_compress.losses.ctc import CTCLoss
@@ -108,10 +127,6 @@ def measure_throughput(arch: str, params: dict[str, Any], device: str = "auto", 
     if steps < 1 or warmup < 0 or batch_seconds < utt_seconds or utt_seconds <= 0:
         raise ValueError(f"need steps >= 1, warmup >= 0 and batch_seconds ({batch_seconds}) >= utt_seconds "
                          f"({utt_seconds}) > 0")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads={threads}: a number of CPU threads, >= 1")
-        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build_model(arch, num_mel_bins, vocab_size, **params).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

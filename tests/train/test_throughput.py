@@ -42,12 +42,14 @@ def test_cli_json_and_unknown_model():
     assert bad.exit_code != 0 and "baseline" in bad.output
 
 
-def test_threads_are_set_for_the_timed_steps_and_checked():
+def test_threads_are_set_for_the_timed_steps_restored_and_checked():
     before = torch.get_num_threads()
+    want = 1 if before > 1 else 2  # a count other than the process's, so both setting and restoring show
     try:
         res = measure_throughput("tdnn", {"hidden": 16, "layers": 1}, device="cpu", batch_seconds=1.0,
-                                 utt_seconds=0.5, steps=1, warmup=0, num_mel_bins=20, vocab_size=8, threads=1)
-        assert res.threads == 1 and res.as_dict()["threads"] == 1
+                                 utt_seconds=0.5, steps=1, warmup=0, num_mel_bins=20, vocab_size=8, threads=want)
+        assert res.threads == want and res.as_dict()["threads"] == want
+        assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads=0: a number of CPU threads"):
