@@ -118,6 +118,8 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @click.option("--matmul-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
               help="CPU seconds per matrix shape for the machine's single-thread matmul rate (the RTF floor).")
 @click.option("--rtf-seconds", default=10.0, show_default=True, type=float, help="Audio sent for the RTF.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Measure the RTF and the runtime RTF this many times and keep the best pass (all are reported).")
 @click.option("--max-batch", default=16, show_default=True, type=int)
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=float)
 @click.option("--threads", default=1, show_default=True, type=int, help="onnxruntime intra-op threads.")
@@ -141,7 +143,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
 @needs("serve", preload=())  # --url measures a server elsewhere
 def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path | None, as_json: bool, realtime: bool,
           seconds: float, ramp: bool, ramp_seconds: float, max_streams: int | None, ramp_refine: int, matmul_seconds: float,
-          rtf_seconds: float, max_batch: int,
+          rtf_seconds: float, repeats: int, max_batch: int,
           max_wait_ms: float, threads: int, int8: bool, provider: str, url: str | None, token: str | None,
           plot_path: Path | None, out_json: Path | None, mlflow: bool, soak_streams: int | None, soak_seconds: float | None,
           soak_drain_seconds: float) -> None:
@@ -165,7 +167,7 @@ def bench(bundle: Path, other: tuple[Path, ...], streams: int, audio_dir: Path |
     if url and other:
         raise UserError("--url measures one running server; drop --vs or --url")
     cfg = BenchConfig(streams=streams, seconds=seconds, realtime=realtime, ramp=ramp, ramp_seconds=ramp_seconds,
-                      max_streams=max_streams, ramp_refine=ramp_refine, matmul_seconds=matmul_seconds, rtf_seconds=rtf_seconds, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_streams=max_streams, ramp_refine=ramp_refine, matmul_seconds=matmul_seconds, rtf_seconds=rtf_seconds, repeats=repeats, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       threads=threads, int8=int8, provider=provider, token=token)
     log = (lambda m: click.echo(m, err=True))
     report = friendly(bench_bundles, [bundle, *other], cfg, audio_dir=audio_dir, url=url, log=log)
