@@ -120,7 +120,7 @@ RUN useradd --create-home --uid 1000 --user-group ekd
 # provider loads them; no TensorRT Python bindings are needed to serve.
 RUN pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com tensorrt-cu13-libs==10.16.1.11
 # The project's base dependencies (what serve/ and ekd_compress/contract/ import), pinned, and
-# onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels (the `gpu` extra).
+# onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels and uvloop (the `gpu` extra).
 RUN pip install --no-cache-dir \
         "onnxruntime-gpu[cuda,cudnn]==1.31.1" \
         click==8.4.0 \
@@ -128,6 +128,7 @@ RUN pip install --no-cache-dir \
         numpy==2.4.6 \
         prometheus-client==0.26.0 \
         sentencepiece==0.2.3 \
+        uvloop==0.23.0 \
         websockets==17.4
 # onnxruntime does not search the pip-installed CUDA/cuDNN/TensorRT libraries by itself: register
 # their folders with the dynamic loader, and fail the build here if one is missing.

@@ -128,4 +128,5 @@ def test_extras_match_pyproject():
     import_name = {"pyyaml": "yaml", "espeakng-loader": "espeakng_loader"}
     assert {import_name.get(n, n) for n in names(extras["train"])} == IMPORTS["train"]
     assert any(r.startswith("torch>=2.4,<2.14") for r in extras["train"])
-    assert names(extras["serve"]) == {"onnxruntime"} and names(extras["gpu"]) == {"onnxruntime-gpu"}
+    # onnxruntime (CPU or CUDA wheel), and uvloop, the server's faster event loop (optional at run time)
+    assert names(extras["serve"]) == {"onnxruntime", "uvloop"} and names(extras["gpu"]) == {"onnxruntime-gpu", "uvloop"}

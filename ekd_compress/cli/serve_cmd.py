@@ -56,6 +56,8 @@ _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=Fa
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="onnxruntime execution provider.")
 @click.option("--threads", default=1, show_default=True, type=int, help="onnxruntime intra-op threads.")
+@click.option("--event-loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True,
+              help="The server's event loop; auto: uvloop where it is installed (less CPU per stream), else asyncio's.")
 @click.option("--decoder", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True)
 @click.option("--beam", default=8, show_default=True, type=int, help="Beam size for --decoder beam.")
 @click.option("--lm", "lm_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -69,8 +71,8 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
           max_message_kb: int, max_queue: int, max_configs: int, drain_grace: float, idle_timeout: float,
           max_session: float, min_data_rate: float, max_per_address: int, token_file: Path | None,
           allowed_origins: tuple[str, ...], max_auth_failures: int, token: str | None, int8: bool, provider: str,
-          threads: int, decoder: str, beam: int, lm_path: str | None, lm_weight: float, trailing_silence: float,
-          max_utterance: float) -> None:
+          threads: int, event_loop: str, decoder: str, beam: int, lm_path: str | None, lm_weight: float,
+          trailing_silence: float, max_utterance: float) -> None:
     """Serve BUNDLE over websockets: native protocol at /ws, Vosk-compatible at /, browser page
     at http://HOST:PORT/, /health and /metrics."""
     import logging
@@ -86,7 +88,7 @@ def serve(bundle: Path, host: str, port: int, max_connections: int, max_batch: i
                     max_configs=max_configs, drain_grace_s=drain_grace, idle_timeout_s=idle_timeout,
                     max_session_s=max_session, min_bytes_per_s=min_data_rate, max_per_address=max_per_address,
                     token=friendly(resolve_token, token, token_file), max_auth_failures=max_auth_failures,
-                    allowed_origins=allowed_origins,
+                    allowed_origins=allowed_origins, event_loop=event_loop,
                     endpoint=EndpointConfig(trailing_silence_s=trailing_silence, max_utterance_s=max_utterance))
 
     def ready(server) -> None:

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from serve_helpers import ROOT
 from websockets.exceptions import ConnectionClosed
@@ -30,14 +31,17 @@ def test_serve_command_starts_and_answers(energy_bundle):
 
 
 def _start_serve(bundle, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, int | None]:
-    """`ekd-compress serve BUNDLE --port 0 ARGS` in a subprocess; (process, port or None)."""
+    """`ekd-compress serve BUNDLE --port 0 ARGS` in a subprocess; (process, port or None). The
+    stderr lines read up to the port are in the process's `startup` attribute."""
     code = "import sys; from ekd_compress.cli.serve_cmd import serve; serve(sys.argv[1:])"
     env = dict(env if env is not None else os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", code, str(bundle), "--port", "0", *args], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     port, deadline = None, time.time() + 30
+    proc.startup = ""
     while port is None and time.time() < deadline:
         line = proc.stderr.readline()
+        proc.startup += line
         if not line and proc.poll() is not None:
             break
         m = re.search(r"page http://127\.0\.0\.1:(\d+)/", line)
@@ -45,15 +49,27 @@ def _start_serve(bundle, *args: str, env: dict | None = None) -> tuple[subproces
     return proc, port
 
 
-def test_sigterm_drains_open_streams_and_exits_0(energy_bundle):
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
+    not _has_uvloop(), reason="uvloop is not installed (pip install uvloop; not on Windows)"))])
+def test_sigterm_drains_open_streams_and_exits_0(energy_bundle, loop):
     """SIGTERM: the open stream gets the final result of its audio (reason "shutdown"), then
-    close 1001, and the process exits 0 within the grace period (issue 14, item 6)."""
+    close 1001, and the process exits 0 within the grace period (issue 14, item 6), on either
+    event loop."""
     from serve_helpers import silence, to_pcm16, tone
     from websockets.sync.client import connect
 
-    proc, port = _start_serve(energy_bundle, "--drain-grace", "5")
+    proc, port = _start_serve(energy_bundle, "--drain-grace", "5", "--event-loop", loop)
     try:
         assert port, "the serve command did not report its port"
+        assert f"event loop: {loop}" in proc.startup
         msgs = []
         with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
             ws.send(json.dumps({"type": "start", "sample_rate": 16000}))

@@ -678,3 +678,25 @@ def test_concurrent_streams(server):
     for t in threads:
         t.join(30)
     assert not errors and results == [["a", "a"]] * 5
+
+
+def test_event_loop_choice(monkeypatch):
+    """auto: uvloop where it is installed, else asyncio's own loop; asking for a missing uvloop or
+    an unknown loop is an error that says what to do."""
+    import asyncio
+    import importlib.util
+    import sys
+
+    from ekd_compress.serve.server import loop_runner
+
+    assert loop_runner("asyncio") == ("asyncio", asyncio.run)
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        assert loop_runner("auto") == ("uvloop", uvloop.run) == loop_runner("uvloop")
+    with pytest.raises(ValueError, match="event_loop='tokio': use one of auto, asyncio, uvloop"):
+        ServerConfig(event_loop="tokio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: importing it raises ImportError
+    assert loop_runner("auto") == ("asyncio", asyncio.run)
+    with pytest.raises(RuntimeError, match="pip install uvloop"):
+        loop_runner("uvloop")
