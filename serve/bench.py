@@ -24,8 +24,8 @@ CPU are its own; `url=` uses a running server instead), then:
 3. max_realtime_streams: N = 1, 2, 4, ... real-time streams for `ramp_seconds` each, until real
    time breaks (p95 chunk compute or p95 final latency above the chunk duration, or a failed
    stream), then bisection between the last level held and the first broken one; no ceiling
-   unless `max_streams` (serve/bench_ramp.py, which also says when the clients, not the server,
-   were the limit: `ramp_limit`, `ramp_note`);
+   unless `max_streams` (serve/bench_ramp.py, which also says when the clients, or the machine they
+   share with the server, were the limit: `ramp_limit`, `ramp_note`);
 4. rss_mb: the server's peak resident memory (VmHWM) at the end;
 5. the FLOP floor: `flops_per_audio_second` (bundle.json, counted at export) over the machine's
    single-thread matmul rate (serve/machine.py, measured once per run) is the RTF of the matrix
@@ -100,7 +100,7 @@ class ModelResult:
     rtf: float | None = None
     max_realtime_streams: int | None = None  # None: not measured (--no-ramp)
     max_realtime_streams_capped: bool = False
-    ramp_limit: str | None = None  # "server" or "clients": who broke real time (None: capped or no ramp)
+    ramp_limit: str | None = None  # "server", "clients" or "machine": who broke real time (None: capped or no ramp)
     ramp_note: str | None = None
     rss_mb: float | None = None
     rtf_runtime: float | None = None  # Recognizer.recognize in this process, no server: model + features only

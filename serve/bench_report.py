@@ -22,12 +22,18 @@ RATIO_KEYS = {"chunk_ms_p50": "cost", "per_chunk_ms_p50": "cost", "rtf": "cost",
               "flops_per_audio_second": "cost", "params": "cost", "max_realtime_streams": "capacity"}
 
 
+def capacity_is_lower_bound(m: dict[str, Any]) -> bool:
+    """A bundle's real-time streams are a lower bound, not its capacity: the ramp hit its ceiling, or
+    real time broke on the clients or on the machine they share with the server (serve/bench_ramp.py)."""
+    return bool(m.get("max_realtime_streams_capped") or m.get("ramp_limit") in ("clients", "machine"))
+
+
 def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
     """How many times cheaper each bundle is than the reference: the ensemble bundle (kind
     "ensemble" in bundle.json), else the first one. One entry per other bundle:
     {"bundle", "vs", KEY: ratio or None for each RATIO_KEYS, "streams_lower_bound": bool}
-    (streams_lower_bound: the bundle's own capacity was capped or client-limited, so its ratio is
-    at least the value given)."""
+    (streams_lower_bound: the bundle's own capacity was capped, or limited by the clients or the
+    machine, so its ratio is at least the value given)."""
     models = report["models"]
     if len(models) < 2:
         return []
@@ -41,7 +47,7 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
             a, b = ref.get(key), m.get(key)
             ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0
             row[key] = None if not ok else round(a / b if how == "cost" else b / a, 3)
-        row["streams_lower_bound"] = bool(m.get("max_realtime_streams_capped") or m.get("ramp_limit") == "clients")
+        row["streams_lower_bound"] = capacity_is_lower_bound(m)
         out.append(row)
     return out
 
@@ -112,8 +118,7 @@ def table(report: dict[str, Any]) -> str:
             continue
         cells = [_fmt(v) for v in values]
         if key == "max_realtime_streams":
-            cells = [c + ("+" if m.get("max_realtime_streams_capped") or m.get("ramp_limit") == "clients" else "")
-                     for c, m in zip(cells, models)]
+            cells = [c + ("+" if capacity_is_lower_bound(m) else "") for c, m in zip(cells, models)]
         if two:
             x, y = values
             num = isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool)

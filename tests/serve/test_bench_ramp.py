@@ -1,6 +1,9 @@
 """The capacity ramp: no ceiling, it stops when real time breaks, bisects, and says who broke it."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 from serve_helpers import make_heavy_bundle
 
@@ -10,8 +13,10 @@ from ekd_compress.serve.bench_ramp import level_verdict, run_ramp
 CHUNK_MS = 320.0
 
 
-def fake_level(capacity: int, client_limit: int | None = None):
-    """measure(n): held up to `capacity` streams; from `client_limit` streams on the clients lag."""
+def fake_level(capacity: int, client_limit: int | None = None, machine_cpu: float | None = None,
+               client_cpu: float = 0.3):
+    """measure(n): held up to `capacity` streams; from `client_limit` streams on the clients' sends
+    lag, with the client process at `client_cpu` of a core and the machine's cores `machine_cpu` busy."""
     tried = []
 
     def measure(n: int) -> dict:
@@ -19,7 +24,8 @@ def fake_level(capacity: int, client_limit: int | None = None):
         lagging = client_limit is not None and n >= client_limit
         return {"failed": 0, "chunk_ms_p95": 10.0 if n <= capacity else 2 * CHUNK_MS,
                 "final_ms_p95": 20.0 if n <= capacity and not lagging else 3 * CHUNK_MS,
-                "send_lag_ms_p95": 300.0 if lagging else 1.0, "client_cpu": 0.3}
+                "send_lag_ms_p95": 300.0 if lagging else 1.0, "client_cpu": client_cpu if lagging else 0.1,
+                "machine_cpu": machine_cpu if lagging else 0.4}
     return measure, tried
 
 
@@ -39,10 +45,45 @@ def test_ramp_far_above_the_old_ceiling():
 
 
 def test_clients_that_cannot_keep_up_are_named():
-    measure, _ = fake_level(capacity=1000, client_limit=64)
+    measure, _ = fake_level(capacity=1000, client_limit=64, client_cpu=0.97)  # the client process is CPU-bound
     r = run_ramp(measure, CHUNK_MS, refine=1)
     assert r["limit"] == "clients" and r["max_realtime_streams"] == 48  # 64 broke, bisected to 48
-    assert "clients" in r["note"] and "may hold more" in r["note"]
+    assert "client process was CPU-bound (97% of a core)" in r["note"] and "may hold more" in r["note"]
+
+
+def test_late_sends_from_clients_with_cpu_to_spare_are_the_servers():
+    """A websocket stops taking a client's messages while the server has not read the earlier ones:
+    clients at a third of a core, on a machine with idle cores, are late because the server is."""
+    measure, _ = fake_level(capacity=1000, client_limit=64, machine_cpu=0.7)
+    r = run_ramp(measure, CHUNK_MS, refine=1)
+    assert r["limit"] == "server" and r["max_realtime_streams"] == 48
+    assert "64 streams on the server" in r["note"] and "read the audio late" in r["note"] and "30% of a core" in r["note"]
+
+
+def test_lagging_clients_on_a_busy_machine_blame_the_machine():
+    """Clients that lag at a third of a core while every core is busy did not run out by
+    themselves: the machine (server and clients together) ran out."""
+    measure, _ = fake_level(capacity=1000, client_limit=64, machine_cpu=0.97)
+    r = run_ramp(measure, CHUNK_MS, refine=1)
+    assert r["limit"] == "machine" and r["max_realtime_streams"] == 48
+    assert "cores were 97% busy" in r["note"] and "ran out of cores together" in r["note"]
+    assert [lv["machine_cpu"] for lv in r["levels"]][-2:] == [0.97, 0.4]  # 64 broke, 48 held
+
+
+def test_machine_load_is_a_share_of_all_cores():
+    from ekd_compress.serve.bench_ramp import MachineLoad
+
+    with MachineLoad() as idle:
+        time.sleep(0.2)
+    with MachineLoad() as busy:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:  # one core busy for 0.3 s
+            pass
+    if idle.share is None:  # no /proc/stat (not Linux): nothing is claimed
+        assert busy.share is None
+        return
+    assert 0.0 <= idle.share <= 1.0 and 0.0 < busy.share <= 1.0
+    assert busy.share >= 0.9 / (os.cpu_count() or 1)  # at least the one core this loop kept busy
 
 
 def test_a_ceiling_reports_capped():
@@ -56,6 +97,9 @@ def test_level_verdict_rules():
     assert level_verdict(1, 10.0, 20.0, CHUNK_MS, 1.0, 0.2) == (False, "server")  # a failed stream
     assert level_verdict(0, 400.0, 20.0, CHUNK_MS, 1.0, 0.2) == (False, "server")
     assert level_verdict(0, 10.0, 400.0, CHUNK_MS, 1.0, 0.95) == (False, "clients")  # the client process is saturated
+    assert level_verdict(0, 10.0, 400.0, CHUNK_MS, 400.0, 0.3, 0.5) == (False, "server")  # late sends: backpressure
+    assert level_verdict(0, 10.0, 400.0, CHUNK_MS, 400.0, 0.3, 0.95) == (False, "machine")  # every core busy
+    assert level_verdict(0, 10.0, 400.0, CHUNK_MS, 400.0, 0.3, None) == (False, "server")  # no /proc/stat
 
 
 def test_real_bench_ramp_stops_when_a_heavy_bundle_breaks_real_time(tmp_path):
