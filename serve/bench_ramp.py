@@ -121,15 +121,16 @@ def run_ramp(measure: Callable[[int], dict[str, Any]], chunk_ms: float, max_stre
             note = (f"real time broke at {broke} streams because the client process was CPU-bound "
                     f"({at.get('client_cpu', 0.0):.0%} of a core); the server held {held} and may hold more")
         elif limit == "machine":
-            note = (f"real time broke at {broke} streams when the clients fell behind while the machine's "
-                    f"{os.cpu_count()} cores were {at['machine_cpu']:.0%} busy: the server and the clients ran out of "
-                    f"cores together; the server held {held} and may hold more where the clients have cores of their own")
+            note = (f"real time broke at {broke} streams when the clients fell behind while this machine's "
+                    f"{os.cpu_count()} cores were {at['machine_cpu']:.0%} busy: the clients ran out of cores (together "
+                    f"with the server, when it runs here); the server held {held} and may hold more where the clients "
+                    f"have cores of their own")
         else:
             note = f"real time broke at {broke} streams on the server; {held} held"
             lag = at.get("send_lag_ms_p95")
             if lag is not None and lag > CLIENT_LAG_MS:
-                note += (f" (it read the audio late: the clients' sends were {lag:.0f} ms behind at p95 while they "
-                         f"used {at.get('client_cpu', 0.0):.0%} of a core)")
+                note += (f" (the clients' sends were {lag:.0f} ms behind at p95 while they used only "
+                         f"{at.get('client_cpu', 0.0):.0%} of a core: held back by the server, not short of CPU)")
     return {"levels": levels, "max_realtime_streams": held, "capped": capped, "limit": None if capped else limit,
             "note": note}
 
