@@ -82,6 +82,10 @@ class BenchConfig:
     provider: str = "cpu"
     token: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.repeats < 1:  # both RTF measurements loop over it: 0 would leave them unmeasured
+            raise ValueError(f"repeats={self.repeats}: measure at least one pass")
+
 
 @dataclass
 class ModelResult:
@@ -373,8 +377,6 @@ def runtime_rtf(bundle: str | Path, clips: Sequence[tuple[np.ndarray, int]], cfg
     do not inflate it."""
     from ekd_compress.serve.runtime import Recognizer
 
-    if cfg.repeats < 1:
-        raise ValueError(f"repeats={cfg.repeats}: measure at least one pass")
     rec = Recognizer(bundle, provider=cfg.provider, threads=cfg.threads, use_int8=cfg.int8)
     rec.recognize(*clips[0])  # warm-up
     passes = []

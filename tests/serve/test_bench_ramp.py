@@ -108,6 +108,8 @@ def test_real_bench_ramp_stops_when_a_heavy_bundle_breaks_real_time(tmp_path):
     bundle = make_heavy_bundle(tmp_path / "heavy")
     cfg = BenchConfig(streams=1, seconds=1.0, ramp_seconds=1.0, rtf_seconds=1.0, ramp_refine=1, matmul_seconds=0.05,
                       repeats=2)
+    with pytest.raises(ValueError, match="repeats=0: measure at least one pass"):
+        BenchConfig(repeats=0)
     report = bench_bundles([bundle], cfg)
     m = report["models"][0]
     # the RTFs are the best of `repeats` passes, and every pass is reported
