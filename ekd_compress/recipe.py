@@ -236,6 +236,10 @@ class DistillConfig:
     select_rounds: int = 12        # members added (with replacement) at most
     drop_ratio: float = 1.5        # members with dev WER above drop_ratio x the best member's are dropped
     guide: str = "best"            # best = the baseline seed with the lowest dev WER | first = seed 0
+    # one more round of guidance: the members trained again from scratch, guided by the first round's
+    # ensemble (or its best member on dev) instead of the baseline guide, and fused again; that second
+    # ensemble is the students' teacher. none = one round
+    reguide: str = "none"          # none | ensemble | best_member
     coincidence_threshold: float = 0.5   # token-matched spike coincidence, both directions
     refuse_below_threshold: bool = True
     # student-size sweep (compression curve): [] = none, the default recipe's behaviour
@@ -269,6 +273,7 @@ class Recipe:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+REGUIDE = ("none", "ensemble", "best_member")  # distill.reguide: what guides a second round of members
 RESERVED_NAMES = {"baseline", "ensemble", "student", "kd_all", "control_baseline_teacher"}
 
 
@@ -463,6 +468,14 @@ def validate_recipe(r: Recipe) -> None:
         raise RecipeError("data.synthetic.dev_hours and test_hours must be > 0 (dev selects checkpoints, test is scored)")
     if d.guide not in ("best", "first"):
         raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds) or 'first'")
+    if d.reguide not in REGUIDE:
+        raise RecipeError(f"distill.reguide={d.reguide!r}: use one of {list(REGUIDE)}")
+    if d.reguide != "none" and not r.members:
+        raise RecipeError(f"distill.reguide={d.reguide!r} re-trains the ensemble members, and the recipe has none; "
+                          "set distill.reguide=none or add members")
+    if d.reguide != "none" and (clash := [n for n in (m.name for m in r.members) if f"{n}_r2" in names]):
+        raise RecipeError(f"members {[f'{n}_r2' for n in clash]} would share a name with the second round of "
+                          f"{clash} (distill.reguide={d.reguide!r}); rename them")
     if d.drop_ratio < 1.0 or d.select_rounds < 1:
         raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="
                           f"{d.select_rounds} >= 1")

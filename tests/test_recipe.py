@@ -93,6 +93,14 @@ def test_cross_field_checks(tmp_path):
     with pytest.raises(RecipeError, match="fusion_grid=0.3"):
         load_recipe(p, ["distill.fusion_grid=0.3"])
     assert load_recipe(p, ["distill.fusion_tune=dev"]).distill.fusion_tune == "dev"
+    assert load_recipe(p, ["distill.reguide=best_member"]).distill.reguide == "best_member"
+    with pytest.raises(RecipeError, match=r"distill.reguide='first'.*'ensemble'"):
+        load_recipe(p, ["distill.reguide=first"])
+    with pytest.raises(RecipeError, match="has none"):
+        load_recipe(p, ["distill.reguide=ensemble", "members=[]"])
+    clash = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "a_r2"}]})
+    with pytest.raises(RecipeError, match=r"\['a_r2'\] would share a name"):
+        load_recipe(clash, ["distill.reguide=ensemble"])
     with pytest.raises(RecipeError, match="reserved"):
         load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))
 

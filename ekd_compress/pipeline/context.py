@@ -120,7 +120,8 @@ class Context:
     guide: Optional[str] = None          # the best baseline seed on dev
     alignment: Optional[Alignment] = None
     coincidence: dict[str, dict[str, float]] = field(default_factory=dict)
-    ensemble: Optional[EnsembleResult] = None
+    ensemble: Optional[EnsembleResult] = None   # the students' teacher (the second round's with distill.reguide)
+    first_round: Optional[EnsembleResult] = None  # with distill.reguide: the first round's ensemble
     essence: Optional[EssenceResult] = None  # None when the targets are computed on the fly
     chosen_k: Optional[str] = None
     _cache: dict[str, Any] = field(default_factory=dict)

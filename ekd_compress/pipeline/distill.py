@@ -96,31 +96,22 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         if stop_after == "baseline":
             return {}
 
-        member_cfg = r.member_train or r.train
         if r.members:
-            ctx.keys["align"] = config_hash(ctx.keys["guide"])
-            ctx.alignment = Alignment.from_json(runner.run("align", ctx.keys["align"],
-                                                           lambda: S.stage_align(ctx).to_json()))
-            member_stages = []
-            for m in r.members:
-                job = TrainJob(m.name, "member", m.arch, m.params, m.seed, member_cfg, exp_dir / "models" / m.name,
-                               losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(ctx.alignment.path))
-                key = config_hash(ctx.keys["align"], m, train_key(member_cfg), r.features.specaugment)
-                member_stages.append(TrainingStage(f"member_{m.name}", key, lambda j=job: j, job.out_dir))
-                ctx.keys[m.name] = key
-            train_stages(ctx, runner, member_stages, member_cfg)
-            member_keys = [ctx.keys[m.name] for m in r.members]
-            ctx.keys["coincide"] = config_hash(member_keys, r.distill.coincidence_threshold,
-                                               r.distill.refuse_below_threshold)
-            ctx.coincidence = runner.run("coincide", ctx.keys["coincide"], lambda: S.stage_coincidence(ctx))
-            # the search joins the key only when on, so ensembles made before it existed keep theirs
-            tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune == "dev" else []
-            if r.distill.fusion_tune == "select":
-                tune = [("select", r.distill.select_rounds, r.distill.drop_ratio)]
-            ctx.keys["ensemble"] = config_hash(member_keys, r.distill.fusion_weights, *tune)
-            ctx.ensemble = EnsembleResult.from_json(runner.run("ensemble", ctx.keys["ensemble"],
-                                                               lambda: S.stage_ensemble(ctx).to_json()))
-            teacher_key = ctx.keys["ensemble"]
+            reguide = r.distill.reguide
+            member_dev = _teacher_round(ctx, runner, "", ctx.model_path(guide), config_hash(ctx.keys["guide"]),
+                                        last=reguide == "none")
+            if reguide != "none":  # one more round of guidance (GUIDE.md: "re-guide from a first ensemble")
+                ctx.first_round = ctx.ensemble
+                if reguide == "ensemble":
+                    source, source_key, label = ctx.exp_dir / "models" / "ensemble.json", ctx.keys["ensemble"], "the first ensemble"
+                else:  # the first round's best member on dev
+                    best = min(member_dev, key=member_dev.get)
+                    source, source_key, label = ctx.model_path(best), ctx.keys[best], f"{best}, the best member on dev"
+                log(f"reguide: the members train again from scratch, guided by {label} instead of {guide}")
+                _teacher_round(ctx, runner, "_r2", source, config_hash(source_key, "reguide"), last=True)
+                log(f"reguide: ensemble dev {r.data.metric.upper()} {_dev_score(ctx.first_round)} in the first round, "
+                    f"{_dev_score(ctx.ensemble)} in the second (its teacher)")
+            teacher_key = ctx.keys["ensemble" + ("" if reguide == "none" else "_r2")]
         else:
             log("no members in the recipe: the teacher is the baseline alone")
             teacher_key = ctx.keys["guide"]
@@ -152,6 +143,65 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
             ctx.tracker.end(status)
+
+
+def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_key: str, last: bool) -> dict[str, float]:
+    """One round of guided members and their fusion: align the training set with `source` (the guide,
+    or with distill.reguide the first round's ensemble or best member), train every member on
+    CTC + beta * frame CE to that alignment, check their coincidence with the guide, fuse them.
+
+    The stages and keys are "align", "member_<name>", "coincide", "ensemble" with `suffix` appended
+    ("" for the first round, so experiments made before reguide keep theirs). The members are the
+    models <name><suffix>; the fusion is EXP/models/ensemble<suffix>.json. The `last` round's members
+    and fusion (the teacher's) are (re-)registered in models.json as "<name><suffix>" and "ensemble", so
+    switching reguide on or off points the registry at the right round. Returns each member's dev
+    score (the training's select_on metric), by model name."""
+    from ekd_compress.experiment import record_model
+    from ekd_compress.pipeline import teacher as S
+    from ekd_compress.train.distributed import on_main
+
+    r = ctx.recipe
+    member_cfg = r.member_train or r.train
+    ctx.keys["align" + suffix] = align_key
+    ctx.alignment = Alignment.from_json(runner.run("align" + suffix, ctx.keys["align" + suffix],
+                                                   lambda: S.stage_align(ctx, source, f"train{suffix}.npz").to_json()))
+    member_stages, names, jobs = [], [], {}
+    for m in r.members:
+        name = m.name + suffix
+        job = TrainJob(name, "member", m.arch, m.params, m.seed, member_cfg, ctx.exp_dir / "models" / name,
+                       losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(ctx.alignment.path))
+        key = config_hash(ctx.keys["align" + suffix], m, train_key(member_cfg), r.features.specaugment)
+        member_stages.append(TrainingStage(f"member_{name}", key, lambda j=job: j, job.out_dir))
+        ctx.keys[name] = key
+        names.append(name)
+        jobs[name] = job
+    trained = train_stages(ctx, runner, member_stages, member_cfg)
+    member_keys = [ctx.keys[n] for n in names]
+    ctx.keys["coincide" + suffix] = config_hash(member_keys, r.distill.coincidence_threshold,
+                                                r.distill.refuse_below_threshold)
+    ctx.coincidence = runner.run("coincide" + suffix, ctx.keys["coincide" + suffix],
+                                 lambda: S.stage_coincidence(ctx, names))
+    # the search joins the key only when on, so ensembles made before it existed keep theirs
+    tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune == "dev" else []
+    if r.distill.fusion_tune == "select":
+        tune = [("select", r.distill.select_rounds, r.distill.drop_ratio)]
+    ctx.keys["ensemble" + suffix] = config_hash(member_keys, r.distill.fusion_weights, *tune)
+    ctx.ensemble = EnsembleResult.from_json(runner.run(
+        "ensemble" + suffix, ctx.keys["ensemble" + suffix],
+        lambda: S.stage_ensemble(ctx, names, f"ensemble{suffix}.json").to_json()))
+    if last:
+        def register() -> None:
+            for name in names:
+                ctx.record(jobs[name], trained[f"member_{name}"])
+            record_model(ctx.exp_dir, "ensemble", "ensemble", Path(ctx.ensemble.path))
+        on_main(register, "registering the teacher")
+    return {name: trained[f"member_{name}"].best_dev for name in names}
+
+
+def _dev_score(result: Optional[EnsembleResult]) -> str:
+    """An ensemble's dev score from its fusion search, or "-" when its weights were not searched."""
+    score = (result.tuning if result else {}).get("dev_wer")
+    return "-" if score is None else f"{score:.2f}"
 
 
 def _quiet(message: str) -> None:

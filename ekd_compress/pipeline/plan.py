@@ -57,9 +57,13 @@ def plan(r: Recipe) -> list[Step]:
     fly = d.cache == "fly"
     steps = [Step("data"), Step("features")]
     steps += [Step(baseline_name(i, s), baseline_name(i, s)) for i, s in enumerate(d.seeds)]
-    if r.members:
-        steps += [Step("align"), *[Step(f"member_{m.name}", m.name) for m in r.members], Step("coincide"),
-                  Step("ensemble", "ensemble")]
+    if r.members:  # a round of guided members and their fusion; with distill.reguide, a second one is the teacher
+        suffixes = [""] if d.reguide == "none" else ["", "_r2"]
+        for sfx in suffixes:
+            teacher = sfx == suffixes[-1]  # the first round's models are pruned from models.json
+            steps += [Step(f"align{sfx}"), *[Step(f"member_{m.name}{sfx}", m.name + sfx if teacher else None)
+                                             for m in r.members],
+                      Step(f"coincide{sfx}"), Step(f"ensemble{sfx}", "ensemble" if teacher else None)]
     if not fly:
         steps += [Step("essence")] + ([Step("essence_control")] if d.control else [])
     # the first round of students (trained together with train.parallel_jobs > 1), then the second

@@ -132,6 +132,14 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
     if ens.get("weights"):
         guide += (f"Ensemble weights ({ens.get('method', 'given')}, on {ens.get('tuned_on', 'recipe')}): "
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
+    first = results.get("first_round_ensemble") or {}
+    if first:  # distill.reguide: the members above are the second round's
+        unit = metric.upper()
+        scores = ", ".join(f"{n} {v:.2f}" for n, v in (first.get("member_dev_wer") or {}).items())
+        guide += (f"Second round of guidance (distill.reguide): the members above were trained again, guided by the first "
+                  f"round's ensemble or best member. The first round's ensemble scored dev {unit} "
+                  f"{_score(first.get('dev_wer'))} (its members: {scores or 'not searched'}); the teacher's, "
+                  f"{_score(ens.get('dev_wer'))}.\n\n")
     plots = write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
                         threshold=recipe.distill.coincidence_threshold)
     compression = ""
@@ -145,3 +153,9 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
                                         + markdown_table(results, recipe.distill.temperature)
                                         + "\nPlots: " + ", ".join(f"plots/{Path(p).name}" for p in plots)
                                         + "\n" + compression)
+
+
+def _score(value: Any) -> str:
+    """A dev score from a fusion search, or "-" when the weights were not searched."""
+    return "-" if value is None else f"{value:.2f}"
+

@@ -11,7 +11,7 @@ import numpy as np
 
 from ekd_compress.evaluate.scoring import score_models
 from ekd_compress.experiment import load_any, load_registered, model_file_hash, record_model
-from ekd_compress.pipeline.context import Context, EssenceResult
+from ekd_compress.pipeline.context import Context, EnsembleResult, EssenceResult
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     CHOSEN, CONTROL, seed_student_name, student_kind, student_name, sweep_name, train_key,
@@ -216,16 +216,23 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         "train_seconds": _train_seconds(ctx, registry),
         "seeds": list(ctx.recipe.distill.seeds),
         "guide": ctx.guide,
-        "ensemble": {k: v for k, v in ctx.ensemble.to_json().items() if k != "grid"} if ctx.ensemble else {},
+        "ensemble": _fusion_summary(ctx.ensemble),
         "restarts": {e["name"]: e["restarts"] for e in registry if e.get("restarts")},
         "unconverged": {e["name"]: e["unconverged"] for e in registry if e.get("unconverged")},
         "oov": ctx.data.oov,
         "verdict_targets": dict(ctx.recipe.distill.verdict_targets),
     }
+    if ctx.first_round is not None:  # distill.reguide: the teacher is the second round's ensemble
+        results["first_round_ensemble"] = _fusion_summary(ctx.first_round)
     if ctx.recipe.distill.student_sizes:  # the compression curve: cost of every model against its WER
         results["compression"] = _compression(ctx, models, tests)
     write_report(ctx.exp_dir, results, ctx.recipe)
     return results
+
+
+def _fusion_summary(result: Optional[EnsembleResult]) -> dict[str, Any]:
+    """An ensemble stage's result without its search grid (the results.json "ensemble" entry)."""
+    return {k: v for k, v in result.to_json().items() if k != "grid"} if result else {}
 
 
 def _compression(ctx: Context, models: dict, tests: dict[str, Any]) -> dict[str, Any]:

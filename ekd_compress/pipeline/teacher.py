@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ekd_compress.experiment import load_any, record_model, save_ensemble
+from ekd_compress.experiment import load_any, save_ensemble
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
 from ekd_compress.recipe import recipe_to_dict
 
@@ -112,23 +112,28 @@ def model_outputs(ctx: Context, model: Any, cuts: Any, desc: Optional[str] = Non
 
 
 # ---------------------------------------------------------------- guide alignment
-def stage_align(ctx: Context) -> Alignment:
-    """Viterbi-align every training utterance with the guide (the best baseline seed on dev)."""
+def stage_align(ctx: Context, source: Optional[Path] = None, split_file: str = "train.npz") -> Alignment:
+    """Viterbi-align every training utterance with `source` -> EXP/align/`split_file`.
+
+    `source` is a model.pt or an ensemble.json: by default the guide (the best baseline seed on
+    dev); with distill.reguide, the first round's ensemble or its best member."""
     from ekd_compress.losses.guide import ctc_forced_align
 
-    guide = load_any(ctx.model_path(ctx.guide))
+    source = source or ctx.model_path(ctx.guide)
+    aligner = load_any(source)
     aligned: dict[str, np.ndarray] = {}
     fallback = 0
-    for batch, log_probs, out_lengths in model_outputs(ctx, guide, ctx.cuts("train"), desc="align"):
+    label = source.parent.name if source.suffix == ".pt" else source.stem
+    for batch, log_probs, out_lengths in model_outputs(ctx, aligner, ctx.cuts("train"), desc=f"align ({label})"):
         for b, uid in enumerate(batch["ids"]):
             T = int(out_lengths[b])
             tgt = batch["targets"][b, : int(batch["target_lengths"][b])].numpy()
             try:
-                aligned[uid] = ctc_forced_align(log_probs[b, :T].numpy(), tgt).astype(np.int16)
+                aligned[uid] = ctc_forced_align(log_probs[b, :T].float().numpy(), tgt).astype(np.int16)
             except ValueError:  # too few frames for the transcript: no frame targets (ignored)
                 aligned[uid] = np.full(T, -1, dtype=np.int16)
                 fallback += 1
-    path = ctx.exp_dir / "align" / "train.npz"
+    path = ctx.exp_dir / "align" / split_file
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **aligned)
     if fallback:
@@ -147,31 +152,31 @@ def _argmax_paths(model: Any, cuts: Any, ctx: Context) -> dict[str, np.ndarray]:
     return paths
 
 
-def stage_coincidence(ctx: Context) -> dict[str, dict[str, float]]:
-    """Token-matched spike coincidence of each member with the guide on dev (member name -> stats)."""
+def stage_coincidence(ctx: Context, names: list[str]) -> dict[str, dict[str, float]]:
+    """Token-matched spike coincidence of each member (model names) with the guide on dev (name -> stats)."""
     from ekd_compress.ensemble.coincidence import check_coincidence, corpus_coincidence
 
     d = ctx.recipe.distill
     dev = ctx.cuts("dev")
     guide_paths = _argmax_paths(load_any(ctx.model_path(ctx.guide)), dev, ctx)
     out = {}
-    for m in ctx.recipe.members:
-        member_paths = _argmax_paths(load_any(ctx.model_path(m.name)), dev, ctx)
+    for name in names:
+        member_paths = _argmax_paths(load_any(ctx.model_path(name)), dev, ctx)
         stats = corpus_coincidence([(member_paths[u], guide_paths[u]) for u in guide_paths])
-        out[m.name] = stats
-        ctx.log(f"coincidence {m.name}: {stats['both']:.3f} (member->guide {stats['member_to_guide']:.3f}, "
+        out[name] = stats
+        ctx.log(f"coincidence {name}: {stats['both']:.3f} (member->guide {stats['member_to_guide']:.3f}, "
                 f"guide->member {stats['guide_to_member']:.3f})")
-        ctx.tracker.log_metrics({f"coincidence_{m.name}": stats["both"]}, step=0)
+        ctx.tracker.log_metrics({f"coincidence_{name}": stats["both"]}, step=0)
     for name, stats in out.items():
         check_coincidence(name, stats["both"], d.coincidence_threshold, refuse=d.refuse_below_threshold)
     return out
 
 
-def stage_ensemble(ctx: Context) -> EnsembleResult:
-    """Fuse the members (fusion weights given, equal, or searched on dev) into EXP/models/ensemble.json."""
+def stage_ensemble(ctx: Context, names: list[str], file: str = "ensemble.json") -> EnsembleResult:
+    """Fuse the members (model names; fusion weights given, equal, or searched on dev) into
+    EXP/models/`file`, registered as "ensemble"."""
     d = ctx.recipe.distill
-    members = [ctx.model_path(m.name) for m in ctx.recipe.members]
-    names = [m.name for m in ctx.recipe.members]
+    members = [ctx.model_path(n) for n in names]
     out: dict[str, Any] = {}
     weights = d.fusion_weights
     unit = ctx.recipe.data.metric.upper()  # what the searches score (the JSON keeps its `dev_wer` keys)
@@ -201,8 +206,7 @@ def stage_ensemble(ctx: Context) -> EnsembleResult:
                 f"equal weights {sel.uniform_wer:.2f})")
     if weights is not None and max(weights) == 1.0:
         ctx.log("WARNING: all the weight is on one member: on dev, fusion does not beat that member")
-    path = save_ensemble(ctx.exp_dir / "models" / "ensemble.json", members, weights)
-    record_model(ctx.exp_dir, "ensemble", "ensemble", path)
+    path = save_ensemble(ctx.exp_dir / "models" / file, members, weights)
     return EnsembleResult(str(path), out)
 
 
@@ -234,6 +238,11 @@ def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], li
     return [[o[u] for u in ids] for o in outputs], ref_units, decode
 
 
+def ensemble_file(recipe: Any) -> str:
+    """The file under EXP/models of the students' teacher ensemble: the second round's with distill.reguide."""
+    return "ensemble.json" if recipe.distill.reguide == "none" else "ensemble_r2.json"
+
+
 def teacher_path(ctx: Context) -> Path:
-    """The students' teacher: the ensemble, or the guide when the recipe has no members."""
-    return ctx.exp_dir / "models" / "ensemble.json" if ctx.recipe.members else ctx.model_path(ctx.guide)
+    """The students' teacher: the (last round's) ensemble, or the guide when the recipe has no members."""
+    return ctx.exp_dir / "models" / ensemble_file(ctx.recipe) if ctx.recipe.members else ctx.model_path(ctx.guide)

@@ -122,6 +122,73 @@ def test_size_sweep_trains_only_its_students_and_draws_the_compression_curve(exp
     assert run(copy, *EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2")["ran"] == []  # resumable
 
 
+def test_a_second_round_of_guidance_becomes_the_teacher_and_can_be_undone(exp, tmp_path):
+    import shutil
+
+    from ekd_compress.experiment import load_any, read_registry
+    from ekd_compress.losses.guide import ctc_forced_align
+    from ekd_compress.pipeline.context import Context, Features
+    from ekd_compress.pipeline.teacher import model_outputs
+    from ekd_compress.recipe import load_recipe
+
+    copy = tmp_path / "reguide"
+    shutil.copytree(exp, copy)
+    stages, output = run_with_output(copy, *EXP_SETTINGS, "distill.reguide=ensemble")
+    second = {"align_r2", "member_lstm_r2", "member_tdnn_r2", "member_tf_r2", "coincide_r2", "ensemble_r2"}
+    assert second <= set(stages["ran"])
+    assert {"essence", "essence_k1", "kd_all", "student_s1", "evaluate"} <= set(stages["ran"])  # a new teacher
+    assert {"baseline", "member_lstm", "ensemble", "essence_control", "control_baseline_teacher"} <= set(stages["skipped"])
+    assert "guided by the first ensemble instead of baseline" in output
+
+    # the second round's members follow the first ensemble's forced alignment
+    ctx = Context(load_recipe(copy / "recipe.yaml"), copy)
+    ctx.features = Features.from_json(json.loads((copy / "stages" / "features.json").read_text())["result"])
+    batch, log_probs, out_lengths = next(model_outputs(ctx, load_any(copy / "models" / "ensemble.json"), ctx.cuts("train")))
+    T, n = int(out_lengths[0]), int(batch["target_lengths"][0])
+    expected = ctc_forced_align(log_probs[0, :T].numpy(), batch["targets"][0, :n].numpy())
+    assert np.array_equal(np.load(copy / "align" / "train_r2.npz")[batch["ids"][0]], expected)
+
+    # ... and are the registry's members; "ensemble" (the teacher, exported and benched as such) is their fusion
+    registry = {e["name"]: e for e in read_registry(copy)}
+    assert {"lstm_r2", "tdnn_r2", "tf_r2"} <= set(registry) and not {"lstm", "tdnn", "tf"} & set(registry)
+    assert registry["ensemble"]["path"] == "models/ensemble_r2.json"
+    fused = json.loads((copy / "models" / "ensemble_r2.json").read_text())["members"]
+    assert fused == ["lstm_r2/model.pt", "tdnn_r2/model.pt", "tf_r2/model.pt"]
+    results = json.loads((copy / "results.json").read_text())
+    assert results["ensemble"]["path"].endswith("ensemble_r2.json")
+    assert results["first_round_ensemble"]["path"].endswith("models/ensemble.json")
+    rows = {r["name"]: r["kind"] for r in results["tests"]["test"]["models"]}
+    assert rows["tf_r2"] == "member" and "tf" not in rows
+    assert "Second round of guidance" in (copy / "results.md").read_text()
+
+    # switched off again: the first round is the teacher once more, nothing of it retrained
+    stages = run(copy, *EXP_SETTINGS)
+    assert not {"member_lstm", "ensemble", "member_lstm_r2"} & set(stages["ran"]) and "kd_all" in stages["ran"]
+    registry = {e["name"]: e for e in read_registry(copy)}
+    assert {"lstm", "tdnn", "tf"} <= set(registry) and not {"lstm_r2", "tdnn_r2", "tf_r2"} & set(registry)
+    assert registry["ensemble"]["path"] == "models/ensemble.json"
+    assert "first_round_ensemble" not in json.loads((copy / "results.json").read_text())
+    assert "Second round of guidance" not in (copy / "results.md").read_text()
+
+
+def test_reguide_by_the_best_member_aligns_with_it(exp, tmp_path):
+    import shutil
+
+    from ekd_compress.pipeline.distill import run_distill
+    from ekd_compress.recipe import load_recipe
+
+    copy = tmp_path / "best"
+    shutil.copytree(exp, copy)
+    recipe = load_recipe(copy / "recipe.yaml", ["distill.reguide=best_member"])
+    lines: list[str] = []
+    run_distill(recipe, copy, log=lines.append, tracking=False, stop_after="ensemble")
+    member_dev = {m: json.loads((copy / "stages" / f"member_{m}.json").read_text())["result"]["best_dev"]
+                  for m in ("lstm", "tdnn", "tf")}
+    best = min(member_dev, key=member_dev.get)
+    assert any(f"guided by {best}, the best member on dev" in line for line in lines), lines
+    assert (copy / "stages" / "ensemble_r2.json").exists()
+
+
 def test_changed_lambda_reruns_only_students(exp):
     stages = run(exp, *EXP_SETTINGS, "distill.lam=0.3")
     assert {"data", "features", "baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])

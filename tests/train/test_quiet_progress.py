@@ -67,3 +67,21 @@ def test_the_plan_names_every_stage_and_model_once():
     assert {"baseline_s3", "essence_k2", "kd_all", "student", "student_s3", "sweep_s8"} <= set(expected_models(r))
     fly = load_recipe("demo", ["distill.cache=fly"])
     assert "essence" not in planned_stages(fly) and "essence_control" not in planned_stages(fly)
+
+
+def test_the_plan_with_a_second_round_of_guidance():
+    from ekd_compress.pipeline.plan import expected_models, planned_stages
+    from ekd_compress.recipe import load_recipe
+
+    r = load_recipe("demo", ["distill.reguide=ensemble"])
+    members = [m.name for m in r.members]
+    plan = planned_stages(r)
+    first, second = plan.index("ensemble"), plan.index("ensemble_r2")
+    assert plan[first + 1] == "align_r2" and plan[second - 1] == "coincide_r2"
+    assert plan[first + 2:second - 1] == [f"member_{m}_r2" for m in members]
+    models = expected_models(r)
+    # the second round is the teacher: its members are registered, the first round's are not
+    assert {f"{m}_r2" for m in members} <= set(models) and not set(members) & set(models)
+    assert models.count("ensemble") == 1
+    assert len(plan) == len(set(plan))
+
