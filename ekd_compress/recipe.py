@@ -274,6 +274,7 @@ class Recipe:
 
 
 REGUIDE = ("none", "ensemble", "best_member")  # distill.reguide: what guides a second round of members
+SECOND_ROUND = "_r2"  # with distill.reguide: the suffix of the second round's stages and member models
 RESERVED_NAMES = {"baseline", "ensemble", "student", "kd_all", "control_baseline_teacher"}
 
 
@@ -473,8 +474,8 @@ def validate_recipe(r: Recipe) -> None:
     if d.reguide != "none" and not r.members:
         raise RecipeError(f"distill.reguide={d.reguide!r} re-trains the ensemble members, and the recipe has none; "
                           "set distill.reguide=none or add members")
-    if d.reguide != "none" and (clash := [n for n in (m.name for m in r.members) if f"{n}_r2" in names]):
-        raise RecipeError(f"members {[f'{n}_r2' for n in clash]} would share a name with the second round of "
+    if d.reguide != "none" and (clash := [n for n in names if n + SECOND_ROUND in names]):
+        raise RecipeError(f"members {[n + SECOND_ROUND for n in clash]} would share a name with the second round of "
                           f"{clash} (distill.reguide={d.reguide!r}); rename them")
     if d.drop_ratio < 1.0 or d.select_rounds < 1:
         raise RecipeError(f"distill.drop_ratio={d.drop_ratio} must be >= 1 and distill.select_rounds="

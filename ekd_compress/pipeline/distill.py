@@ -12,6 +12,8 @@ Stages (each resumable, keyed by what it depends on; see stages.py; the list is 
              refuses frame-level fusion below distill.coincidence_threshold
   ensemble   probability-domain fusion of the members (a model like any other); weights
              equal, given, grid-searched or chosen by forward selection on dev
+  align_r2 … ensemble_r2   only with distill.reguide: the same four again, the members guided by
+             the first ensemble (or its best member on dev); this second fusion is the teacher
   essence    fused teacher targets: T applied, top-k selected, cached on disk
   students   essence KD at each k in distill.ks (k=all is plain KD), the control
              student taught by the baseline alone, extra seeds of the chosen student
@@ -33,7 +35,7 @@ from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     baseline_name, expected_models, extra_data_key, planned_stages, train_key, trainset_config,
 )
-from ekd_compress.recipe import Recipe, config_hash, save_recipe
+from ekd_compress.recipe import SECOND_ROUND, Recipe, config_hash, save_recipe
 from ekd_compress.train.job import TrainJob
 
 
@@ -103,15 +105,16 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             if reguide != "none":  # one more round of guidance (GUIDE.md: "re-guide from a first ensemble")
                 ctx.first_round = ctx.ensemble
                 if reguide == "ensemble":
-                    source, source_key, label = ctx.exp_dir / "models" / "ensemble.json", ctx.keys["ensemble"], "the first ensemble"
+                    source, source_key = exp_dir / "models" / "ensemble.json", ctx.keys["ensemble"]
+                    label = "the first ensemble"
                 else:  # the first round's best member on dev
                     best = min(member_dev, key=member_dev.get)
                     source, source_key, label = ctx.model_path(best), ctx.keys[best], f"{best}, the best member on dev"
                 log(f"reguide: the members train again from scratch, guided by {label} instead of {guide}")
-                _teacher_round(ctx, runner, "_r2", source, config_hash(source_key, "reguide"), last=True)
+                _teacher_round(ctx, runner, SECOND_ROUND, source, config_hash(source_key, "reguide"), last=True)
                 log(f"reguide: ensemble dev {r.data.metric.upper()} {_dev_score(ctx.first_round)} in the first round, "
                     f"{_dev_score(ctx.ensemble)} in the second (its teacher)")
-            teacher_key = ctx.keys["ensemble" + ("" if reguide == "none" else "_r2")]
+            teacher_key = ctx.keys["ensemble" + ("" if reguide == "none" else SECOND_ROUND)]
         else:
             log("no members in the recipe: the teacher is the baseline alone")
             teacher_key = ctx.keys["guide"]
@@ -145,7 +148,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.tracker.end(status)
 
 
-def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_key: str, last: bool) -> dict[str, float]:
+def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_key: str,
+                   last: bool) -> dict[str, float]:
     """One round of guided members and their fusion: align the training set with `source` (the guide,
     or with distill.reguide the first round's ensemble or best member), train every member on
     CTC + beta * frame CE to that alignment, check their coincidence with the guide, fuse them.

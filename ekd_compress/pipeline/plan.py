@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ekd_compress.recipe import Recipe, TrainConfig
+from ekd_compress.recipe import SECOND_ROUND, Recipe, TrainConfig
 
 CONTROL = "control_baseline_teacher"  # the student taught by the best baseline alone
 CHOSEN = "student"                    # the registry's name of the chosen student (no stage of its own)
@@ -58,7 +58,7 @@ def plan(r: Recipe) -> list[Step]:
     steps = [Step("data"), Step("features")]
     steps += [Step(baseline_name(i, s), baseline_name(i, s)) for i, s in enumerate(d.seeds)]
     if r.members:  # a round of guided members and their fusion; with distill.reguide, a second one is the teacher
-        suffixes = [""] if d.reguide == "none" else ["", "_r2"]
+        suffixes = [""] if d.reguide == "none" else ["", SECOND_ROUND]
         for sfx in suffixes:
             teacher = sfx == suffixes[-1]  # the first round's models are pruned from models.json
             steps += [Step(f"align{sfx}"), *[Step(f"member_{m.name}{sfx}", m.name + sfx if teacher else None)

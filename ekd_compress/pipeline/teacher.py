@@ -12,7 +12,7 @@ import numpy as np
 
 from ekd_compress.experiment import load_any, save_ensemble
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
-from ekd_compress.recipe import recipe_to_dict
+from ekd_compress.recipe import SECOND_ROUND, recipe_to_dict
 
 
 # ---------------------------------------------------------------------- tracking
@@ -174,7 +174,7 @@ def stage_coincidence(ctx: Context, names: list[str]) -> dict[str, dict[str, flo
 
 def stage_ensemble(ctx: Context, names: list[str], file: str = "ensemble.json") -> EnsembleResult:
     """Fuse the members (model names; fusion weights given, equal, or searched on dev) into
-    EXP/models/`file`, registered as "ensemble"."""
+    EXP/models/`file` (distill.py registers the teacher's as "ensemble")."""
     d = ctx.recipe.distill
     members = [ctx.model_path(n) for n in names]
     out: dict[str, Any] = {}
@@ -240,7 +240,7 @@ def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], li
 
 def ensemble_file(recipe: Any) -> str:
     """The file under EXP/models of the students' teacher ensemble: the second round's with distill.reguide."""
-    return "ensemble.json" if recipe.distill.reguide == "none" else "ensemble_r2.json"
+    return "ensemble" + ("" if recipe.distill.reguide == "none" else SECOND_ROUND) + ".json"
 
 
 def teacher_path(ctx: Context) -> Path:
