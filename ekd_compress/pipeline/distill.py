@@ -105,7 +105,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             if reguide != "none":  # one more round of guidance (GUIDE.md: "re-guide from a first ensemble")
                 ctx.first_round = ctx.ensemble
                 if reguide == "ensemble":
-                    source, source_key = exp_dir / "models" / "ensemble.json", ctx.keys["ensemble"]
+                    source, source_key = Path(ctx.first_round.path), ctx.keys["ensemble"]
                     label = "the first ensemble"
                 else:  # the first round's best member on dev
                     best = min(member_dev, key=member_dev.get)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ekd_compress.experiment import load_any, save_ensemble
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
-from ekd_compress.recipe import SECOND_ROUND, recipe_to_dict
+from ekd_compress.recipe import recipe_to_dict
 
 
 # ---------------------------------------------------------------------- tracking
@@ -112,14 +112,13 @@ def model_outputs(ctx: Context, model: Any, cuts: Any, desc: Optional[str] = Non
 
 
 # ---------------------------------------------------------------- guide alignment
-def stage_align(ctx: Context, source: Optional[Path] = None, split_file: str = "train.npz") -> Alignment:
+def stage_align(ctx: Context, source: Path, split_file: str = "train.npz") -> Alignment:
     """Viterbi-align every training utterance with `source` -> EXP/align/`split_file`.
 
-    `source` is a model.pt or an ensemble.json: by default the guide (the best baseline seed on
-    dev); with distill.reguide, the first round's ensemble or its best member."""
+    `source` is a model.pt or an ensemble.json: the guide (the best baseline seed on dev), or with
+    distill.reguide the first round's ensemble or its best member."""
     from ekd_compress.losses.guide import ctc_forced_align
 
-    source = source or ctx.model_path(ctx.guide)
     aligner = load_any(source)
     aligned: dict[str, np.ndarray] = {}
     fallback = 0
@@ -238,11 +237,7 @@ def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], li
     return [[o[u] for u in ids] for o in outputs], ref_units, decode
 
 
-def ensemble_file(recipe: Any) -> str:
-    """The file under EXP/models of the students' teacher ensemble: the second round's with distill.reguide."""
-    return "ensemble" + ("" if recipe.distill.reguide == "none" else SECOND_ROUND) + ".json"
-
-
 def teacher_path(ctx: Context) -> Path:
-    """The students' teacher: the (last round's) ensemble, or the guide when the recipe has no members."""
-    return ctx.exp_dir / "models" / ensemble_file(ctx.recipe) if ctx.recipe.members else ctx.model_path(ctx.guide)
+    """The students' teacher: the last round's ensemble (its stage's file), or the guide when the recipe
+    has no members."""
+    return Path(ctx.ensemble.path) if ctx.recipe.members else ctx.model_path(ctx.guide)
