@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -194,7 +195,8 @@ class TrainConfig:
 @dataclass
 class StudentSize:
     """One student of the size sweep: the baseline architecture with `params` merged over
-    `baseline.params`, trained like the chosen student (its k, seed = distill.seeds[0])."""
+    `baseline.params`, trained like the chosen student (its k; the first distill.sweep_seeds of
+    distill.seeds)."""
     name: str = "s64"              # the model is registered as `sweep_<name>`
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -244,6 +246,7 @@ class DistillConfig:
     refuse_below_threshold: bool = True
     # student-size sweep (compression curve): [] = none, the default recipe's behaviour
     student_sizes: list[StudentSize] = field(default_factory=list)
+    sweep_seeds: int = 1           # seeds per size: the first N of `seeds` (a size is judged by its seed mean)
     compression_rtf_seconds: float = 20.0  # dev audio streamed per model to time its ONNX RTF (sweep only)
     # the verdict's target ratio per claim, over VERDICT_TARGETS ({} = those)
     verdict_targets: dict[str, float] = field(default_factory=dict)
@@ -441,6 +444,12 @@ def validate_recipe(r: Recipe) -> None:
     for n in sizes:
         if not n or not n.replace("_", "").isalnum():
             raise RecipeError(f"distill.student_sizes name {n!r}: use letters, digits and '_' (e.g. s64)")
+        if re.search(r"_s\d+$", n):
+            raise RecipeError(f"distill.student_sizes name {n!r} ends like a seed's model (sweep_<name>_s<seed>); "
+                              f"rename it, e.g. {n.rsplit('_s', 1)[0]}w{n.rsplit('_s', 1)[1]}")
+    if not isinstance(d.sweep_seeds, int) or not 1 <= d.sweep_seeds <= len(d.seeds):
+        raise RecipeError(f"distill.sweep_seeds={d.sweep_seeds!r}: the number of distill.seeds each size trains, "
+                          f"1 to {len(d.seeds)} (distill.seeds={list(d.seeds)})")
     for claim, target in d.verdict_targets.items():
         if claim not in VERDICT_TARGETS:
             raise RecipeError(f"distill.verdict_targets: unknown claim {claim!r}; the claims are {list(VERDICT_TARGETS)}")

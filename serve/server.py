@@ -118,11 +118,17 @@ class ServerConfig:
                              "token (--token-file or EKD_SERVE_TOKEN), or unset EKD_SERVE_TOKEN for an open server")
         if not self.drain_grace_s >= 0:
             raise ValueError(f"drain_grace_s={self.drain_grace_s!r}: must be >= 0 seconds (0: close at once)")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop={self.event_loop!r}: use one of {', '.join(EVENT_LOOPS)}")
+        check_event_loop(self.event_loop)
 
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def check_event_loop(choice: str) -> str:
+    """`choice` if it names an event loop `loop_runner` knows (EVENT_LOOPS), else a ValueError naming them."""
+    if choice not in EVENT_LOOPS:
+        raise ValueError(f"event_loop={choice!r}: use one of {', '.join(EVENT_LOOPS)}")
+    return choice
 
 
 def loop_runner(choice: str = "auto") -> tuple[str, Callable[[Coroutine[Any, Any, None]], None]]:
@@ -130,9 +136,7 @@ def loop_runner(choice: str = "auto") -> tuple[str, Callable[[Coroutine[Any, Any
 
     uvloop (libuv) does the same work as asyncio's own loop with less CPU per message; "auto"
     takes it where it is installed (`pip install 'ekd-compress[serve]'` on Linux and macOS)."""
-    if choice not in EVENT_LOOPS:
-        raise ValueError(f"event_loop={choice!r}: use one of {', '.join(EVENT_LOOPS)}")
-    if choice != "asyncio":
+    if check_event_loop(choice) != "asyncio":
         try:
             import uvloop
         except ImportError:

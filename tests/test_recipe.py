@@ -103,6 +103,15 @@ def test_cross_field_checks(tmp_path):
         load_recipe(clash, ["distill.reguide=ensemble"])
     with pytest.raises(RecipeError, match="reserved"):
         load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))
+    p = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "b"}]})
+    sizes = "distill.student_sizes=[{name: s8, params: {hidden: 8}}]"
+    assert load_recipe(p, ["distill.seeds=[0,1]", sizes, "distill.sweep_seeds=2"]).distill.sweep_seeds == 2
+    with pytest.raises(RecipeError, match=r"sweep_seeds=3: .* 1 to 2 \(distill.seeds=\[0, 1\]\)"):
+        load_recipe(p, ["distill.seeds=[0,1]", sizes, "distill.sweep_seeds=3"])
+    with pytest.raises(RecipeError, match="sweep_seeds=0"):
+        load_recipe(p, [sizes, "distill.sweep_seeds=0"])
+    with pytest.raises(RecipeError, match=r"'s8_s1' ends like a seed's model .* e.g. s8w1"):  # sweep_s8's seed 1
+        load_recipe(p, ["distill.student_sizes=[{name: s8}, {name: s8_s1}]"])
 
 
 def test_a_setting_for_a_null_member_or_student_section_starts_from_train():

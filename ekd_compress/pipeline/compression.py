@@ -15,7 +15,9 @@ For every registered model (members, ensemble, baselines, students, the size swe
 The Pareto front (no other model both cheaper and at most as wrong) is computed on the verdict
 split for FLOPs and for RTF. `smallest_matching` is the cheapest (FLOPs) student taught by the
 ensemble whose WER is at most the ensemble's, with the ensemble/student ratios: the saving a
-user of the toolkit gets for no loss of accuracy. Computed only when the recipe has a size
+user of the toolkit gets for no loss of accuracy. Students that differ only by seed (the chosen
+student's seeds, each size's `distill.sweep_seeds`) are judged together by their mean WER, so
+one lucky seed of a size does not make it match. Computed only when the recipe has a size
 sweep (`distill.student_sizes`), so recipes without one behave as before.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -93,7 +95,7 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
 
 def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: dict[str, Any], split: str,
                         dev_feats: Sequence[np.ndarray], rtf_seconds: float, frame_shift_ms: float = 10.0,
-                        log=print) -> dict[str, Any]:
+                        log=print, groups: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
     """The `compression` section of results.json (see the module docstring).
 
     Args:
@@ -101,6 +103,7 @@ def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: di
         tests: results.json "tests" ({set: {"models": [{"name", "wer", ...}]}}).
         split: the scored set the front and `smallest_matching` are read on (the verdict's).
         dev_feats: features (T, F) of dev utterances to time the RTF on.
+        groups: {group: [model names]} of students that differ only by seed (plan.seed_groups).
     """
     from ekd_compress.models import count_parameters
     from ekd_compress.models.flops import count_chunk_flops
@@ -123,7 +126,8 @@ def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: di
     front_rtf = [rows[i]["name"] for i in pareto_front([(r["rtf_onnx"], r["wer"].get(split)) for r in rows])]
     return {"split": split, "rtf_seconds": rtf_seconds, "threads": 1, "rows": rows,
             "pareto_flops": front_flops, "pareto_rtf": front_rtf,
-            "smallest_matching": smallest_matching(rows, split)}
+            "students": student_groups(rows, split, groups),
+            "smallest_matching": smallest_matching(rows, split, groups)}
 
 
 def is_ensemble_student(row: dict[str, Any]) -> bool:
@@ -131,23 +135,50 @@ def is_ensemble_student(row: dict[str, Any]) -> bool:
     return row["kind"] in ("student", "kd") and row["name"] not in NOT_FROM_ENSEMBLE
 
 
-def smallest_matching(rows: Sequence[dict[str, Any]], split: str) -> dict[str, Any] | None:
-    """The student with the fewest FLOPs whose `split` WER <= the ensemble's, and its savings
-    (ensemble / student for FLOPs, RTF and parameters); None without an ensemble row.
-    {"name": None, ...} when no student reaches the ensemble's WER."""
+def student_groups(rows: Sequence[dict[str, Any]], split: str,
+                   groups: Optional[dict[str, list[str]]] = None) -> list[dict[str, Any]]:
+    """The students taught by the ensemble with a `split` WER, one entry per group of seeds.
+
+    Args:
+        groups: {group: [model names]} of models that differ only by seed; a student in no
+            group is a group of its own (named after it, its `alias` kept).
+    Returns:
+        [{"name", "models", "wers" (per seed, %), "wer" (their mean), "flops_per_audio_second",
+        "params" (of the group's first model), "rtf_onnx" (mean)}], groups first, in order.
+    """
+    scored = {r["name"]: r for r in rows if is_ensemble_student(r) and r["wer"].get(split) is not None}
+    named = [(g, [scored[n] for n in names if n in scored]) for g, names in (groups or {}).items()]
+    named = [(g, members) for g, members in named if members]
+    grouped = {r["name"] for _, members in named for r in members}
+    named += [(name, [r]) for name, r in scored.items() if name not in grouped]
+    out = []
+    for g, members in named:
+        wers = [float(r["wer"][split]) for r in members]
+        out.append({"name": g, "models": [r["name"] for r in members], "alias": members[0].get("alias")
+                    if len(members) == 1 else None, "wers": wers, "wer": float(np.mean(wers)),
+                    "flops_per_audio_second": members[0]["flops_per_audio_second"], "params": members[0]["params"],
+                    "rtf_onnx": float(np.mean([r["rtf_onnx"] for r in members]))})
+    return out
+
+
+def smallest_matching(rows: Sequence[dict[str, Any]], split: str,
+                      groups: Optional[dict[str, list[str]]] = None) -> dict[str, Any] | None:
+    """The student (group of seeds, see `student_groups`) with the fewest FLOPs whose mean `split`
+    WER <= the ensemble's, and its savings (ensemble / student for FLOPs, RTF and parameters);
+    None without an ensemble row. {"name": None, ...} when no student reaches the ensemble's WER."""
     ens = next((r for r in rows if r["kind"] == "ensemble"), None)
     if ens is None or ens["wer"].get(split) is None:
         return None
-    ok = [r for r in rows if is_ensemble_student(r) and r["wer"].get(split) is not None
-          and r["wer"][split] <= ens["wer"][split] + 1e-9]
+    ok = [g for g in student_groups(rows, split, groups) if g["wer"] <= ens["wer"][split] + 1e-9]
     out: dict[str, Any] = {"ensemble_wer": ens["wer"][split], "target_flop_saving": TARGET_FLOP_SAVING}
     if not ok:
         return {**out, "name": None, "met": False}
-    best = min(ok, key=lambda r: (r["flops_per_audio_second"], r["wer"][split]))
+    best = min(ok, key=lambda g: (g["flops_per_audio_second"], g["wer"]))
     flop_saving = ens["flops_per_audio_second"] / best["flops_per_audio_second"]
-    return {**out, "name": best["name"], "alias": best.get("alias"), "wer": best["wer"][split], "params": best["params"],
-            "flop_saving": flop_saving, "rtf_saving": ens["rtf_onnx"] / best["rtf_onnx"],
-            "param_saving": ens["params"] / best["params"], "met": flop_saving >= TARGET_FLOP_SAVING - 1e-9}
+    return {**out, "name": best["name"], "alias": best["alias"], "models": best["models"], "wers": best["wers"],
+            "wer": best["wer"], "params": best["params"], "flop_saving": flop_saving,
+            "rtf_saving": ens["rtf_onnx"] / best["rtf_onnx"], "param_saving": ens["params"] / best["params"],
+            "met": flop_saving >= TARGET_FLOP_SAVING - 1e-9}
 
 
 def compression_markdown(comp: dict[str, Any]) -> str:
@@ -156,14 +187,25 @@ def compression_markdown(comp: dict[str, Any]) -> str:
     sm = comp.get("smallest_matching")
     out = [f"## Compression (WER on `{split}` against compute; plots/compression.png)", ""]
     if sm and sm.get("name"):
+        wers = sm.get("wers") or [sm["wer"]]
+        seeds = (f"mean {sm['wer']:.2f} % over {len(wers)} seeds: " + " / ".join(f"{w:.2f}" for w in wers)
+                 if len(wers) > 1 else f"{sm['wer']:.2f} %, one seed")
         out.append(f"Smallest student with WER at most the ensemble's ({sm['ensemble_wer']:.2f} %): **{sm['name']}**"
                    + (f" (= {sm['alias']})" if sm.get("alias") else "") + " "
-                   f"({sm['wer']:.2f} %, {sm['params']:,} parameters): **{sm['flop_saving']:.1f}x** fewer FLOPs per "
+                   f"({seeds}; {sm['params']:,} parameters): **{sm['flop_saving']:.1f}x** fewer FLOPs per "
                    f"audio second than the ensemble, {sm['rtf_saving']:.1f}x lower measured RTF, "
                    f"{sm['param_saving']:.1f}x fewer parameters (target: >= {sm['target_flop_saving']:g}x FLOPs: "
-                   f"{'met' if sm['met'] else '**not met**'}). One seed per size: read the seed spread above.")
+                   f"{'met' if sm['met'] else '**not met**'}).")
     elif sm:
         out.append(f"No student taught by the ensemble reaches its WER ({sm['ensemble_wer']:.2f} %) on `{split}`.")
+    groups = comp.get("students") or []
+    if groups:  # each size by its seed mean: what the smallest student above was judged by
+        out += ["", "Students taught by the ensemble, seeds of one size together (distill.sweep_seeds; a size with "
+                "one seed is judged on it alone):", "",
+                f"| student | seeds | MFLOP/s audio | {split} WER % (mean) | per seed |", "|" + " --- |" * 5]
+        out += [f"| {g['name']} | {len(g['wers'])} | {g['flops_per_audio_second'] / 1e6:.2f} | {g['wer']:.2f} | "
+                + " / ".join(f"{w:.2f}" for w in g["wers"]) + " |"
+                for g in sorted(groups, key=lambda g: (g["flops_per_audio_second"], g["wer"]))]
     out += ["", f"RTF: ONNX model compute (CPU time) on 1 thread, batch 1, streamed over {comp['rtf_seconds']:g} s "
             "of dev audio (no features, no decoding). Pareto front (FLOPs / RTF): F / R.", ""]
     tests = list(comp["rows"][0]["wer"]) if comp["rows"] else []
@@ -229,6 +271,14 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
             seen.add(r["kind"])
         for x, y, names in merged_labels([(r[key], r["wer"][split], r["name"]) for r in rows]):
             ax.annotate(names, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points", va="bottom")
+        seeded = [g for g in comp.get("students") or [] if len(g["wers"]) > 1]
+        for i, g in enumerate(seeded):  # a size's seeds: their mean, with a bar from the best to the worst
+            ax.errorbar(g[key], g["wer"], yerr=[[g["wer"] - min(g["wers"])], [max(g["wers"]) - g["wer"]]], fmt="o",
+                        ms=12, mfc="none", mec="darkgreen", ecolor="darkgreen", capsize=4, alpha=0.8, zorder=4,
+                        label="student seed mean (min-max)" if i == 0 else None)
+        ens = next((r for r in rows if r["kind"] == "ensemble"), None)
+        if ens is not None:  # what a student must reach to match it
+            ax.axhline(ens["wer"][split], ls=":", lw=1, color="tab:red", alpha=0.7, label="ensemble's WER", zorder=1)
         pts = sorted((r[key], r["wer"][split]) for r in rows if r["name"] in front)
         if pts:
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="black", alpha=0.5, lw=1,
@@ -236,10 +286,11 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
         ax.set(xscale="log", xlabel=label, ylabel=f"WER % ({split})")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     sm = comp.get("smallest_matching")
     title = "Compression curve"
     if sm and sm.get("name"):
-        title += f": {sm['name']} matches the ensemble at {sm['flop_saving']:.1f}x fewer FLOPs"
+        mean = " (seed mean)" if len(sm.get("wers") or []) > 1 else ""
+        title += f": {sm['name']}{mean} matches the ensemble at {sm['flop_saving']:.1f}x fewer FLOPs"
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ekd_compress.recipe import SECOND_ROUND, Recipe, TrainConfig
+from ekd_compress.recipe import SECOND_ROUND, DistillConfig, Recipe, TrainConfig
 
 CONTROL = "control_baseline_teacher"  # the student taught by the best baseline alone
 CHOSEN = "student"                    # the registry's name of the chosen student (no stage of its own)
@@ -39,9 +39,24 @@ def seed_student_name(seed: int) -> str:
     return f"student_s{seed}"
 
 
-def sweep_name(size_name: str) -> str:
-    """The models.json name of the size-sweep student `size_name` (recipe distill.student_sizes)."""
-    return f"sweep_{size_name}"
+def sweep_name(size_name: str, seed_index: int = 0, seed: int = 0) -> str:
+    """The models.json name of the size-sweep student `size_name` (recipe distill.student_sizes):
+    "sweep_<size>" for the first seed, "sweep_<size>_s<seed>" for the others (distill.sweep_seeds)."""
+    return f"sweep_{size_name}" if seed_index == 0 else f"sweep_{size_name}_s{seed}"
+
+
+def sweep_names(d: DistillConfig, size_name: str) -> list[str]:
+    """The models of one size of the sweep, one per seed (the first distill.sweep_seeds of distill.seeds)."""
+    return [sweep_name(size_name, i, s) for i, s in enumerate(d.seeds[:d.sweep_seeds])]
+
+
+def seed_groups(d: DistillConfig, chosen_model: str) -> dict[str, list[str]]:
+    """The models that differ only by seed, by group: "student" (the chosen k's model `chosen_model`
+    and the student seeds) and each size of the sweep. The compression curve judges a size by the
+    mean WER of its group."""
+    groups = {CHOSEN: [chosen_model] + [seed_student_name(s) for s in d.seeds[1:]]}
+    groups.update({sweep_name(s.name): sweep_names(d, s.name) for s in d.student_sizes})
+    return groups
 
 
 # ------------------------------------------------------------------------- plan
@@ -71,7 +86,7 @@ def plan(r: Recipe) -> list[Step]:
     if d.control:
         steps.append(Step(CONTROL, CONTROL))
     steps += [Step(seed_student_name(s), seed_student_name(s)) for s in d.seeds[1:]]
-    steps += [Step(sweep_name(s.name), sweep_name(s.name)) for s in d.student_sizes]
+    steps += [Step(name, name) for s in d.student_sizes for name in sweep_names(d, s.name)]
     return steps + [Step("evaluate")]
 
 

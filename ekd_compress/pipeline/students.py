@@ -14,7 +14,7 @@ from ekd_compress.experiment import load_any, load_registered, model_file_hash, 
 from ekd_compress.pipeline.context import Context, EnsembleResult, EssenceResult
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
-    CHOSEN, CONTROL, seed_student_name, student_kind, student_name, sweep_name, train_key,
+    CHOSEN, CONTROL, seed_groups, seed_student_name, student_kind, student_name, sweep_name, train_key,
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
@@ -182,7 +182,7 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     on_main(lambda: record_model(ctx.exp_dir, CHOSEN, "student", Path(res.model), seed=seed,
                                  same_as=name, k=str(chosen)), "registering the student")
     ctx.chosen_k = str(chosen)
-    # the second round: more seeds of the chosen student, and the size sweep (its k and first seed)
+    # the second round: more seeds of the chosen student, and the size sweep (its k; distill.sweep_seeds seeds)
     second = [student_stage(seed_student_name(seed), "student", chosen, seed,
                             config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
               for seed in seeds[1:]]
@@ -190,9 +190,10 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
         size_params = {**params, **size.params}
         size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
                                r.features.specaugment, *teaching_key_extras(d))
-        second.append(student_stage(sweep_name(size.name), "student", chosen, seeds[0],
-                                    config_hash(size_key, teacher_key, chosen, seeds[0]), ctx.essence, teacher_file,
-                                    size=size_params))
+        for i, seed in enumerate(seeds[:d.sweep_seeds]):
+            second.append(student_stage(sweep_name(size.name, i, seed), "student", chosen, seed,
+                                        config_hash(size_key, teacher_key, chosen, seed), ctx.essence, teacher_file,
+                                        size=size_params))
     train_stages(ctx, runner, second, cfg)
 
 
@@ -248,8 +249,10 @@ def _compression(ctx: Context, models: dict, tests: dict[str, Any]) -> dict[str,
         if total >= seconds:
             break
     ctx.log(f"compression: FLOPs and ONNX streaming RTF (1 thread) of every model over {total:.1f} s of dev audio")
+    chosen = models[CHOSEN][0].get("same_as", CHOSEN)  # the chosen k's model, e.g. kd_all
     return measure_compression(models, tests, verdict_split(tests), feats, seconds,
-                               frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log)
+                               frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log,
+                               groups=seed_groups(ctx.recipe.distill, chosen))
 
 
 def _train_seconds(ctx: Context, registry: list[dict]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 import pytest
 
 from ekd_compress.pipeline.compression import (compression_markdown, merged_labels, pareto_front, plot_compression,
-                                               smallest_matching)
+                                               smallest_matching, student_groups)
 
 
 def test_pareto_front_on_constructed_points():
@@ -36,6 +36,38 @@ def test_no_student_matches_or_no_ensemble():
     sm = smallest_matching(rows, "test")
     assert sm["name"] is None and not sm["met"]
     assert smallest_matching([r for r in ROWS if r["kind"] != "ensemble"], "test") is None
+
+
+def test_a_size_is_judged_by_its_seed_mean():
+    rows = ROWS + [row("sweep_s32_s1", "student", 2e6, 1.5), row("sweep_s64_s1", "student", 8e6, 2.4),
+                   row("student_s1", "student", 16e6, 1.8)]
+    groups = {"student": ["kd_all", "student_s1"], "sweep_s32": ["sweep_s32", "sweep_s32_s1"],
+              "sweep_s64": ["sweep_s64", "sweep_s64_s1"]}
+    # alone, s32's seed 1 (1.5) and s64's seed 0 (2.0) match the ensemble (2.0); by their means (2.0, 2.2) only s32
+    assert smallest_matching(rows, "test")["name"] == "sweep_s32_s1"
+    sm = smallest_matching(rows, "test", groups)
+    assert sm["name"] == "sweep_s32" and sm["models"] == ["sweep_s32", "sweep_s32_s1"] and sm["wers"] == [2.5, 1.5]
+    assert sm["wer"] == pytest.approx(2.0) and sm["flop_saving"] == pytest.approx(50.0) and sm["alias"] is None
+    groups["sweep_s32"] = ["sweep_s32", "sweep_s32_s1", "sweep_s32_s2"]  # a seed without a score is left out
+    rows[3] = row("sweep_s32", "student", 2e6, 2.8)
+    sm = smallest_matching(rows, "test", groups)
+    assert sm["name"] == "student" and sm["wer"] == pytest.approx(1.65) and sm["flop_saving"] == pytest.approx(6.25)
+    by_name = {g["name"]: g for g in student_groups(rows, "test", groups)}
+    assert set(by_name) == {"student", "sweep_s32", "sweep_s64"}  # the control student is not taught by the ensemble
+    assert by_name["sweep_s64"]["wers"] == [2.0, 2.4] and by_name["sweep_s32"]["models"] == ["sweep_s32", "sweep_s32_s1"]
+    md = compression_markdown({"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": [], "pareto_rtf": [],
+                               "students": list(by_name.values()), "smallest_matching": sm})
+    assert "**student** (mean 1.65 % over 2 seeds: 1.50 / 1.80;" in md
+    assert "| sweep_s64 | 2 | 8.00 | 2.20 | 2.00 / 2.40 |" in md
+
+
+def test_plot_with_seed_means(tmp_path):
+    rows = ROWS + [row("sweep_s64_s1", "student", 8e6, 2.4)]
+    groups = {"sweep_s64": ["sweep_s64", "sweep_s64_s1"]}
+    comp = {"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": ["sweep_s32"], "pareto_rtf": [],
+            "students": student_groups(rows, "test", groups), "smallest_matching": smallest_matching(rows, "test", groups)}
+    assert comp["smallest_matching"]["name"] == "kd_all"  # s64's mean (2.2) is above the ensemble's 2.0
+    assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
 
 
 def test_markdown_and_plot(tmp_path):

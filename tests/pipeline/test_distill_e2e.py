@@ -106,11 +106,19 @@ def test_size_sweep_trains_only_its_students_and_draws_the_compression_curve(exp
     copy = tmp_path / "sweep"
     shutil.copytree(exp, copy)  # the shared experiment stays as the other tests expect it; the copy reads its own files
     sweep = "distill.student_sizes=[{name: s8, params: {hidden: 8}}, {name: w24, params: {hidden: 24, layers: 2}}]"
-    stages = run(copy, *EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2")
-    assert set(stages["ran"]) == {"sweep_s8", "sweep_w24", "evaluate"}
+    settings = [*EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2", "distill.sweep_seeds=2"]
+    stages = run(copy, *settings)
+    assert set(stages["ran"]) == {"sweep_s8", "sweep_s8_s1", "sweep_w24", "sweep_w24_s1", "evaluate"}
     results = json.loads((copy / "results.json").read_text())
     rows = {r["name"]: r for r in results["compression"]["rows"]}
-    assert {"sweep_s8", "sweep_w24", "ensemble", "kd_all", "baseline", "lstm"} <= set(rows)
+    assert {"sweep_s8", "sweep_s8_s1", "sweep_w24", "ensemble", "kd_all", "baseline", "lstm"} <= set(rows)
+    # each size, and the chosen student with its seeds, is judged by its seed mean
+    groups = {g["name"]: g for g in results["compression"]["students"]}
+    assert groups["sweep_s8"]["models"] == ["sweep_s8", "sweep_s8_s1"]
+    assert groups["sweep_s8"]["wers"] == [rows["sweep_s8"]["wer"]["test"], rows["sweep_s8_s1"]["wer"]["test"]]
+    chosen = json.loads((copy / "models.json").read_text())
+    chosen = next(e["same_as"] for e in chosen if e["name"] == "student")
+    assert groups["student"]["models"] == [chosen, "student_s1"]
     assert "student" not in rows  # the registry's alias of the chosen k's model is not a point of its own
     assert rows["sweep_s8"]["params"] < rows["kd_all"]["params"] < rows["sweep_w24"]["params"]
     flops = {n: r["flops_per_audio_second"] for n, r in rows.items()}
@@ -118,8 +126,9 @@ def test_size_sweep_trains_only_its_students_and_draws_the_compression_curve(exp
     assert all(r["rtf_onnx"] > 0 and r["wer"]["test"] is not None for r in rows.values())
     assert results["compression"]["split"] == "test" and results["compression"]["pareto_flops"]
     assert (copy / "plots" / "compression.png").stat().st_size > 10_000
-    assert "## Compression" in (copy / "results.md").read_text()
-    assert run(copy, *EXP_SETTINGS, sweep, "distill.compression_rtf_seconds=2")["ran"] == []  # resumable
+    md = (copy / "results.md").read_text()
+    assert "## Compression" in md and "| sweep_s8 | 2 |" in md
+    assert run(copy, *settings)["ran"] == []  # resumable
 
 
 def test_a_second_round_of_guidance_becomes_the_teacher_and_can_be_undone(exp, tmp_path):

@@ -694,8 +694,9 @@ def test_event_loop_choice(monkeypatch):
         import uvloop
 
         assert loop_runner("auto") == ("uvloop", uvloop.run) == loop_runner("uvloop")
-    with pytest.raises(ValueError, match="event_loop='tokio': use one of auto, asyncio, uvloop"):
-        ServerConfig(event_loop="tokio")
+    for bad in (lambda: ServerConfig(event_loop="tokio"), lambda: loop_runner("tokio")):
+        with pytest.raises(ValueError, match="event_loop='tokio': use one of auto, asyncio, uvloop"):
+            bad()
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: importing it raises ImportError
     assert loop_runner("auto") == ("asyncio", asyncio.run)
     with pytest.raises(RuntimeError, match="pip install uvloop"):

@@ -65,6 +65,10 @@ def test_the_plan_names_every_stage_and_model_once():
     r = load_recipe("demo", ["distill.seeds=[0,3]", "distill.ks=[2,all]", "distill.student_sizes=[{name: s8, params: {hidden: 8}}]"])
     assert planned_stages(r)[-4:] == ["control_baseline_teacher", "student_s3", "sweep_s8", "evaluate"]
     assert {"baseline_s3", "essence_k2", "kd_all", "student", "student_s3", "sweep_s8"} <= set(expected_models(r))
+    seeded = load_recipe("demo", ["distill.seeds=[0,3]", "distill.student_sizes=[{name: s8}, {name: w2}]",
+                                  "distill.sweep_seeds=2"])
+    assert planned_stages(seeded)[-5:] == ["sweep_s8", "sweep_s8_s3", "sweep_w2", "sweep_w2_s3", "evaluate"]
+    assert {"sweep_s8", "sweep_s8_s3", "sweep_w2_s3"} <= set(expected_models(seeded))
     fly = load_recipe("demo", ["distill.cache=fly"])
     assert "essence" not in planned_stages(fly) and "essence_control" not in planned_stages(fly)
 
