@@ -143,6 +143,9 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     beta: float = 0.3              # weight of the frame CE to the guide's alignment (members)
     seed: int = 0
+    # a member's own peak learning rate over member_train.lr (e.g. from `ekd-compress lr-find`); None = that one.
+    # Left out of the hash: the member's key carries it through its training settings, only when set
+    lr: Optional[float] = field(default=None, metadata={"hash": False})
 
 
 @dataclass
@@ -432,6 +435,12 @@ def validate_recipe(r: Recipe) -> None:
             raise RecipeError(f"distill.ks contains {k!r}: use positive integers or 'all'")
     if not d.seeds:
         raise RecipeError("distill.seeds is empty: give at least one seed, e.g. [0, 1, 2]")
+    if r.baseline.lr is not None:
+        raise RecipeError(f"baseline.lr={r.baseline.lr}: the baselines and students take train.lr (student_train.lr); "
+                          "a model's own lr is for members only")
+    for m in r.members:
+        if m.lr is not None and not m.lr > 0:
+            raise RecipeError(f"member {m.name!r}: lr={m.lr!r} must be > 0 (or null for member_train.lr)")
     names = [m.name for m in r.members]
     if len(set(names)) != len(names):
         raise RecipeError(f"member names must be unique: {names}")

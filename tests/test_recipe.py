@@ -103,7 +103,12 @@ def test_cross_field_checks(tmp_path):
         load_recipe(clash, ["distill.reguide=ensemble"])
     with pytest.raises(RecipeError, match="reserved"):
         load_recipe(write(tmp_path, {"members": [{"name": "student"}]}))
-    p = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "b"}]})
+    p = write(tmp_path, {"name": "x", "members": [{"name": "a"}, {"name": "b", "lr": 4e-4}]})
+    assert [m.lr for m in load_recipe(p).members] == [None, 4e-4]  # a member's own peak LR; None: member_train.lr
+    with pytest.raises(RecipeError, match=r"member 'b': lr=0.0 must be > 0"):
+        load_recipe(p, ["members=[{name: a}, {name: b, lr: 0}]"])
+    with pytest.raises(RecipeError, match=r"baseline.lr=0.001: .* train.lr"):
+        load_recipe(p, ["baseline.lr=1e-3"])
     sizes = "distill.student_sizes=[{name: s8, params: {hidden: 8}}]"
     assert load_recipe(p, ["distill.seeds=[0,1]", sizes, "distill.sweep_seeds=2"]).distill.sweep_seeds == 2
     with pytest.raises(RecipeError, match=r"sweep_seeds=3: .* 1 to 2 \(distill.seeds=\[0, 1\]\)"):

@@ -227,6 +227,28 @@ def train_bench(recipe: str, which: str, device: str, precision: str, batch_seco
                f"GPU utilisation {util}")
 
 
+@cli.command("lr-find")
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "names", multiple=True,
+              help="baseline (the student architecture) or a member's name (repeatable; default: all of them).")
+@click.option("--steps", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Optimiser steps from --lr-min to --lr-max (CTC models need about 1,000 to leave the blank plateau).")
+@click.option("--lr-min", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True)
+@click.option("--lr-max", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Torch CPU threads (0: all cores).")
+@needs("train")
+def lr_find(exp_dir: Path, names: tuple[str, ...], steps: int, lr_min: float, lr_max: float, threads: int) -> None:
+    """Learning-rate range test (Smith 2017) for the models of the distill experiment EXP_DIR: each
+    trains briefly from scratch while the LR rises geometrically; a peak LR belongs between a decade
+    below the LR of the lowest loss and that LR. Writes EXP_DIR/lr_range/NAME.json and
+    EXP_DIR/plots/lr_range.png."""
+    from ekd_compress.pipeline.lr_find import find_learning_rates
+
+    friendly(find_learning_rates, exp_dir, names, steps=steps, lr_min=lr_min, lr_max=lr_max, threads=threads,
+             log=click.echo)
+
+
 from ekd_compress.cli.export_cmd import export  # noqa: E402  (light: heavy imports inside)
 from ekd_compress.cli.serve_cmd import bench, serve  # noqa: E402
 

@@ -26,6 +26,7 @@ step and its losses). The stages hand each other typed results (context.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -172,9 +173,10 @@ def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_k
     member_stages, names, jobs = [], [], {}
     for m in r.members:
         name = m.name + suffix
-        job = TrainJob(name, "member", m.arch, m.params, m.seed, member_cfg, ctx.exp_dir / "models" / name,
+        cfg = member_cfg if m.lr is None else dataclasses.replace(member_cfg, lr=m.lr)  # its own peak LR
+        job = TrainJob(name, "member", m.arch, m.params, m.seed, cfg, ctx.exp_dir / "models" / name,
                        losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(ctx.alignment.path))
-        key = config_hash(ctx.keys["align" + suffix], m, train_key(member_cfg), r.features.specaugment)
+        key = config_hash(ctx.keys["align" + suffix], m, train_key(cfg), r.features.specaugment)
         member_stages.append(TrainingStage(f"member_{name}", key, lambda j=job: j, job.out_dir))
         ctx.keys[name] = key
         names.append(name)

@@ -159,17 +159,26 @@ def train(job: TrainJob, data: TrainData, tracker: Any, log: Log = print) -> Tra
     return TrainResult(**res, seed=run_seed, restarts=restarts)
 
 
-def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
-    """One training run of `train`; `watchdog` is fit_model's ("off", "stop" or "report")."""
+@dataclass
+class Training:
+    """What one training run of a job steps through: the model inside its Lightning module (the
+    job's losses and LR schedule), the train and dev loaders, and the batches per epoch."""
+    module: Any                  # train.module.AsrModule; module.model is the network
+    train_loader: Any
+    dev_loader: Any
+    steps_per_epoch: int
+
+
+def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
+    """Build `job`'s model (seeded, global CMVN, output-prior start) and its data loaders, as every
+    run of `train` does; the LR range test (train/lr_range.py) steps through the same."""
     import torch
 
-    from ekd_compress.models import count_parameters
     from ekd_compress.data.noise_pool import NoiseMixer
     from ekd_compress.train.data import AsrDataset, make_loader
     from ekd_compress.train.distributed import dist_info
-    from ekd_compress.train.fit import build, fit_model
+    from ekd_compress.train.fit import build
     from ekd_compress.train.module import AsrModule
-    from ekd_compress.train.watchdog import StalledRun
 
     cfg = job.train
     torch.manual_seed(seed)
@@ -197,10 +206,22 @@ def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker:
     steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, data.tokens, cfg, data.specaugment, losses=job.losses, essence=job.essence,
                        steps_per_epoch=steps, metric=data.metric)
+    return Training(module, train_loader, dev_loader, steps)
+
+
+def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
+    """One training run of `train`; `watchdog` is fit_model's ("off", "stop" or "report")."""
+    from ekd_compress.models import count_parameters
+    from ekd_compress.train.fit import fit_model
+    from ekd_compress.train.watchdog import StalledRun
+
+    cfg = job.train
+    prepared = prepare_training(job, data, seed)
     with tracker.child(job.name, job.tracking_params(seed)) as run:
         logger = tracker.lightning_logger(run.run_id)
         try:
-            res = fit_model(module, train_loader, dev_loader, job.out_dir, cfg, seed, logger=logger,
+            res = fit_model(prepared.module, prepared.train_loader, prepared.dev_loader, job.out_dir, cfg, seed,
+                            logger=logger,
                             extra_meta={"name": job.name, "kind": job.kind, "seed": seed, "mlflow_run_id": run.run_id},
                             log=log, watchdog=watchdog)
         except StalledRun as stalled:  # the run ends FAILED, tagged with the reason
@@ -209,7 +230,7 @@ def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker:
         if res.stalled:
             run.set_tags({"watchdog": "not_converged", "watchdog_reason": res.stalled["reason"]})
         run.log_metrics({"best_dev_score": res.best_score, "train_seconds": res.train_seconds}, step=0)
-    n_params = count_parameters(model)
+    n_params = count_parameters(prepared.module.model)
     log(f"{job.name}: best dev {cfg.select_on} {res.best_score:.2f} at epoch {res.best_epoch}, "
         f"{n_params} params, {res.train_seconds:.0f} s")
     return {"model": str(res.model_path), "best_dev": res.best_score, "best_epoch": res.best_epoch,

@@ -198,6 +198,55 @@ def test_reguide_by_the_best_member_aligns_with_it(exp, tmp_path):
     assert (copy / "stages" / "ensemble_r2.json").exists()
 
 
+def test_a_members_own_learning_rate_retrains_only_that_member(exp, tmp_path):
+    import shutil
+
+    import yaml
+
+    from ekd_compress.pipeline.distill import run_distill
+    from ekd_compress.recipe import load_recipe
+
+    copy = tmp_path / "member_lr"
+    shutil.copytree(exp, copy)
+    members = yaml.safe_load(TINY[-1].split("=", 1)[1])
+    members[1]["lr"] = 3e-4  # the tdnn member
+    recipe = load_recipe(copy / "recipe.yaml", [f"members={json.dumps(members)}"])
+    lines: list[str] = []
+    run_distill(recipe, copy, log=lines.append, tracking=False, stop_after="ensemble")
+    stages = json.loads((copy / "stages" / "last_run.json").read_text())
+    assert "member_tdnn" in stages["ran"] and {"member_lstm", "member_tf", "baseline"} <= set(stages["skipped"])
+    first_lr = torch.load(copy / "models" / "tdnn" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first_lr["lr_schedulers"][0]["base_lrs"] == [3e-4]  # trained with its own peak LR
+    members[1]["lr"] = None  # back to member_train.lr: the first run's key again, nothing trains
+    run_distill(load_recipe(copy / "recipe.yaml", [f"members={json.dumps(members)}"]), copy, log=lines.append,
+                tracking=False, stop_after="ensemble")
+    assert "member_tdnn" not in json.loads((copy / "stages" / "last_run.json").read_text())["ran"]
+
+
+def test_lr_find_on_an_experiment(exp, tmp_path):
+    import shutil
+
+    copy = tmp_path / "lr"
+    shutil.copytree(exp, copy)
+    result = CliRunner().invoke(cli, ["lr-find", str(copy), "--model", "baseline", "--model", "tf", "--steps", "12",
+                                      "--lr-min", "1e-4", "--lr-max", "1e-1"])
+    assert result.exit_code == 0, result.output
+    for name in ("baseline", "tf"):
+        res = json.loads((copy / "lr_range" / f"{name}.json").read_text())
+        assert 0 < len(res["lrs"]) <= 12 and res["lrs"][0] == pytest.approx(1e-4)
+        assert res["peak_lr_range"] == pytest.approx([res["min_loss_lr"] / 10, res["min_loss_lr"]])
+        assert res["min_loss_lr"] in res["lrs"] and res["recipe_lr"] > 0
+        assert f"{name} (" in result.output and "a peak lr between" in result.output
+    assert (copy / "plots" / "lr_range.png").stat().st_size > 10_000
+    bad = CliRunner().invoke(cli, ["lr-find", str(copy), "--model", "gru"])
+    assert bad.exit_code != 0 and "'gru' is not a model of" in bad.output and "'baseline', 'lstm'" in bad.output
+    bare = tmp_path / "bare"
+    (bare / "stages").mkdir(parents=True)
+    shutil.copy(copy / "recipe.yaml", bare / "recipe.yaml")
+    missing = CliRunner().invoke(cli, ["lr-find", str(bare)])
+    assert missing.exit_code != 0 and "no 'features' stage yet" in missing.output
+
+
 def test_changed_lambda_reruns_only_students(exp):
     stages = run(exp, *EXP_SETTINGS, "distill.lam=0.3")
     assert {"data", "features", "baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])
