@@ -232,7 +232,8 @@ def train_bench(recipe: str, which: str, device: str, precision: str, batch_seco
 @click.option("--model", "names", multiple=True,
               help="baseline (the student architecture) or a member's name (repeatable; default: all of them).")
 @click.option("--steps", type=click.IntRange(min=10), default=1000, show_default=True,
-              help="Optimiser steps from --lr-min to --lr-max (CTC models need about 1,000 to leave the blank plateau).")
+              help="Optimiser steps from --lr-min to --lr-max (CTC models need about 1,000 to leave the blank "
+                   "plateau).")
 @click.option("--lr-min", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True)
 @click.option("--lr-max", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,

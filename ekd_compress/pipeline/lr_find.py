@@ -3,7 +3,7 @@
 For each named model (the baseline architecture, which is also the students', and the recipe's
 members) the test builds the job `distill` would train (its recipe settings, first seed, losses;
 members with the guide's alignment) and runs `train.lr_range.lr_range_test` on the experiment's
-prepared training data. Results: EXP/lr_range/NAME.json per model and EXP/plots/lr_range.png.
+prepared training data. Results: EXP/lr_range/NAME.json per model and EXP/plots/lr_range.png (`plot_lr_range`).
 The experiment must have its `features` stage done (and `align` for members): a first
 `ekd-compress distill` run, even an interrupted one, makes them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from ekd_compress.train.lr_range import LrRange
 
@@ -47,7 +47,7 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     from ekd_compress.pipeline.context import Alignment, Context, Features
     from ekd_compress.recipe import load_recipe
     from ekd_compress.train.job import TrainJob
-    from ekd_compress.train.lr_range import lr_range_test, plot_lr_range
+    from ekd_compress.train.lr_range import lr_range_test
 
     exp_dir = Path(exp_dir)
     recipe_file = exp_dir / "recipe.yaml"
@@ -95,3 +95,30 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     log(f"curves: {plot}; per model: {out}/NAME.json")
     return results
 
+
+def plot_lr_range(results: Sequence[LrRange], path: Path, recipe_lrs: Optional[dict[str, float]] = None) -> Path:
+    """Smoothed loss against LR (log x), one curve per model, its peak-LR range shaded, its lowest
+    loss marked (o) and the recipe's LR dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ekd_compress.pipeline.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(results):
+        color = f"C{i % 10}"
+        low, high = r.peak_lr_range
+        ax.plot(r.lrs, r.smoothed, color=color, label=f"{r.name} ({r.arch}): lowest loss at {high:.1e}")
+        ax.axvspan(low, high, color=color, alpha=0.08)
+        ax.scatter([high], [min(r.smoothed)], color=color, zorder=3)
+        if recipe_lrs and r.name in recipe_lrs:
+            ax.axvline(recipe_lrs[r.name], color=color, ls="--", lw=1, alpha=0.6)
+    top = max(max(r.smoothed[: max(1, len(r.smoothed) // 4)]) for r in results) if results else 1.0
+    ax.set(xscale="log", xlabel="learning rate", ylim=(0, top * 1.3),
+           ylabel="training loss per target token (smoothed; members: CTC + beta x guide CE)",
+           title="Learning-rate range test (shaded: each model's peak-LR range; dashed: the recipe's LR)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

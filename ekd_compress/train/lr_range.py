@@ -33,7 +33,6 @@ import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -86,7 +85,8 @@ def read_curve(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, 
     """(min_loss_lr, steepest_lr) of a smoothed range-test curve (module docstring)."""
     lrs, smoothed = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
     if len(lrs) != len(smoothed) or len(lrs) < 3:
-        raise ValueError(f"a range-test curve needs at least 3 points of (lr, loss); got {len(lrs)} and {len(smoothed)}")
+        raise ValueError(f"a range-test curve needs at least 3 points of (lr, loss); "
+                         f"got {len(lrs)} and {len(smoothed)}")
     lowest = int(np.nanargmin(smoothed))
     slope = np.gradient(smoothed, np.log10(lrs))  # loss change per decade of LR
     skip = min(len(lrs) // 10, lowest)  # the start-up transient
@@ -155,29 +155,3 @@ def lr_range_test(job: TrainJob, data: TrainData, lr_min: float = 1e-5, lr_max: 
     return LrRange(job.name, job.arch, lrs, losses, smoothed.tolist(), min_loss_lr, steepest_lr, stopped,
                    time.time() - start)
 
-
-def plot_lr_range(results: Sequence[LrRange], path: Path, recipe_lrs: Optional[dict[str, float]] = None) -> Path:
-    """Smoothed loss against LR (log x), one curve per model, its peak-LR range shaded, its lowest
-    loss marked (o) and the recipe's LR dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ekd_compress.pipeline.plots import save_figure
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, r in enumerate(results):
-        color = f"C{i % 10}"
-        low, high = r.peak_lr_range
-        ax.plot(r.lrs, r.smoothed, color=color, label=f"{r.name} ({r.arch}): lowest loss at {high:.1e}")
-        ax.axvspan(low, high, color=color, alpha=0.08)
-        ax.scatter([high], [min(r.smoothed)], color=color, zorder=3)
-        if recipe_lrs and r.name in recipe_lrs:
-            ax.axvline(recipe_lrs[r.name], color=color, ls="--", lw=1, alpha=0.6)
-    top = max(max(r.smoothed[: max(1, len(r.smoothed) // 4)]) for r in results) if results else 1.0
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss per target token (smoothed)",
-           title="Learning-rate range test (shaded: a decade below the lowest loss; dashed: the recipe's LR)", ylim=(0, top * 1.3))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)

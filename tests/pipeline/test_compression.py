@@ -54,7 +54,8 @@ def test_a_size_is_judged_by_its_seed_mean():
     assert sm["name"] == "student" and sm["wer"] == pytest.approx(1.65) and sm["flop_saving"] == pytest.approx(6.25)
     by_name = {g["name"]: g for g in student_groups(rows, "test", groups)}
     assert set(by_name) == {"student", "sweep_s32", "sweep_s64"}  # the control student is not taught by the ensemble
-    assert by_name["sweep_s64"]["wers"] == [2.0, 2.4] and by_name["sweep_s32"]["models"] == ["sweep_s32", "sweep_s32_s1"]
+    assert by_name["sweep_s64"]["wers"] == [2.0, 2.4]
+    assert by_name["sweep_s32"]["models"] == ["sweep_s32", "sweep_s32_s1"]
     md = compression_markdown({"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": [], "pareto_rtf": [],
                                "students": list(by_name.values()), "smallest_matching": sm})
     assert "**student** (mean 1.65 % over 2 seeds: 1.50 / 1.80;" in md
@@ -65,7 +66,8 @@ def test_plot_with_seed_means(tmp_path):
     rows = ROWS + [row("sweep_s64_s1", "student", 8e6, 2.4)]
     groups = {"sweep_s64": ["sweep_s64", "sweep_s64_s1"]}
     comp = {"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": ["sweep_s32"], "pareto_rtf": [],
-            "students": student_groups(rows, "test", groups), "smallest_matching": smallest_matching(rows, "test", groups)}
+            "students": student_groups(rows, "test", groups),
+            "smallest_matching": smallest_matching(rows, "test", groups)}
     assert comp["smallest_matching"]["name"] == "kd_all"  # s64's mean (2.2) is above the ensemble's 2.0
     assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
 
