@@ -71,12 +71,13 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
             cfg = r.train
             jobs.append(TrainJob(BASELINE, "baseline", r.baseline.arch, r.baseline.params, seed, cfg,
                                  exp_dir / "lr_range" / BASELINE, losses={"ctc": 1.0}))
+            recipe_lrs[name] = cfg.lr
         else:
             m, cfg = members[name], r.member_train or r.train
             align = Alignment.from_json(_stage_result(exp_dir, "align", log))
             jobs.append(TrainJob(name, "member", m.arch, m.params, m.seed, cfg, exp_dir / "lr_range" / name,
                                  losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(align.path)))
-        recipe_lrs[name] = members[name].lr or cfg.lr if name in members else cfg.lr
+            recipe_lrs[name] = m.lr if m.lr is not None else cfg.lr  # its own peak LR (members[].lr), if set
     results = []
     out = exp_dir / "lr_range"
     out.mkdir(exist_ok=True)
