@@ -65,6 +65,8 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     ctx.features = Features.from_json(_stage_result(exp_dir, "features", log))
     data = ctx.train_data()
     seed = r.distill.seeds[0]
+    # members follow the first round's guide alignment (with distill.reguide the second round's differs)
+    align = Alignment.from_json(_stage_result(exp_dir, "align", log)) if set(names) - {BASELINE} else None
     jobs, recipe_lrs = [], {}
     for name in names:
         if name == BASELINE:
@@ -74,7 +76,6 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
             recipe_lrs[name] = cfg.lr
         else:
             m, cfg = members[name], r.member_train or r.train
-            align = Alignment.from_json(_stage_result(exp_dir, "align", log))
             jobs.append(TrainJob(name, "member", m.arch, m.params, m.seed, cfg, exp_dir / "lr_range" / name,
                                  losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(align.path)))
             recipe_lrs[name] = m.lr if m.lr is not None else cfg.lr  # its own peak LR (members[].lr), if set
@@ -83,9 +84,11 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     out.mkdir(exist_ok=True)
     for job in jobs:
         with tqdm(total=steps, desc=f"lr-find {job.name}", unit="step", leave=False) as bar:
-            res = lr_range_test(job, data, lr_min=lr_min, lr_max=lr_max, steps=steps,
-                                progress=lambda step, lr, loss: (bar.update(1), bar.set_postfix(lr=f"{lr:.1e}",
-                                                                                              loss=f"{loss:.1f}")))
+            def advance(step: int, lr: float, loss: float, bar=bar) -> None:
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.1e}", loss=f"{loss:.1f}")
+
+            res = lr_range_test(job, data, lr_min=lr_min, lr_max=lr_max, steps=steps, progress=advance)
         (out / f"{job.name}.json").write_text(json.dumps({**res.to_json(), "recipe_lr": recipe_lrs[job.name]}))
         low, high = res.peak_lr_range
         log(f"{job.name} ({job.arch}): lowest loss at lr {high:.1e}: a peak lr between {low:.1e} and {high:.1e} "

@@ -162,11 +162,10 @@ def train(job: TrainJob, data: TrainData, tracker: Any, log: Log = print) -> Tra
 @dataclass
 class Training:
     """What one training run of a job steps through: the model inside its Lightning module (the
-    job's losses and LR schedule), the train and dev loaders, and the batches per epoch."""
+    job's losses and LR schedule) and the train and dev loaders."""
     module: Any                  # train.module.AsrModule; module.model is the network
     train_loader: Any
     dev_loader: Any
-    steps_per_epoch: int
 
 
 def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
@@ -206,7 +205,7 @@ def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
     steps = max(1, sum(1 for _ in train_loader.sampler))  # batches per epoch, for the LR schedule
     module = AsrModule(model, data.tokens, cfg, data.specaugment, losses=job.losses, essence=job.essence,
                        steps_per_epoch=steps, metric=data.metric)
-    return Training(module, train_loader, dev_loader, steps)
+    return Training(module, train_loader, dev_loader)
 
 
 def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
