@@ -36,7 +36,7 @@ from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     baseline_name, expected_models, extra_data_key, planned_stages, train_key, trainset_config,
 )
-from ekd_compress.recipe import SECOND_ROUND, Recipe, config_hash, save_recipe
+from ekd_compress.recipe import SECOND_ROUND, ModelConfig, Recipe, config_hash, save_recipe
 from ekd_compress.train.job import TrainJob
 
 
@@ -85,8 +85,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         base_stages = []
         for i, seed in enumerate(r.distill.seeds):
             name = baseline_name(i, seed)
-            job = TrainJob(name, "baseline", r.baseline.arch, r.baseline.params, seed, train_cfg,
-                           exp_dir / "models" / name, losses={"ctc": 1.0})
+            job = baseline_job(r, name, seed, exp_dir / "models" / name)
             ctx.keys[name] = config_hash(base_key, seed)
             base_stages.append(TrainingStage(name, ctx.keys[name], lambda j=job: j, job.out_dir))
         base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
@@ -149,6 +148,21 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.tracker.end(status)
 
 
+def baseline_job(r: Recipe, name: str, seed: int, out_dir: Path) -> TrainJob:
+    """A baseline seed: the student architecture on CTC alone (train settings)."""
+    return TrainJob(name, "baseline", r.baseline.arch, r.baseline.params, seed, r.train, out_dir, losses={"ctc": 1.0})
+
+
+def member_job(r: Recipe, m: ModelConfig, name: str, out_dir: Path, align_path: Path) -> TrainJob:
+    """Member `m` (model `name`) on CTC + beta * frame CE to the alignment in `align_path`, with
+    member_train settings and its own peak LR (members[].lr) when it has one."""
+    cfg = r.member_train or r.train
+    if m.lr is not None:
+        cfg = dataclasses.replace(cfg, lr=m.lr)
+    return TrainJob(name, "member", m.arch, m.params, m.seed, cfg, out_dir, losses={"ctc": 1.0, "guide_ce": m.beta},
+                    align_path=align_path)
+
+
 def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_key: str,
                    last: bool) -> dict[str, float]:
     """One round of guided members and their fusion: align the training set with `source` (the guide,
@@ -173,10 +187,8 @@ def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_k
     member_stages, names, jobs = [], [], {}
     for m in r.members:
         name = m.name + suffix
-        cfg = member_cfg if m.lr is None else dataclasses.replace(member_cfg, lr=m.lr)  # its own peak LR
-        job = TrainJob(name, "member", m.arch, m.params, m.seed, cfg, ctx.exp_dir / "models" / name,
-                       losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(ctx.alignment.path))
-        key = config_hash(ctx.keys["align" + suffix], m, train_key(cfg), r.features.specaugment)
+        job = member_job(r, m, name, ctx.exp_dir / "models" / name, Path(ctx.alignment.path))
+        key = config_hash(ctx.keys["align" + suffix], m, train_key(job.train), r.features.specaugment)
         member_stages.append(TrainingStage(f"member_{name}", key, lambda j=job: j, job.out_dir))
         ctx.keys[name] = key
         names.append(name)

@@ -1,9 +1,10 @@
 """`ekd-compress lr-find`: the learning-rate range test for the models of a distill experiment.
 
 For each named model (the baseline architecture, which is also the students', and the recipe's
-members) the test builds the job `distill` would train (its recipe settings, first seed, losses;
-members with the guide's alignment) and runs `train.lr_range.lr_range_test` on the experiment's
-prepared training data. Results: EXP/lr_range/NAME.json per model and EXP/plots/lr_range.png (`plot_lr_range`).
+members) the test builds the job `distill` would train (`distill.baseline_job` / `member_job`:
+its recipe settings, first seed, losses; members with the guide's alignment) and runs
+`train.lr_range.lr_range_test` on the experiment's prepared training data. Results:
+EXP/lr_range/NAME.json per model and EXP/plots/lr_range.png (`plot_lr_range`).
 The experiment must have its `features` stage done (and `align` for members): a first
 `ekd-compress distill` run, even an interrupted one, makes them.
 """
@@ -22,11 +23,12 @@ def _stage_result(exp_dir: Path, name: str, log: Callable[[str], None]) -> dict:
     """The saved result of stage `name` (paths rebased onto `exp_dir`), or a ValueError saying what to run."""
     from ekd_compress.pipeline.stages import StageRunner
 
-    marker = exp_dir / "stages" / f"{name}.json"
+    runner = StageRunner(exp_dir, log)
+    marker = runner.marker(name)
     if not marker.exists():
         raise ValueError(f"{exp_dir} has no '{name}' stage yet ({marker} is missing): run `ekd-compress distill` on "
                          f"its recipe until that stage is done (it may be stopped after it), then lr-find again")
-    result = StageRunner(exp_dir, log).done(name, json.loads(marker.read_text())["key"])
+    result = runner.done(name, json.loads(marker.read_text())["key"])
     assert result is not None  # the key was read from the marker itself
     return result
 
@@ -45,8 +47,8 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     from tqdm import tqdm
 
     from ekd_compress.pipeline.context import Alignment, Context, Features
+    from ekd_compress.pipeline.distill import baseline_job, member_job
     from ekd_compress.recipe import load_recipe
-    from ekd_compress.train.job import TrainJob
     from ekd_compress.train.lr_range import lr_range_test
 
     exp_dir = Path(exp_dir)
@@ -67,18 +69,9 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     seed = r.distill.seeds[0]
     # members follow the first round's guide alignment (with distill.reguide the second round's differs)
     align = Alignment.from_json(_stage_result(exp_dir, "align", log)) if set(names) - {BASELINE} else None
-    jobs, recipe_lrs = [], {}
-    for name in names:
-        if name == BASELINE:
-            cfg = r.train
-            jobs.append(TrainJob(BASELINE, "baseline", r.baseline.arch, r.baseline.params, seed, cfg,
-                                 exp_dir / "lr_range" / BASELINE, losses={"ctc": 1.0}))
-            recipe_lrs[name] = cfg.lr
-        else:
-            m, cfg = members[name], r.member_train or r.train
-            jobs.append(TrainJob(name, "member", m.arch, m.params, m.seed, cfg, exp_dir / "lr_range" / name,
-                                 losses={"ctc": 1.0, "guide_ce": m.beta}, align_path=Path(align.path)))
-            recipe_lrs[name] = m.lr if m.lr is not None else cfg.lr  # its own peak LR (members[].lr), if set
+    jobs = [baseline_job(r, BASELINE, seed, exp_dir / "lr_range" / BASELINE) if name == BASELINE
+            else member_job(r, members[name], name, exp_dir / "lr_range" / name, Path(align.path)) for name in names]
+    recipe_lrs = {job.name: job.train.lr for job in jobs}  # a member's own (members[].lr) when it has one
     results = []
     out = exp_dir / "lr_range"
     out.mkdir(exist_ok=True)
