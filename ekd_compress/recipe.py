@@ -234,6 +234,9 @@ class DistillConfig:
     student_k: Any = "auto"        # auto = best dev WER among ks
     seeds: list[int] = field(default_factory=lambda: [0])   # baseline and chosen student
     control: bool = True           # student taught by the baseline alone
+    # where the students of the student's own size start: from scratch (the paper), or from the guide's weights
+    # (the best CTC-only baseline seed on dev), then trained with the multitask loss as before
+    student_init: str = "scratch"  # scratch | guide
     fusion_weights: Optional[list[float]] = None
     fusion_tune: str = "none"      # none | dev: grid-search the member weights on dev WER
     fusion_grid: float = 0.1       # weight step of that search (each weight a multiple of it)
@@ -311,6 +314,7 @@ _CHOICES = {
     "distill.mode": ("renorm", "residual", "top_p"),
     "distill.cache": ("disk", "fly"),
     "distill.teacher_view": ("clean", "augmented"),
+    "distill.student_init": ("scratch", "guide"),
 }
 
 

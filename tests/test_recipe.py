@@ -47,6 +47,8 @@ def test_invalid_choices_and_ranges(tmp_path):
         load_recipe(p, ["distill.lam=1.5"])
     with pytest.raises(RecipeError, match="ks"):
         load_recipe(p, ["distill.ks=[0]"])
+    with pytest.raises(RecipeError, match=r"distill.student_init='baseline' is not one of \['scratch', 'guide'\]"):
+        load_recipe(p, ["distill.student_init=baseline"])
 
 
 def test_env_data_root(tmp_path, monkeypatch):

@@ -143,15 +143,22 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
             "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
             work_dir=ess_dir, all_ranks=True))
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
+    # distill.student_init=guide: the students of the student's size start from the guide's weights
+    init_file = ctx.model_path(ctx.guide) if d.student_init == "guide" else None
+    init_extras: list[Any] = [["init", ctx.keys["guide"]]] if init_file else []
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
-                              r.features.specaugment, *teaching_key_extras(d))
+                              r.features.specaugment, *teaching_key_extras(d), *init_extras)
+    if init_file and d.student_sizes:
+        ctx.log("distill.student_init=guide: the size sweep's students have other sizes than the guide and start "
+                "from scratch")
 
     def student_stage(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
                       t_file: Path, size: Optional[dict] = None) -> TrainingStage:
         def make_job() -> TrainJob:
             return TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
                             losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
-                            essence=essence_targets(ctx, k, t_file, cache))
+                            essence=essence_targets(ctx, k, t_file, cache),
+                            init_from=None if size is not None else init_file)
 
         ctx.keys[name] = key
         return TrainingStage(name, key, make_job, ctx.exp_dir / "models" / name)

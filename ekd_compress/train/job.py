@@ -72,13 +72,15 @@ class TrainJob:
     losses: dict[str, float] = field(default_factory=lambda: {"ctc": 1.0})
     align_path: Optional[Path] = None  # the guide's frame alignment (npz, utt id -> (T',) int16)
     essence: Optional[EssenceTargets] = None
+    init_from: Optional[Path] = None   # a model.pt of the same architecture and size to start from (else scratch)
 
     def tracking_params(self, seed: int) -> dict[str, Any]:
         """The parameters of the job's MLflow child run (the names runs have always carried)."""
         mode = "essence" if "essence_kd" in self.losses else "guided" if "guide_ce" in self.losses else "ctc"
         return {"name": self.name, "kind": self.kind, "arch": self.arch, "mode": mode, "seed": seed,
                 "beta": self.losses.get("guide_ce", 0.0), "k": self.essence.k if self.essence else None,
-                "params": self.params, "train": dataclasses.asdict(self.train)}
+                "params": self.params, "train": dataclasses.asdict(self.train),
+                "init_from": str(self.init_from) if self.init_from else "scratch"}
 
 
 @dataclass
@@ -169,8 +171,9 @@ class Training:
 
 
 def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
-    """Build `job`'s model (seeded, global CMVN, output-prior start) and its data loaders, as every
-    run of `train` does; the LR range test (train/lr_range.py) steps through the same."""
+    """Build `job`'s model (seeded, global CMVN, output-prior start; or the weights of `job.init_from`)
+    and its data loaders, as every run of `train` does; the LR range test (train/lr_range.py) steps
+    through the same."""
     import torch
 
     from ekd_compress.data.noise_pool import NoiseMixer
@@ -187,6 +190,8 @@ def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
     if cfg.output_prior_bias:
         prior = label_prior(data.train_cuts, data.tokens, data.spec.frame_shift_ms, model.subsampling)
         model.set_output_prior(torch.from_numpy(prior))
+    if job.init_from is not None:
+        load_initial_weights(model, job.init_from)
     alignments = load_alignments(job.align_path, data.loaded) if "guide_ce" in job.losses else None
     essence = None
     if job.essence is not None and job.essence.cache_dir is not None:
@@ -206,6 +211,22 @@ def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
     module = AsrModule(model, data.tokens, cfg, data.specaugment, losses=job.losses, essence=job.essence,
                        steps_per_epoch=steps, metric=data.metric)
     return Training(module, train_loader, dev_loader)
+
+
+def load_initial_weights(model: "torch.nn.Module", path: Path) -> None:
+    """Overwrite `model`'s weights (CMVN statistics included) with those of the model file `path`,
+    which must have been built with the same architecture, sizes and vocabulary."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"init_from={path}: no such model file; train that model first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    ours, theirs = model.build_info, blob["build"]
+    if ours != theirs:
+        raise ValueError(f"init_from={path}: that model was built as {theirs}, this one as {ours}; a model can only "
+                         "start from the weights of one with the same architecture, parameters and vocabulary")
+    model.load_state_dict(blob["state_dict"])
 
 
 def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:

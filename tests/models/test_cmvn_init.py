@@ -109,3 +109,25 @@ def test_label_prior_golden_and_output_bias():
     np.testing.assert_allclose(log_probs[0, 0].detach().exp().numpy(), floor / floor.sum(), rtol=1e-4)
     with pytest.raises(ValueError, match="prior of shape"):
         model.set_output_prior(torch.ones(3))
+
+
+def test_a_model_starts_from_another_models_weights_only_if_built_alike(tmp_path):
+    from ekd_compress.train.fit import build, save_model
+    from ekd_compress.train.job import load_initial_weights
+
+    torch.manual_seed(0)
+    source = build("tdnn", 8, 5, {"hidden": 16, "layers": 2})
+    source.set_normalization(torch.full((8,), 3.0), torch.full((8,), 2.0))
+    path = save_model(source, tmp_path / "model.pt", {"name": "baseline"})
+    torch.manual_seed(1)
+    target = build("tdnn", 8, 5, {"hidden": 16, "layers": 2})
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    load_initial_weights(target, path)
+    after, expected = target.state_dict(), source.state_dict()
+    assert all(torch.equal(after[k], expected[k]) for k in expected)  # CMVN statistics included
+    assert any(not torch.equal(before[k], expected[k]) for k in expected)  # and they were not equal before
+    wider = build("tdnn", 8, 5, {"hidden": 32, "layers": 2})
+    with pytest.raises(ValueError, match=r"init_from=.*model.pt: that model was built as .*'hidden': 16"):
+        load_initial_weights(wider, path)
+    with pytest.raises(FileNotFoundError, match="init_from=.*missing.pt: no such model file"):
+        load_initial_weights(target, tmp_path / "missing.pt")

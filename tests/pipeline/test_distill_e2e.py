@@ -221,6 +221,32 @@ def test_a_members_own_learning_rate_retrains_only_that_member(exp, tmp_path):
     assert key[exp] != key[copy]  # members without an lr (lstm, tf) kept the keys they had before the field existed
 
 
+def test_students_can_start_from_the_guides_weights(exp, tmp_path, monkeypatch):
+    import shutil
+
+    import ekd_compress.train.job as job_module
+    from ekd_compress.pipeline.distill import run_distill
+    from ekd_compress.recipe import load_recipe
+
+    copy = tmp_path / "init_guide"
+    shutil.copytree(exp, copy)
+    started: list[tuple[dict, Path]] = []
+    real = job_module.load_initial_weights
+
+    def recording(model, path):
+        real(model, path)
+        started.append((model.build_info["params"], Path(path)))
+
+    monkeypatch.setattr(job_module, "load_initial_weights", recording)
+    recipe = load_recipe(copy / "recipe.yaml", ["distill.student_init=guide"])
+    run_distill(recipe, copy, log=lambda line: None, tracking=False)
+    stages = json.loads((copy / "stages" / "last_run.json").read_text())
+    assert set(ESSENCE_STUDENTS) <= set(stages["ran"])  # the students' keys changed
+    assert {"baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])
+    guide = copy / "models" / json.loads((copy / "results.json").read_text())["guide"] / "model.pt"
+    assert started == [({"hidden": 16, "layers": 1}, guide)] * len(ESSENCE_STUDENTS)  # each from the guide
+
+
 def test_lr_find_on_an_experiment(exp, tmp_path):
     import shutil
 
