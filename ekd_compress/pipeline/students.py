@@ -142,10 +142,10 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
         ctx.essence = EssenceResult.from_json(runner.run(
             "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
             work_dir=ess_dir, all_ranks=True))
-    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
-    # distill.student_init=guide: the students of the student's size start from the guide's weights
+    # distill.student_init=guide: the students of the student's size start from the guide's weights (and depend on it)
     init_file = ctx.model_path(ctx.guide) if d.student_init == "guide" else None
     init_extras: list[Any] = [["init", ctx.keys["guide"]]] if init_file else []
+    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment, *teaching_key_extras(d), *init_extras)
     if init_file and d.student_sizes:
