@@ -185,13 +185,14 @@ def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
     cfg = job.train
     torch.manual_seed(seed)
     model = build(job.arch, data.spec.num_mel_bins, len(data.tokens), job.params)
-    with np.load(data.cmvn) as stats:
-        model.set_normalization(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
-    if cfg.output_prior_bias:
-        prior = label_prior(data.train_cuts, data.tokens, data.spec.frame_shift_ms, model.subsampling)
-        model.set_output_prior(torch.from_numpy(prior))
-    if job.init_from is not None:
+    if job.init_from is not None:  # its weights replace the whole start, CMVN statistics and output bias included
         load_initial_weights(model, job.init_from)
+    else:
+        with np.load(data.cmvn) as stats:
+            model.set_normalization(torch.from_numpy(stats["mean"]), torch.from_numpy(stats["std"]))
+        if cfg.output_prior_bias:
+            prior = label_prior(data.train_cuts, data.tokens, data.spec.frame_shift_ms, model.subsampling)
+            model.set_output_prior(torch.from_numpy(prior))
     alignments = load_alignments(job.align_path, data.loaded) if "guide_ce" in job.losses else None
     essence = None
     if job.essence is not None and job.essence.cache_dir is not None:
