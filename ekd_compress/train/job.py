@@ -217,17 +217,17 @@ def prepare_training(job: TrainJob, data: TrainData, seed: int) -> Training:
 def load_initial_weights(model: "torch.nn.Module", path: Path) -> None:
     """Overwrite `model`'s weights (CMVN statistics included) with those of the model file `path`,
     which must have been built with the same architecture, sizes and vocabulary."""
-    import torch
+    from ekd_compress.train.fit import load_model
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"init_from={path}: no such model file; train that model first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    ours, theirs = model.build_info, blob["build"]
+    source, _ = load_model(path)
+    ours, theirs = model.build_info, source.build_info
     if ours != theirs:
         raise ValueError(f"init_from={path}: that model was built as {theirs}, this one as {ours}; a model can only "
                          "start from the weights of one with the same architecture, parameters and vocabulary")
-    model.load_state_dict(blob["state_dict"])
+    model.load_state_dict(source.state_dict())
 
 
 def _fit_once(job: TrainJob, data: TrainData, seed: int, watchdog: str, tracker: Any, log: Log) -> dict[str, Any]:
