@@ -199,7 +199,8 @@ class TrainConfig:
 class StudentSize:
     """One student of the size sweep: the baseline architecture with `params` merged over
     `baseline.params`, trained like the chosen student (its k; the first distill.sweep_seeds of
-    distill.seeds)."""
+    distill.seeds). With distill.student_init=guide the size also trains that many CTC-only seeds
+    (`sweep_<name>_ctc`, `sweep_<name>_ctc_s<seed>`), and its students start from the best on dev."""
     name: str = "s64"              # the model is registered as `sweep_<name>`
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -457,6 +458,9 @@ def validate_recipe(r: Recipe) -> None:
     for n in sizes:
         if not n or not n.replace("_", "").isalnum():
             raise RecipeError(f"distill.student_sizes name {n!r}: use letters, digits and '_' (e.g. s64)")
+        if n.endswith("_ctc"):
+            raise RecipeError(f"distill.student_sizes name {n!r} ends like a size's CTC-only start (sweep_<name>_ctc); "
+                              f"rename it, e.g. {n[:-4]}")
         if re.search(r"_s\d+$", n):
             raise RecipeError(f"distill.student_sizes name {n!r} ends like a seed's model (sweep_<name>_s<seed>); "
                               f"rename it, e.g. {n.rsplit('_s', 1)[0]}w{n.rsplit('_s', 1)[1]}")

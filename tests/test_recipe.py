@@ -119,6 +119,8 @@ def test_cross_field_checks(tmp_path):
         load_recipe(p, [sizes, "distill.sweep_seeds=0"])
     with pytest.raises(RecipeError, match=r"'s8_s1' ends like a seed's model .* e.g. s8w1"):  # sweep_s8's seed 1
         load_recipe(p, ["distill.student_sizes=[{name: s8}, {name: s8_s1}]"])
+    with pytest.raises(RecipeError, match=r"'s8_ctc' ends like a size's CTC-only start .* e.g. s8"):  # sweep_s8's
+        load_recipe(p, ["distill.student_sizes=[{name: s8}, {name: s8_ctc}]"])
 
 
 def test_a_setting_for_a_null_member_or_student_section_starts_from_train():

@@ -95,7 +95,8 @@ def onnx_streaming_rtf(model, feats_list: Sequence[np.ndarray], seconds: float, 
 
 def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: dict[str, Any], split: str,
                         dev_feats: Sequence[np.ndarray], rtf_seconds: float, frame_shift_ms: float = 10.0,
-                        log=print, groups: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
+                        log=print, groups: Optional[dict[str, list[str]]] = None,
+                        ctc: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
     """The `compression` section of results.json (see the module docstring).
 
     Args:
@@ -104,6 +105,7 @@ def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: di
         split: the scored set the front and `smallest_matching` are read on (the verdict's).
         dev_feats: features (T, F) of dev utterances to time the RTF on.
         groups: {group: [model names]} of students that differ only by seed (plan.seed_groups).
+        ctc: {group: [model names]} of the CTC-only models of each group's size (plan.ctc_groups).
     """
     from ekd_compress.models import count_parameters
     from ekd_compress.models.flops import count_chunk_flops
@@ -126,7 +128,7 @@ def measure_compression(models: dict[str, tuple[dict[str, Any], Any]], tests: di
     front_rtf = [rows[i]["name"] for i in pareto_front([(r["rtf_onnx"], r["wer"].get(split)) for r in rows])]
     return {"split": split, "rtf_seconds": rtf_seconds, "threads": 1, "rows": rows,
             "pareto_flops": front_flops, "pareto_rtf": front_rtf,
-            "students": student_groups(rows, split, groups),
+            "students": student_groups(rows, split, groups, ctc),
             "smallest_matching": smallest_matching(rows, split, groups)}
 
 
@@ -135,17 +137,21 @@ def is_ensemble_student(row: dict[str, Any]) -> bool:
     return row["kind"] in ("student", "kd") and row["name"] not in NOT_FROM_ENSEMBLE
 
 
-def student_groups(rows: Sequence[dict[str, Any]], split: str,
-                   groups: Optional[dict[str, list[str]]] = None) -> list[dict[str, Any]]:
+def student_groups(rows: Sequence[dict[str, Any]], split: str, groups: Optional[dict[str, list[str]]] = None,
+                   ctc: Optional[dict[str, list[str]]] = None) -> list[dict[str, Any]]:
     """The students taught by the ensemble with a `split` WER, one entry per group of seeds.
 
     Args:
         groups: {group: [model names]} of models that differ only by seed; a student in no
             group is a group of its own (named after it, its `alias` kept).
+        ctc: {group: [model names]}: the CTC-only models of the group's size (what the teaching
+            is measured against at that size); a group without any scored has "ctc_wer" None.
     Returns:
         [{"name", "models", "wers" (per seed, %), "wer" (their mean), "flops_per_audio_second",
-        "params" (of the group's first model), "rtf_onnx" (mean)}], groups first, in order.
+        "params" (of the group's first model), "rtf_onnx" (mean), "ctc_models", "ctc_wers",
+        "ctc_wer" (their mean or None)}], groups first, in order.
     """
+    by_name = {r["name"]: r for r in rows}
     scored = {r["name"]: r for r in rows if is_ensemble_student(r) and r["wer"].get(split) is not None}
     named = [(g, [scored[n] for n in names if n in scored]) for g, names in (groups or {}).items()]
     named = [(g, members) for g, members in named if members]
@@ -154,7 +160,11 @@ def student_groups(rows: Sequence[dict[str, Any]], split: str,
     out = []
     for g, members in named:
         wers = [float(r["wer"][split]) for r in members]
-        out.append({"name": g, "models": [r["name"] for r in members], "alias": members[0].get("alias")
+        ctc_rows = [by_name[n] for n in (ctc or {}).get(g, []) if n in by_name and by_name[n]["wer"].get(split) is not None]
+        ctc_wers = [float(r["wer"][split]) for r in ctc_rows]
+        out.append({"ctc_models": [r["name"] for r in ctc_rows], "ctc_wers": ctc_wers,
+                    "ctc_wer": float(np.mean(ctc_wers)) if ctc_wers else None,
+                    "name": g, "models": [r["name"] for r in members], "alias": members[0].get("alias")
                     if len(members) == 1 else None, "wers": wers, "wer": float(np.mean(wers)),
                     "flops_per_audio_second": members[0]["flops_per_audio_second"], "params": members[0]["params"],
                     "rtf_onnx": float(np.mean([r["rtf_onnx"] for r in members]))})
@@ -202,9 +212,11 @@ def compression_markdown(comp: dict[str, Any]) -> str:
     if groups:  # each size by its seed mean: what the smallest student above was judged by
         out += ["", "Students taught by the ensemble, seeds of one size together (distill.sweep_seeds; a size with "
                 "one seed is judged on it alone):", "",
-                f"| student | seeds | MFLOP/s audio | {split} WER % (mean) | per seed |", "|" + " --- |" * 5]
+                f"| student | seeds | MFLOP/s audio | {split} WER % (mean) | per seed | CTC only, same size (mean) |",
+                "|" + " --- |" * 6]
         out += [f"| {g['name']} | {len(g['wers'])} | {g['flops_per_audio_second'] / 1e6:.2f} | {g['wer']:.2f} | "
-                + " / ".join(f"{w:.2f}" for w in g["wers"]) + " |"
+                + " / ".join(f"{w:.2f}" for w in g["wers"]) + " | "
+                + ("-" if g.get("ctc_wer") is None else f"{g['ctc_wer']:.2f} ({', '.join(g['ctc_models'])})") + " |"
                 for g in sorted(groups, key=lambda g: (g["flops_per_audio_second"], g["wer"]))]
     out += ["", f"RTF: ONNX model compute (CPU time) on 1 thread, batch 1, streamed over {comp['rtf_seconds']:g} s "
             "of dev audio (no features, no decoding). Pareto front (FLOPs / RTF): F / R.", ""]

@@ -80,13 +80,11 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *extra_data_key(r))
 
         train_cfg = r.train
-        base_key = config_hash(ctx.keys["trainset"], r.baseline.arch, r.baseline.params, train_key(train_cfg),
-                               r.features.specaugment)
         base_stages = []
         for i, seed in enumerate(r.distill.seeds):
             name = baseline_name(i, seed)
             job = baseline_job(r, name, seed, exp_dir / "models" / name)
-            ctx.keys[name] = config_hash(base_key, seed)
+            ctx.keys[name] = baseline_key(ctx, r.baseline.params, seed)
             base_stages.append(TrainingStage(name, ctx.keys[name], lambda j=job: j, job.out_dir))
         base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
         # the guide (whose spikes the members follow, and the control student's teacher): the best
@@ -148,9 +146,19 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             ctx.tracker.end(status)
 
 
-def baseline_job(r: Recipe, name: str, seed: int, out_dir: Path) -> TrainJob:
-    """A baseline seed: the student architecture on CTC alone (train settings)."""
-    return TrainJob(name, "baseline", r.baseline.arch, r.baseline.params, seed, r.train, out_dir, losses={"ctc": 1.0})
+def baseline_job(r: Recipe, name: str, seed: int, out_dir: Path, params: Optional[dict] = None) -> TrainJob:
+    """A baseline seed: the student architecture on CTC alone (train settings); `params` (default
+    baseline.params) for the CTC-only start of a size of the sweep."""
+    return TrainJob(name, "baseline", r.baseline.arch, r.baseline.params if params is None else params, seed, r.train,
+                    out_dir, losses={"ctc": 1.0})
+
+
+def baseline_key(ctx: Context, params: dict, seed: int) -> str:
+    """The stage key of a CTC-only model of the student architecture with `params`: the training data,
+    the architecture, the train settings, SpecAugment and the seed (the teacher is not part of it)."""
+    r = ctx.recipe
+    return config_hash(config_hash(ctx.keys["trainset"], r.baseline.arch, params, train_key(r.train),
+                                   r.features.specaugment), seed)
 
 
 def member_job(r: Recipe, m: ModelConfig, name: str, out_dir: Path, align_path: Path) -> TrainJob:

@@ -50,12 +50,34 @@ def sweep_names(d: DistillConfig, size_name: str) -> list[str]:
     return [sweep_name(size_name, i, s) for i, s in enumerate(d.seeds[:d.sweep_seeds])]
 
 
+def sweep_baseline_name(size_name: str, seed_index: int = 0, seed: int = 0) -> str:
+    """The CTC-only model of size `size_name` that the sweep's students of that size start from
+    (distill.student_init=guide): "sweep_<size>_ctc", "sweep_<size>_ctc_s<seed>" for the other seeds."""
+    return f"sweep_{size_name}_ctc" if seed_index == 0 else f"sweep_{size_name}_ctc_s{seed}"
+
+
+def sweep_baseline_names(d: DistillConfig, size_name: str) -> list[str]:
+    """The CTC-only models of one size of the sweep (none unless distill.student_init=guide): one per
+    seed of the size's students, the best on dev is their start, as the guide is the chosen student's."""
+    if d.student_init != "guide":
+        return []
+    return [sweep_baseline_name(size_name, i, s) for i, s in enumerate(d.seeds[:d.sweep_seeds])]
+
+
 def seed_groups(d: DistillConfig, chosen_model: str) -> dict[str, list[str]]:
     """The models that differ only by seed, by group: "student" (the chosen k's model `chosen_model`
     and the student seeds) and each size of the sweep. The compression curve judges a size by the
     mean WER of its group."""
     groups = {CHOSEN: [chosen_model] + [seed_student_name(s) for s in d.seeds[1:]]}
     groups.update({sweep_name(s.name): sweep_names(d, s.name) for s in d.student_sizes})
+    return groups
+
+
+def ctc_groups(d: DistillConfig) -> dict[str, list[str]]:
+    """The CTC-only models of each group of `seed_groups`' size: the baseline seeds for the chosen
+    student, each size's CTC-only starts (`sweep_baseline_names`) for the sweep."""
+    groups = {CHOSEN: [baseline_name(i, s) for i, s in enumerate(d.seeds)]}
+    groups.update({sweep_name(s.name): sweep_baseline_names(d, s.name) for s in d.student_sizes})
     return groups
 
 
@@ -85,7 +107,9 @@ def plan(r: Recipe) -> list[Step]:
     steps += [Step(student_name(k), student_name(k)) for k in d.ks]
     if d.control:
         steps.append(Step(CONTROL, CONTROL))
+    # the second: the student seeds, and each size's CTC-only starts (student_init=guide); the third: the size sweep
     steps += [Step(seed_student_name(s), seed_student_name(s)) for s in d.seeds[1:]]
+    steps += [Step(name, name) for s in d.student_sizes for name in sweep_baseline_names(d, s.name)]
     steps += [Step(name, name) for s in d.student_sizes for name in sweep_names(d, s.name)]
     return steps + [Step("evaluate")]
 

@@ -52,7 +52,7 @@ class StageRunner:
 
     @staticmethod
     def is_training(name: str) -> bool:
-        return name.startswith(("baseline", "member_", "essence_k", "kd_", "student", "control_"))
+        return name.startswith(("baseline", "member_", "essence_k", "kd_", "student", "control_", "sweep_"))
 
     def progress(self, name: str) -> str:
         """'stage n/N  elapsed m:ss  eta ~m:ss' for stage `name` (added to the plan if missing)."""

@@ -14,7 +14,8 @@ from ekd_compress.experiment import load_any, load_registered, model_file_hash, 
 from ekd_compress.pipeline.context import Context, EnsembleResult, EssenceResult
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
-    CHOSEN, CONTROL, seed_groups, seed_student_name, student_kind, student_name, sweep_name, train_key,
+    CHOSEN, CONTROL, ctc_groups, seed_groups, seed_student_name, student_kind, student_name, sweep_baseline_names,
+    sweep_name, train_key,
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
@@ -126,7 +127,8 @@ def stage_essence(ctx: Context, teacher_file: Path, ks: list[Any], out_root: Pat
 
 # ---------------------------------------------------------------------------- students
 def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
-    """Essence caches, a student per k, the control student, and more seeds of the chosen one."""
+    """Essence caches, a student per k, the control student, more seeds of the chosen one, and the
+    size sweep (with student_init=guide each size first trains CTC-only seeds to start from)."""
     r = ctx.recipe
     d = r.distill
     cfg = r.student_train or r.train
@@ -148,17 +150,13 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
     student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
                               r.features.specaugment, *teaching_key_extras(d), *init_extras)
-    if init_file and d.student_sizes:
-        ctx.log("distill.student_init=guide: the size sweep's students have other sizes than the guide and start "
-                "from scratch")
 
     def student_stage(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
-                      t_file: Path, size: Optional[dict] = None) -> TrainingStage:
+                      t_file: Path, size: Optional[dict] = None, start: Optional[Path] = init_file) -> TrainingStage:
         def make_job() -> TrainJob:
             return TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
                             losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
-                            essence=essence_targets(ctx, k, t_file, cache),
-                            init_from=None if size is not None else init_file)
+                            essence=essence_targets(ctx, k, t_file, cache), init_from=start)
 
         ctx.keys[name] = key
         return TrainingStage(name, key, make_job, ctx.exp_dir / "models" / name)
@@ -189,19 +187,51 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     on_main(lambda: record_model(ctx.exp_dir, CHOSEN, "student", Path(res.model), seed=seed,
                                  same_as=name, k=str(chosen)), "registering the student")
     ctx.chosen_k = str(chosen)
-    # the second round: more seeds of the chosen student, and the size sweep (its k; distill.sweep_seeds seeds)
+    # the second round: more seeds of the chosen student, and with student_init=guide each size's CTC-only starts
     second = [student_stage(seed_student_name(seed), "student", chosen, seed,
                             config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
               for seed in seeds[1:]]
-    for size in d.student_sizes:
-        size_params = {**params, **size.params}
+    sizes = {size.name: {**params, **size.params} for size in d.student_sizes}
+    second += [sweep_baseline_stage(ctx, name, seed, sizes[size])
+               for size in sizes for name, seed in zip(sweep_baseline_names(d, size), seeds)]
+    # the size sweep (the chosen k; distill.sweep_seeds seeds): in a third round when each size starts from its best
+    # CTC-only seed, else with the second
+    done: dict[str, Any] = {}
+    if any(sweep_baseline_names(d, size) for size in sizes):
+        done, second = train_stages(ctx, runner, second, cfg), []
+    for size, size_params in sizes.items():
+        start, start_extras = sweep_start(ctx, size, done)
         size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
-                               r.features.specaugment, *teaching_key_extras(d))
+                               r.features.specaugment, *teaching_key_extras(d), *start_extras)
         for i, seed in enumerate(seeds[:d.sweep_seeds]):
-            second.append(student_stage(sweep_name(size.name, i, seed), "student", chosen, seed,
+            second.append(student_stage(sweep_name(size, i, seed), "student", chosen, seed,
                                         config_hash(size_key, teacher_key, chosen, seed), ctx.essence, teacher_file,
-                                        size=size_params))
+                                        size=size_params, start=start))
     train_stages(ctx, runner, second, cfg)
+
+
+def sweep_baseline_stage(ctx: Context, name: str, seed: int, params: dict) -> TrainingStage:
+    """The CTC-only model `name` of a size of the sweep (`params`): trained like the baselines."""
+    from ekd_compress.pipeline.distill import baseline_job, baseline_key
+
+    out_dir = ctx.exp_dir / "models" / name
+    ctx.keys[name] = baseline_key(ctx, params, seed)
+    return TrainingStage(name, ctx.keys[name], lambda: baseline_job(ctx.recipe, name, seed, out_dir, params), out_dir)
+
+
+def sweep_start(ctx: Context, size: str, done: dict[str, Any]) -> tuple[Optional[Path], list[Any]]:
+    """Where the students of sweep size `size` start, and what their key adds for it: with
+    distill.student_init=guide, the size's CTC-only seed with the best dev score (`done`: the
+    trained stages by name; distill.guide=first: its first seed), as the chosen student starts from
+    the guide; with scratch, (None, []) and the keys of earlier experiments."""
+    d = ctx.recipe.distill
+    names = sweep_baseline_names(d, size)
+    if not names:
+        return None, []
+    best = min(names, key=lambda n: done[n].best_dev) if d.guide == "best" else names[0]
+    ctx.log(f"sweep {size}: its students start from {best} (dev " +
+            ", ".join(f"{n} {done[n].best_dev:.2f}" for n in names) + ")")
+    return ctx.model_path(best), [["init", ctx.keys[best]]]
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -259,7 +289,7 @@ def _compression(ctx: Context, models: dict, tests: dict[str, Any]) -> dict[str,
     chosen = models[CHOSEN][0].get("same_as", CHOSEN)  # the chosen k's model, e.g. kd_all
     return measure_compression(models, tests, verdict_split(tests), feats, seconds,
                                frame_shift_ms=float(ctx.spec.frame_shift_ms), log=ctx.log,
-                               groups=seed_groups(ctx.recipe.distill, chosen))
+                               groups=seed_groups(ctx.recipe.distill, chosen), ctc=ctc_groups(ctx.recipe.distill))
 
 
 def _train_seconds(ctx: Context, registry: list[dict]) -> dict[str, float]:

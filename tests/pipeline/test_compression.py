@@ -56,10 +56,18 @@ def test_a_size_is_judged_by_its_seed_mean():
     assert set(by_name) == {"student", "sweep_s32", "sweep_s64"}  # the control student is not taught by the ensemble
     assert by_name["sweep_s64"]["wers"] == [2.0, 2.4]
     assert by_name["sweep_s32"]["models"] == ["sweep_s32", "sweep_s32_s1"]
+    # next to each size, the CTC-only models of that size (those scored; none: "-")
+    rows += [row("sweep_s64_ctc", "baseline", 8e6, 3.0), row("sweep_s64_ctc_s1", "baseline", 8e6, 2.6)]
+    ctc = {"student": ["baseline", "baseline_s1"], "sweep_s64": ["sweep_s64_ctc", "sweep_s64_ctc_s1"], "sweep_s32": []}
+    by_name = {g["name"]: g for g in student_groups(rows, "test", groups, ctc)}
+    assert by_name["sweep_s64"]["ctc_wers"] == [3.0, 2.6] and by_name["sweep_s64"]["ctc_wer"] == pytest.approx(2.8)
+    assert by_name["student"]["ctc_models"] == ["baseline"] and by_name["student"]["ctc_wer"] == 1.8
+    assert by_name["sweep_s32"]["ctc_wer"] is None and by_name["sweep_s64"]["wers"] == [2.0, 2.4]  # not the CTC rows
     md = compression_markdown({"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": [], "pareto_rtf": [],
                                "students": list(by_name.values()), "smallest_matching": sm})
     assert "**student** (mean 1.65 % over 2 seeds: 1.50 / 1.80;" in md
-    assert "| sweep_s64 | 2 | 8.00 | 2.20 | 2.00 / 2.40 |" in md
+    assert "| sweep_s64 | 2 | 8.00 | 2.20 | 2.00 / 2.40 | 2.80 (sweep_s64_ctc, sweep_s64_ctc_s1) |" in md
+    assert "| sweep_s32 | 2 | 2.00 | 2.15 | 2.80 / 1.50 | - |" in md
 
 
 def test_plot_with_seed_means(tmp_path):

@@ -238,13 +238,32 @@ def test_students_can_start_from_the_guides_weights(exp, tmp_path, monkeypatch):
         started.append((model.build_info["params"], Path(path)))
 
     monkeypatch.setattr(job_module, "load_initial_weights", recording)
-    recipe = load_recipe(copy / "recipe.yaml", ["distill.student_init=guide"])
+    sweep = ["distill.student_sizes=[{name: s8, params: {hidden: 8}}]", "distill.sweep_seeds=2",
+             "distill.compression_rtf_seconds=1"]
+    recipe = load_recipe(copy / "recipe.yaml", ["distill.student_init=guide", *sweep])
     run_distill(recipe, copy, log=lambda line: None, tracking=False)
     stages = json.loads((copy / "stages" / "last_run.json").read_text())
-    assert set(ESSENCE_STUDENTS) <= set(stages["ran"])  # the students' keys changed
+    # the students' keys changed; the size of the sweep trains two CTC-only seeds, then its students
+    assert set(stages["ran"]) == {*ESSENCE_STUDENTS, "sweep_s8_ctc", "sweep_s8_ctc_s1", "sweep_s8", "sweep_s8_s1",
+                                  "evaluate"}
     assert {"baseline", "baseline_s1", "member_lstm", "ensemble", "essence"} <= set(stages["skipped"])
-    guide = copy / "models" / json.loads((copy / "results.json").read_text())["guide"] / "model.pt"
-    assert started == [({"hidden": 16, "layers": 1}, guide)] * len(ESSENCE_STUDENTS)  # each from the guide
+    results = json.loads((copy / "results.json").read_text())
+    guide = copy / "models" / results["guide"] / "model.pt"
+    ctc_dev = {n: json.loads((copy / "stages" / f"{n}.json").read_text())["result"]["best_dev"]
+               for n in ("sweep_s8_ctc", "sweep_s8_ctc_s1")}
+    start = copy / "models" / min(ctc_dev, key=ctc_dev.get) / "model.pt"
+    # each student of the student's size from the guide; the sweep's from the best CTC-only model of their size on dev
+    assert started == [({"hidden": 16, "layers": 1}, guide)] * len(ESSENCE_STUDENTS) + [({"hidden": 8, "layers": 1},
+                                                                                        start)] * 2
+    rows = {r["name"]: r for r in results["tests"]["test"]["models"]}
+    assert rows["sweep_s8_ctc"]["kind"] == "baseline" and rows["sweep_s8_ctc"]["params"] == rows["sweep_s8"]["params"]
+    # ... which are points of the curve, but neither baseline seeds of the verdict nor students of a size
+    claim = next(c for c in results["verdict"]["test"] if c["claim"] == "student vs baseline (seed mean)")
+    assert claim["vs"] == pytest.approx((rows["baseline"]["wer"] + rows["baseline_s1"]["wer"]) / 2)
+    assert {g["name"] for g in results["compression"]["students"]} >= {"sweep_s8"}
+    assert not any("_ctc" in n for g in results["compression"]["students"] for n in g["models"])
+    started.clear()
+    assert run(copy, *EXP_SETTINGS, "distill.student_init=guide", *sweep)["ran"] == [] and started == []  # resumable
 
 
 def test_lr_find_on_an_experiment(exp, tmp_path):

@@ -69,6 +69,12 @@ def test_the_plan_names_every_stage_and_model_once():
                                   "distill.sweep_seeds=2"])
     assert planned_stages(seeded)[-5:] == ["sweep_s8", "sweep_s8_s3", "sweep_w2", "sweep_w2_s3", "evaluate"]
     assert {"sweep_s8", "sweep_s8_s3", "sweep_w2_s3"} <= set(expected_models(seeded))
+    # students that start from a model of their size: each size's CTC-only seeds train first
+    warm = load_recipe("demo", ["distill.seeds=[0,3]", "distill.student_sizes=[{name: s8}, {name: w2}]",
+                                "distill.sweep_seeds=2", "distill.student_init=guide"])
+    assert planned_stages(warm)[-9:] == ["sweep_s8_ctc", "sweep_s8_ctc_s3", "sweep_w2_ctc", "sweep_w2_ctc_s3",
+                                         "sweep_s8", "sweep_s8_s3", "sweep_w2", "sweep_w2_s3", "evaluate"]
+    assert {"sweep_s8_ctc", "sweep_w2_ctc_s3"} <= set(expected_models(warm))
     fly = load_recipe("demo", ["distill.cache=fly"])
     assert "essence" not in planned_stages(fly) and "essence_control" not in planned_stages(fly)
 
