@@ -2,7 +2,7 @@
 import pytest
 
 from ekd_compress.pipeline.compression import (compression_markdown, merged_labels, pareto_front, plot_compression,
-                                               smallest_matching, student_groups)
+                                               seed_means, smallest_matching, student_groups)
 
 
 def test_pareto_front_on_constructed_points():
@@ -77,6 +77,22 @@ def test_plot_with_seed_means(tmp_path):
             "students": student_groups(rows, "test", groups),
             "smallest_matching": smallest_matching(rows, "test", groups)}
     assert comp["smallest_matching"]["name"] == "kd_all"  # s64's mean (2.2) is above the ensemble's 2.0
+    assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_the_plot_draws_each_sizes_seed_means_students_and_ctc(tmp_path):
+    rows = ROWS + [row("sweep_s64_s1", "student", 8e6, 2.4), row("sweep_s32_s1", "student", 2e6, 3.5),
+                   row("sweep_s64_ctc", "baseline", 8e6, 3.0, rtf=0.01), row("sweep_s64_ctc_s1", "baseline", 8e6, 2.6,
+                                                                               rtf=0.03)]
+    groups = {"sweep_s64": ["sweep_s64", "sweep_s64_s1"], "sweep_s32": ["sweep_s32", "sweep_s32_s1"]}
+    ctc = {"sweep_s64": ["sweep_s64_ctc", "sweep_s64_ctc_s1"], "sweep_s32": ["sweep_s32_ctc"]}  # one CTC seed: no mean
+    comp = {"split": "test", "rtf_seconds": 5.0, "rows": rows, "pareto_flops": [], "pareto_rtf": [],
+            "students": student_groups(rows, "test", groups, ctc), "smallest_matching": None}
+    means = seed_means(comp, rows, "flops_per_audio_second")
+    assert [(m[0], round(m[1], 6), m[2], m[3]) for m in means] == [
+        (8e6, 2.2, [2.0, 2.4], "sweep_s64"), (2e6, 3.0, [2.5, 3.5], "sweep_s32"), (8e6, 2.8, [3.0, 2.6], "sweep_s64 CTC")]
+    assert [m[5] for m in means] == ["student seed mean (min-max)", None, "CTC-only seed mean, same size (min-max)"]
+    assert seed_means(comp, rows, "rtf_onnx")[-1][0] == pytest.approx(0.02)  # the CTC models' own mean cost
     assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
 
 
