@@ -18,6 +18,7 @@ TINY = [
     "data.synthetic.hours=0.008", "data.synthetic.dev_hours=0.002", "data.synthetic.test_hours=0.002",
     "train.epochs=1", "train.max_duration=30", "distill.seeds=[0,1]", "distill.ks=[1,all]",
     "distill.refuse_below_threshold=false",  # one epoch cannot align members; the check is tested elsewhere
+    "distill.student_init=scratch",  # demo.yaml starts its students from the guide; a test below switches that on
     "baseline.params={hidden: 16, layers: 1}",
     "members=[{name: lstm, arch: lstm, params: {hidden: 16, layers: 1}}, {name: tdnn, arch: tdnn, params: {hidden: 16, layers: 2}}, {name: tf, arch: transformer, params: {hidden: 16, layers: 1, heads: 2}}]",
 ]

@@ -62,11 +62,12 @@ def test_the_plan_names_every_stage_and_model_once():
     from ekd_compress.pipeline.plan import expected_models, planned_stages
     from ekd_compress.recipe import load_recipe
 
-    r = load_recipe("demo", ["distill.seeds=[0,3]", "distill.ks=[2,all]", "distill.student_sizes=[{name: s8, params: {hidden: 8}}]"])
+    r = load_recipe("demo", ["distill.seeds=[0,3]", "distill.ks=[2,all]", "distill.student_sizes=[{name: s8, params: {hidden: 8}}]",
+                             "distill.student_init=scratch"])  # demo.yaml's guide start: below
     assert planned_stages(r)[-4:] == ["control_baseline_teacher", "student_s3", "sweep_s8", "evaluate"]
     assert {"baseline_s3", "essence_k2", "kd_all", "student", "student_s3", "sweep_s8"} <= set(expected_models(r))
     seeded = load_recipe("demo", ["distill.seeds=[0,3]", "distill.student_sizes=[{name: s8}, {name: w2}]",
-                                  "distill.sweep_seeds=2"])
+                                  "distill.sweep_seeds=2", "distill.student_init=scratch"])
     assert planned_stages(seeded)[-5:] == ["sweep_s8", "sweep_s8_s3", "sweep_w2", "sweep_w2_s3", "evaluate"]
     assert {"sweep_s8", "sweep_s8_s3", "sweep_w2_s3"} <= set(expected_models(seeded))
     # students that start from a model of their size: each size's CTC-only seeds train first
