@@ -460,7 +460,7 @@ def validate_recipe(r: Recipe) -> None:
             raise RecipeError(f"distill.student_sizes name {n!r}: use letters, digits and '_' (e.g. s64)")
         if n.endswith("_ctc"):
             raise RecipeError(f"distill.student_sizes name {n!r} ends like a size's CTC-only start (sweep_<name>_ctc); "
-                              f"rename it, e.g. {n[:-4]}")
+                              "rename it so that it does not end in _ctc")
         if re.search(r"_s\d+$", n):
             raise RecipeError(f"distill.student_sizes name {n!r} ends like a seed's model (sweep_<name>_s<seed>); "
                               f"rename it, e.g. {n.rsplit('_s', 1)[0]}w{n.rsplit('_s', 1)[1]}")

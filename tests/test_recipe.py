@@ -119,7 +119,7 @@ def test_cross_field_checks(tmp_path):
         load_recipe(p, [sizes, "distill.sweep_seeds=0"])
     with pytest.raises(RecipeError, match=r"'s8_s1' ends like a seed's model .* e.g. s8w1"):  # sweep_s8's seed 1
         load_recipe(p, ["distill.student_sizes=[{name: s8}, {name: s8_s1}]"])
-    with pytest.raises(RecipeError, match=r"'s8_ctc' ends like a size's CTC-only start .* e.g. s8"):  # sweep_s8's
+    with pytest.raises(RecipeError, match=r"'s8_ctc' ends like a size's CTC-only start .* does not end in _ctc"):  # sweep_s8's
         load_recipe(p, ["distill.student_sizes=[{name: s8}, {name: s8_ctc}]"])
 
 

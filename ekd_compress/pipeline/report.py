@@ -34,6 +34,12 @@ LEGEND = {
     "student": "the chosen student (the essence k with the best dev WER, or the recipe's student_k); the same model "
                "as the row it names; `student_sN` are more seeds of it.",
 }
+SWEEP_LEGEND = {  # rows of a recipe with a size sweep (distill.student_sizes)
+    "sweep_NAME": "a student of another size (the recipe's distill.student_sizes), taught like the chosen student; "
+                  "`sweep_NAME_sN` are more seeds of it (the compression section below).",
+    "sweep_NAME_ctc": "with distill.student_init=guide: a CTC-only model of that size, trained like the baselines; "
+                      "`sweep_NAME_ctc_sN` are more seeds; the size's students start from the best of them on dev.",
+}
 DIVERGED_RATIO = 1.5  # a seed whose WER is above this times the best seed's is flagged
 
 
@@ -43,8 +49,10 @@ def student_source(results: dict[str, Any]) -> str | None:
     return None if k is None else ("kd_all" if str(k) == "all" else f"essence_k{k}")
 
 
-def legend_markdown() -> str:
-    return "What the rows are:\n\n" + "\n".join(f"- `{n}`: {t}" for n, t in LEGEND.items()) + "\n\n"
+def legend_markdown(sweep: bool = False) -> str:
+    """What each kind of row is; with `sweep`, the size sweep's rows too."""
+    legend = {**LEGEND, **(SWEEP_LEGEND if sweep else {})}
+    return "What the rows are:\n\n" + "\n".join(f"- `{n}`: {t}" for n, t in legend.items()) + "\n\n"
 
 
 def flagged_seeds(rows: list[dict[str, Any]], prefix: str, metric: str = "wer") -> list[str]:
@@ -149,7 +157,8 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
         compression = "\n" + compression_markdown(results["compression"])
         plots.append(plot_compression(results["compression"], exp_dir / "plots" / "compression.png"))
     (exp_dir / "results.md").write_text(f"# {recipe.name}: results\n\n" + verdict_markdown(results) + guide
-                                        + legend_markdown() + "All models, every scored set:\n\n"
+                                        + legend_markdown(bool(results.get("compression")))
+                                        + "All models, every scored set:\n\n"
                                         + markdown_table(results, recipe.distill.temperature)
                                         + "\nPlots: " + ", ".join(f"plots/{Path(p).name}" for p in plots)
                                         + "\n" + compression)

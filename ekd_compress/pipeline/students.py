@@ -212,7 +212,7 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
 
 def sweep_baseline_stage(ctx: Context, name: str, seed: int, params: dict) -> TrainingStage:
     """The CTC-only model `name` of a size of the sweep (`params`): trained like the baselines."""
-    from ekd_compress.pipeline.distill import baseline_job, baseline_key
+    from ekd_compress.pipeline.distill import baseline_job, baseline_key  # here: distill imports this module
 
     out_dir = ctx.exp_dir / "models" / name
     ctx.keys[name] = baseline_key(ctx, params, seed)

@@ -128,7 +128,8 @@ def test_size_sweep_trains_only_its_students_and_draws_the_compression_curve(exp
     assert results["compression"]["split"] == "test" and results["compression"]["pareto_flops"]
     assert (copy / "plots" / "compression.png").stat().st_size > 10_000
     md = (copy / "results.md").read_text()
-    assert "## Compression" in md and "| sweep_s8 | 2 |" in md
+    assert "## Compression" in md and "| sweep_s8 | 2 |" in md and "- `sweep_NAME`: a student of another size" in md
+    assert "- `sweep_NAME`" not in (exp / "results.md").read_text()  # the legend names the sweep's rows only with one
     assert run(copy, *settings)["ran"] == []  # resumable
 
 
