@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
-    baseline_name, expected_models, extra_data_key, planned_stages, train_key, trainset_config,
+    baseline_name, expected_models, extra_data_key, pick_start, planned_stages, train_key, trainset_config,
 )
 from ekd_compress.recipe import SECOND_ROUND, ModelConfig, Recipe, config_hash, save_recipe
 from ekd_compress.train.job import TrainJob
@@ -89,7 +89,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
         # the guide (whose spikes the members follow, and the control student's teacher): the best
         # CTC-only model of the student architecture on dev, not seed 0 by fiat
-        guide = min(base_dev, key=base_dev.get) if r.distill.guide == "best" else "baseline"
+        guide = pick_start(base_dev, r.distill.guide)
         ctx.guide = guide
         ctx.keys["guide"] = ctx.keys[guide]
         log(f"guide: {guide} (dev {train_cfg.select_on} " + ", ".join(f"{n} {v:.2f}" for n, v in base_dev.items()) + ")")

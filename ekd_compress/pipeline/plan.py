@@ -73,6 +73,12 @@ def seed_groups(d: DistillConfig, chosen_model: str) -> dict[str, list[str]]:
     return groups
 
 
+def pick_start(dev: dict[str, float], guide: str) -> str:
+    """The CTC-only model that others follow or start from, of `dev` ({name: dev score}, in seed order):
+    the lowest score with distill.guide=best, else the first seed's."""
+    return min(dev, key=dev.get) if guide == "best" else next(iter(dev))
+
+
 def ctc_groups(d: DistillConfig) -> dict[str, list[str]]:
     """The CTC-only models of each group of `seed_groups`' size: the baseline seeds for the chosen
     student, each size's CTC-only starts (`sweep_baseline_names`) for the sweep."""

@@ -14,8 +14,8 @@ from ekd_compress.experiment import load_any, load_registered, model_file_hash, 
 from ekd_compress.pipeline.context import Context, EnsembleResult, EssenceResult
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
-    CHOSEN, CONTROL, ctc_groups, seed_groups, seed_student_name, student_kind, student_name, sweep_baseline_names,
-    sweep_name, train_key,
+    CHOSEN, CONTROL, ctc_groups, pick_start, seed_groups, seed_student_name, student_kind, student_name,
+    sweep_baseline_names, sweep_name, train_key,
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
@@ -147,9 +147,14 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
     # distill.student_init=guide: the students of the student's size start from the guide's weights (and depend on it)
     init_file = ctx.model_path(ctx.guide) if d.student_init == "guide" else None
     init_extras: list[Any] = [["init", ctx.keys["guide"]]] if init_file else []
-    # a student depends on its teacher, its own k and the loss/training settings, not on the other ks;
-    student_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, params,
-                              r.features.specaugment, *teaching_key_extras(d), *init_extras)
+
+    def teaching_key(model_params: dict, start: list[Any]) -> str:
+        """What a student of size `model_params` depends on besides its teacher, k and seed: the loss and training
+        settings and where it starts (`start`: [] from scratch); not on the other ks."""
+        return config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, model_params,
+                           r.features.specaugment, *teaching_key_extras(d), *start)
+
+    student_key = teaching_key(params, init_extras)
 
     def student_stage(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
                       t_file: Path, size: Optional[dict] = None, start: Optional[Path] = init_file) -> TrainingStage:
@@ -201,8 +206,7 @@ def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
         done, second = train_stages(ctx, runner, second, cfg), []
     for size, size_params in sizes.items():
         start, start_extras = sweep_start(ctx, size, done)
-        size_key = config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, size_params,
-                               r.features.specaugment, *teaching_key_extras(d), *start_extras)
+        size_key = teaching_key(size_params, start_extras)
         for i, seed in enumerate(seeds[:d.sweep_seeds]):
             second.append(student_stage(sweep_name(size, i, seed), "student", chosen, seed,
                                         config_hash(size_key, teacher_key, chosen, seed), ctx.essence, teacher_file,
@@ -228,9 +232,9 @@ def sweep_start(ctx: Context, size: str, done: dict[str, Any]) -> tuple[Optional
     names = sweep_baseline_names(d, size)
     if not names:
         return None, []
-    best = min(names, key=lambda n: done[n].best_dev) if d.guide == "best" else names[0]
-    ctx.log(f"sweep {size}: its students start from {best} (dev " +
-            ", ".join(f"{n} {done[n].best_dev:.2f}" for n in names) + ")")
+    dev = {n: done[n].best_dev for n in names}
+    best = pick_start(dev, d.guide)
+    ctx.log(f"sweep {size}: its students start from {best} (dev " + ", ".join(f"{n} {v:.2f}" for n, v in dev.items()) + ")")
     return ctx.model_path(best), [["init", ctx.keys[best]]]
 
 
