@@ -37,7 +37,7 @@ def validate_recipe(r: Recipe) -> None:
     for section, t in _train_sections(r):
         _check_train_section(section, t)
     _check_data(r)
-    _validate_metric(r)
+    _check_metric(r)
 
 
 def check_architectures(r: Recipe) -> None:
@@ -220,7 +220,7 @@ def _train_sections(r: Recipe) -> list[tuple[str, TrainConfig]]:
             if getattr(r, name) is not None]
 
 
-def _validate_metric(r: Recipe) -> None:
+def _check_metric(r: Recipe) -> None:
     """tokens.kind, tokens.lexicon, data.metric and train.select_on/stop_on must agree."""
     phone = r.tokens.kind == "phone"
     if phone and not r.tokens.lexicon:
