@@ -260,22 +260,24 @@ def merged_labels(points: Sequence[tuple[float, float, str]], rel: float = 0.4,
             for g in groups]
 
 
-def seed_means(comp: dict[str, Any], rows: Sequence[dict[str, Any]],
-               key: str) -> list[tuple[float, float, list[float], str, str, Optional[str]]]:
+SeedMean = tuple[float, float, list[float], str, str, Optional[str], list[str]]
+
+
+def seed_means(comp: dict[str, Any], rows: Sequence[dict[str, Any]], key: str) -> list[SeedMean]:
     """The seed means the compression plot draws: (cost `key`, mean WER, the seeds' WERs, name, colour,
-    legend label or None) for each size with more than one student seed, and for the CTC-only models
-    of that size when it has more than one (`<size> CTC`, at their own mean cost)."""
+    legend label or None, the models it stands for) for each size with more than one student seed, and
+    for the CTC-only models of that size when it has more than one (`<size> CTC`, at their own mean cost)."""
     by_name = {r["name"]: r for r in rows}
-    out: list[tuple[float, float, list[float], str, str, Optional[str]]] = []
+    out: list[SeedMean] = []
     seeded = [g for g in comp.get("students") or [] if len(g["wers"]) > 1]
     for i, g in enumerate(seeded):
         out.append((g[key], g["wer"], g["wers"], g["name"], "darkgreen",
-                    "student seed mean (min-max)" if i == 0 else None))
+                    "student seed mean (min-max)" if i == 0 else None, list(g["models"])))
     ctc = [g for g in seeded if len(g.get("ctc_wers") or []) > 1]
     for i, g in enumerate(ctc):
         cost = float(np.mean([by_name[n][key] for n in g["ctc_models"]]))
         out.append((cost, g["ctc_wer"], g["ctc_wers"], f"{g['name']} CTC", "dimgray",
-                    "CTC-only seed mean, same size (min-max)" if i == 0 else None))
+                    "CTC-only seed mean, same size (min-max)" if i == 0 else None, list(g["ctc_models"])))
     return out
 
 
@@ -302,13 +304,12 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
             seen.add(r["kind"])
         # a size's seeds (students, and its CTC-only models): their mean, with a bar from the best to the worst,
         # named once at the mean instead of once per seed
-        labels = []
-        for i, (x, mean, wers, name, color, what) in enumerate(seed_means(comp, rows, key)):
+        labels, in_means = [], set()
+        for x, mean, wers, name, color, what, models in seed_means(comp, rows, key):
             ax.errorbar(x, mean, yerr=[[mean - min(wers)], [max(wers) - mean]], fmt="o", ms=12, mfc="none",
                         mec=color, ecolor=color, capsize=4, alpha=0.8, zorder=4, label=what)
             labels.append((x, mean, name))
-        in_means = {n for g in comp.get("students") or [] if len(g["wers"]) > 1
-                    for n in g["models"] + (g.get("ctc_models") or [])}
+            in_means.update(models)
         labels += [(r[key], r["wer"][split], r["name"]) for r in rows if r["name"] not in in_means]
         for x, y, names in merged_labels(labels):
             ax.annotate(names, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points", va="bottom")

@@ -92,6 +92,9 @@ def test_the_plot_draws_each_sizes_seed_means_students_and_ctc(tmp_path):
     assert [(m[0], round(m[1], 6), m[2], m[3]) for m in means] == [
         (8e6, 2.2, [2.0, 2.4], "sweep_s64"), (2e6, 3.0, [2.5, 3.5], "sweep_s32"), (8e6, 2.8, [3.0, 2.6], "sweep_s64 CTC")]
     assert [m[5] for m in means] == ["student seed mean (min-max)", None, "CTC-only seed mean, same size (min-max)"]
+    # the models each mean is named for: a size's single CTC model is not among them, so it keeps its own label
+    assert [m[6] for m in means] == [["sweep_s64", "sweep_s64_s1"], ["sweep_s32", "sweep_s32_s1"],
+                                     ["sweep_s64_ctc", "sweep_s64_ctc_s1"]]
     assert seed_means(comp, rows, "rtf_onnx")[-1][0] == pytest.approx(0.02)  # the CTC models' own mean cost
     assert plot_compression(comp, tmp_path / "c.png").stat().st_size > 10_000
 
