@@ -244,6 +244,9 @@ class DistillConfig:
     # fusion_tune=select: forward selection with replacement on dev (Caruana et al. 2004)
     select_rounds: int = 12        # members added (with replacement) at most
     drop_ratio: float = 1.5        # members with dev WER above drop_ratio x the best member's are dropped
+    # the dev sets whose utterances the fusion search (fusion_tune dev or select) scores together: "dev" and any
+    # copy of dev among the scored test sets, e.g. FSDD's "dev_noisy10db"; never a test split
+    fusion_on: list[str] = field(default_factory=lambda: ["dev"])
     guide: str = "best"            # best = the baseline seed with the lowest dev WER | first = seed 0
     # one more round of guidance: the members trained again from scratch, guided by the first round's
     # ensemble (or its best member on dev) instead of the baseline guide, and fused again; that second

@@ -95,6 +95,10 @@ def test_cross_field_checks(tmp_path):
     with pytest.raises(RecipeError, match="fusion_grid=0.3"):
         load_recipe(p, ["distill.fusion_grid=0.3"])
     assert load_recipe(p, ["distill.fusion_tune=dev"]).distill.fusion_tune == "dev"
+    assert load_recipe(p, ["distill.fusion_on=[dev, dev_noisy10db]"]).distill.fusion_on == ["dev", "dev_noisy10db"]
+    for bad in ("[dev, test]", "[test_noisy10db]", "[]", "[dev, dev]"):  # never a test split; each set once
+        with pytest.raises(RecipeError, match=r"distill.fusion_on="):
+            load_recipe(p, [f"distill.fusion_on={bad}"])
     assert load_recipe(p, ["distill.reguide=best_member"]).distill.reguide == "best_member"
     with pytest.raises(RecipeError, match=r"distill.reguide='first'.*'ensemble'"):
         load_recipe(p, ["distill.reguide=first"])

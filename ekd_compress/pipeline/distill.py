@@ -36,6 +36,7 @@ from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     baseline_name, expected_models, extra_data_key, pick_start, planned_stages, train_key, trainset_config,
 )
+from ekd_compress.pipeline.report import dev_score
 from ekd_compress.recipe import SECOND_ROUND, ModelConfig, Recipe, config_hash, save_recipe
 from ekd_compress.train.job import TrainJob
 
@@ -110,7 +111,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
                     source, source_key, label = ctx.model_path(best), ctx.keys[best], f"{best}, the best member on dev"
                 log(f"reguide: the members train again from scratch, guided by {label} instead of {guide}")
                 _teacher_round(ctx, runner, SECOND_ROUND, source, config_hash(source_key, "reguide"), last=True)
-                log(f"reguide: ensemble dev {r.data.metric.upper()} {_dev_score(ctx.first_round)} in the first round, "
+                on = " + ".join(r.distill.fusion_on)
+                log(f"reguide: ensemble {on} {r.data.metric.upper()} {_dev_score(ctx.first_round)} in the first round, "
                     f"{_dev_score(ctx.ensemble)} in the second (its teacher)")
             teacher_key = ctx.keys["ensemble" + ("" if reguide == "none" else SECOND_ROUND)]
         else:
@@ -211,6 +213,8 @@ def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_k
     tune = [(r.distill.fusion_tune, r.distill.fusion_grid)] if r.distill.fusion_tune == "dev" else []
     if r.distill.fusion_tune == "select":
         tune = [("select", r.distill.select_rounds, r.distill.drop_ratio)]
+    if tune and r.distill.fusion_on != ["dev"]:  # likewise the sets it scores, when more than dev
+        tune.append(("on", list(r.distill.fusion_on)))
     ctx.keys["ensemble" + suffix] = config_hash(member_keys, r.distill.fusion_weights, *tune)
     ctx.ensemble = EnsembleResult.from_json(runner.run(
         "ensemble" + suffix, ctx.keys["ensemble" + suffix],
@@ -226,8 +230,7 @@ def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_k
 
 def _dev_score(result: Optional[EnsembleResult]) -> str:
     """An ensemble's dev score from its fusion search, or "-" when its weights were not searched."""
-    score = (result.tuning if result else {}).get("dev_wer")
-    return "-" if score is None else f"{score:.2f}"
+    return dev_score((result.tuning if result else {}).get("dev_wer"))
 
 
 def _quiet(message: str) -> None:

@@ -142,12 +142,12 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
                   f"{[round(w, 3) for w in ens['weights']]}; dropped: {ens.get('dropped', [])}.\n\n")
     first = results.get("first_round_ensemble") or {}
     if first:  # distill.reguide: the members above are the second round's
-        unit = metric.upper()
+        unit, on = metric.upper(), first.get("tuned_on", "dev")
         scores = ", ".join(f"{n} {v:.2f}" for n, v in (first.get("member_dev_wer") or {}).items())
         guide += (f"Second round of guidance (distill.reguide): the members above were trained again, guided by the first "
-                  f"round's ensemble or best member. The first round's ensemble scored dev {unit} "
-                  f"{_score(first.get('dev_wer'))} (its members: {scores or 'not searched'}); the teacher's, "
-                  f"{_score(ens.get('dev_wer'))}.\n\n")
+                  f"round's ensemble or best member. The first round's ensemble scored {on} {unit} "
+                  f"{dev_score(first.get('dev_wer'))} (its members: {scores or 'not searched'}); the teacher's, "
+                  f"{dev_score(ens.get('dev_wer'))}.\n\n")
     plots = write_plots(exp_dir, results, split=split, temperature=recipe.distill.temperature,
                         threshold=recipe.distill.coincidence_threshold)
     compression = ""
@@ -164,7 +164,7 @@ def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
                                         + "\n" + compression)
 
 
-def _score(value: Any) -> str:
+def dev_score(value: Any) -> str:
     """A dev score from a fusion search, or "-" when the weights were not searched."""
     return "-" if value is None else f"{value:.2f}"
 

@@ -172,60 +172,70 @@ def stage_coincidence(ctx: Context, names: list[str]) -> dict[str, dict[str, flo
 
 
 def stage_ensemble(ctx: Context, names: list[str], file: str = "ensemble.json") -> EnsembleResult:
-    """Fuse the members (model names; fusion weights given, equal, or searched on dev) into
-    EXP/models/`file` (distill.py registers the teacher's as "ensemble")."""
+    """Fuse the members (model names; fusion weights given, equal, or searched on the dev sets of
+    distill.fusion_on) into EXP/models/`file` (distill.py registers the teacher's as "ensemble")."""
     d = ctx.recipe.distill
     members = [ctx.model_path(n) for n in names]
     out: dict[str, Any] = {}
     weights = d.fusion_weights
     unit = ctx.recipe.data.metric.upper()  # what the searches score (the JSON keeps its `dev_wer` keys)
+    on = " + ".join(d.fusion_on)  # "dev" unless the recipe adds copies of dev (e.g. dev + dev_noisy10db)
     if d.fusion_tune == "dev":
         from ekd_compress.ensemble.tune import search_weights
 
-        search = search_weights(*_dev_outputs(ctx, members), d.fusion_grid)
+        search = search_weights(*_dev_outputs(ctx, members, d.fusion_on), d.fusion_grid)
         weights = search.weights
-        out = {"tuned_on": "dev", "method": "grid", "weights": weights, "dev_wer": search.wer,
+        out = {"tuned_on": on, "method": "grid", "weights": weights, "dev_wer": search.wer,
                "uniform_dev_wer": search.uniform_wer, "grid": [[w, wer] for w, wer in search.tried]}
-        ctx.log(f"fusion weights tuned on dev: {dict(zip(names, weights))} -> dev {unit} {search.wer:.2f} "
+        ctx.log(f"fusion weights tuned on {on}: {dict(zip(names, weights))} -> {on} {unit} {search.wer:.2f} "
                 f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
     elif d.fusion_tune == "select":
         from ekd_compress.ensemble.tune import forward_select
 
-        sel = forward_select(*_dev_outputs(ctx, members), rounds=d.select_rounds, drop_ratio=d.drop_ratio)
+        sel = forward_select(*_dev_outputs(ctx, members, d.fusion_on), rounds=d.select_rounds, drop_ratio=d.drop_ratio)
         weights = sel.weights
-        out = {"tuned_on": "dev", "method": "forward_selection", "weights": weights, "dev_wer": sel.wer,
+        out = {"tuned_on": on, "method": "forward_selection", "weights": weights, "dev_wer": sel.wer,
                "uniform_dev_wer": sel.uniform_wer, "member_dev_wer": dict(zip(names, sel.member_wers)),
                "dropped": [names[i] for i in sel.dropped], "picks": [names[i] for i in sel.picks],
                "round_dev_wer": sel.round_wers, "drop_ratio": d.drop_ratio}
         for i in sel.dropped:
-            ctx.log(f"ensemble: dropped {names[i]} (dev {unit} {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
+            ctx.log(f"ensemble: dropped {names[i]} ({on} {unit} {sel.member_wers[i]:.2f} > {d.drop_ratio:g} x best "
                     f"member {min(sel.member_wers):.2f})")
-        ctx.log(f"ensemble by forward selection on dev: {dict(zip(names, [round(w, 3) for w in weights]))} -> dev {unit} "
+        ctx.log(f"ensemble by forward selection on {on}: {dict(zip(names, [round(w, 3) for w in weights]))} -> {on} {unit} "
                 f"{sel.wer:.2f} (members {', '.join(f'{n} {w:.2f}' for n, w in zip(names, sel.member_wers))}; "
                 f"equal weights {sel.uniform_wer:.2f})")
     if weights is not None and max(weights) == 1.0:
-        ctx.log("WARNING: all the weight is on one member: on dev, fusion does not beat that member")
+        ctx.log(f"WARNING: all the weight is on one member: on {on}, fusion does not beat that member")
     path = save_ensemble(ctx.exp_dir / "models" / file, members, weights)
     return EnsembleResult(str(path), out)
 
 
-def _dev_outputs(ctx: Context, members: list[Path]) -> tuple[list[list[Any]], list[Any], Any]:
-    """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the dev set, for the fusion searches
-    of ekd_compress.ensemble.tune. refs and decoded hypotheses are in the units of the recipe's
-    metric (words, characters or phones), so the searches' "WER" is that metric."""
+def _dev_outputs(ctx: Context, members: list[Path], sets: list[str]) -> tuple[list[list[Any]], list[Any], Any]:
+    """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the utterances of the dev `sets` together
+    ("dev" and copies of dev among the test sets, e.g. "dev_noisy10db"), for the fusion searches of
+    ekd_compress.ensemble.tune. refs and decoded hypotheses are in the units of the recipe's metric
+    (words, characters or phones), so the searches' "WER" is that metric."""
     from ekd_compress.contract.ctc_decode import ctc_greedy_decode
     from ekd_compress.evaluate.error_rates import units_for
 
     metric = ctx.recipe.data.metric
-
-    dev = ctx.cuts("dev")
+    scored = ctx.features.scored_sets()  # set name -> split
+    splits = {}
+    for name in sets:
+        if name not in scored:
+            known = [n for n in scored if n == "dev" or n.startswith("dev_")]
+            raise ValueError(f"distill.fusion_on names {name!r}, which this experiment does not score; its dev sets "
+                             f"are {known} (copies of dev come from data.*.noisy_dev_snr_db)")
+        splits[name] = ctx.cuts(scored[name])
     outputs, refs = [], {}
     for path in members:
         per_utt = {}
-        for batch, log_probs, out_lengths in model_outputs(ctx, load_any(path), dev, desc=f"fusion search {path.parent.name}"):
-            for b, uid in enumerate(batch["ids"]):
-                per_utt[uid] = log_probs[b, : int(out_lengths[b])].clone()
-                refs[uid] = batch["texts"][b]
+        for name, cuts in splits.items():
+            for batch, log_probs, out_lengths in model_outputs(ctx, load_any(path), cuts,
+                                                               desc=f"fusion search {path.parent.name} ({name})"):
+                for b, uid in enumerate(batch["ids"]):
+                    per_utt[name, uid] = log_probs[b, : int(out_lengths[b])].clone()
+                    refs[name, uid] = batch["texts"][b]
         outputs.append(per_utt)
     ids = sorted(refs)
 

@@ -1,6 +1,7 @@
 """A tiny end-to-end distill on synthetic speech: every stage, resume, invalidation, evaluate;
 that the students were really distilled (the KD term is in their loss), and that the cached
 essence targets are the selected essence of the fused members."""
+import gzip
 import json
 import math
 import re
@@ -221,6 +222,50 @@ def test_a_members_own_learning_rate_retrains_only_that_member(exp, tmp_path):
     assert first_lr["lr_schedulers"][0]["base_lrs"] == [3e-4]  # trained with its own peak LR
     key = {e: json.loads((e / "stages" / "member_tdnn.json").read_text())["key"] for e in (exp, copy)}
     assert key[exp] != key[copy]  # members without an lr (lstm, tf) kept the keys they had before the field existed
+
+
+def test_fusion_search_pools_the_named_dev_sets(exp, tmp_path, monkeypatch):
+    """distill.fusion_on: forward selection scores the utterances of every named dev set together. Here the second set
+    is a copy of dev, so the pooled search must see twice dev's utterances and pick dev's own weights (every error and
+    every word counted twice). A set the experiment does not score is an error naming the ones it does."""
+    import shutil
+
+    import ekd_compress.ensemble.tune as tune
+    from ekd_compress.pipeline.distill import run_distill
+    from ekd_compress.recipe import load_recipe
+
+    seen: list[int] = []
+    real = tune.forward_select
+
+    def counting(member_log_probs, refs, decode, **kw):
+        seen.append(len(refs))
+        return real(member_log_probs, refs, decode, **kw)
+
+    monkeypatch.setattr(tune, "forward_select", counting)
+    select = ["distill.fusion_tune=select", "distill.fusion_weights=null"]
+    ensembles = {}
+    for name, on in (("dev", "[dev]"), ("pooled", "[dev, dev_copy]")):
+        copy = tmp_path / name
+        shutil.copytree(exp, copy)
+        stage = copy / "stages" / "features.json"
+        features = json.loads(stage.read_text())
+        features["result"]["test_dev_copy"] = features["result"]["dev"]  # the experiment scores a copy of dev too
+        stage.write_text(json.dumps(features))
+        recipe = load_recipe(copy / "recipe.yaml", [*select, f"distill.fusion_on={on}"])
+        run_distill(recipe, copy, log=lambda line: None, tracking=False, stop_after="ensemble")
+        stages = json.loads((copy / "stages" / "last_run.json").read_text())
+        assert "ensemble" in stages["ran"] and {"member_lstm", "member_tdnn", "member_tf"} <= set(stages["skipped"])
+        ensembles[name] = json.loads((copy / "stages" / "ensemble.json").read_text())
+    dev_utterances = sum(1 for _ in gzip.open(features["result"]["dev"], "rt"))
+    assert seen == [dev_utterances, 2 * dev_utterances]
+    dev, pooled = (ensembles[n]["result"] for n in ("dev", "pooled"))
+    assert (dev["tuned_on"], pooled["tuned_on"]) == ("dev", "dev + dev_copy")
+    assert pooled["weights"] == dev["weights"] and pooled["dev_wer"] == pytest.approx(dev["dev_wer"])
+    # the pooled search has a key of its own; the dev-only one keeps the key ensembles had before fusion_on existed
+    assert ensembles["pooled"]["key"] != ensembles["dev"]["key"]
+    recipe = load_recipe(tmp_path / "dev" / "recipe.yaml", [*select, "distill.fusion_on=[dev, dev_noisy10db]"])
+    with pytest.raises(ValueError, match=r"'dev_noisy10db', which this experiment does not score.*\['dev', 'dev_copy'\]"):
+        run_distill(recipe, tmp_path / "dev", log=lambda line: None, tracking=False, stop_after="ensemble")
 
 
 def test_students_can_start_from_the_guides_weights(exp, tmp_path, monkeypatch):

@@ -701,3 +701,13 @@ def test_event_loop_choice(monkeypatch):
     assert loop_runner("auto") == ("asyncio", asyncio.run)
     with pytest.raises(RuntimeError, match="pip install uvloop"):
         loop_runner("uvloop")
+
+
+def test_cli_event_loop_choices_are_the_servers():
+    """`serve --event-loop` lists its choices itself (the CLI does not import the server at start-up):
+    they must be the ones the server accepts, in the same order."""
+    from ekd_compress.cli.serve_cmd import serve
+    from ekd_compress.serve.server import EVENT_LOOPS
+
+    option = next(p for p in serve.params if p.name == "event_loop")
+    assert tuple(option.type.choices) == EVENT_LOOPS
