@@ -151,6 +151,9 @@ def _check_verdict_and_fusion(r: Recipe) -> None:
                           "copies of it among the test sets (names that start with 'dev_', e.g. dev_noisy10db)")
     if len(set(d.fusion_on)) != len(d.fusion_on):
         raise RecipeError(f"distill.fusion_on={list(d.fusion_on)!r} names a set twice; name each once")
+    if d.fusion_tune == "none" and d.fusion_on != ["dev"]:
+        raise RecipeError(f"distill.fusion_on={list(d.fusion_on)!r} names the sets of a fusion search, but "
+                          "distill.fusion_tune=none searches nothing; set fusion_tune to select or dev, or drop fusion_on")
     if not 0.0 < d.fusion_grid <= 0.5 or abs(round(1.0 / d.fusion_grid) * d.fusion_grid - 1.0) > 1e-6:
         raise RecipeError(f"distill.fusion_grid={d.fusion_grid}: a step that divides 1, e.g. 0.1, 0.125 or 0.25")
     if not 0.0 <= d.coincidence_threshold <= 1.0:

@@ -95,7 +95,10 @@ def test_cross_field_checks(tmp_path):
     with pytest.raises(RecipeError, match="fusion_grid=0.3"):
         load_recipe(p, ["distill.fusion_grid=0.3"])
     assert load_recipe(p, ["distill.fusion_tune=dev"]).distill.fusion_tune == "dev"
-    assert load_recipe(p, ["distill.fusion_on=[dev, dev_noisy10db]"]).distill.fusion_on == ["dev", "dev_noisy10db"]
+    pooled = ["distill.fusion_tune=select", "distill.fusion_on=[dev, dev_noisy10db]"]
+    assert load_recipe(p, pooled).distill.fusion_on == ["dev", "dev_noisy10db"]
+    with pytest.raises(RecipeError, match="fusion_tune=none searches nothing"):  # the option would do nothing
+        load_recipe(p, [*pooled, "distill.fusion_tune=none"])
     for bad in ("[dev, test]", "[test_noisy10db]", "[]", "[dev, dev]"):  # never a test split; each set once
         with pytest.raises(RecipeError, match=r"distill.fusion_on="):
             load_recipe(p, [f"distill.fusion_on={bad}"])

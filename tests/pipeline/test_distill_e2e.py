@@ -261,7 +261,8 @@ def test_fusion_search_pools_the_named_dev_sets(exp, tmp_path, monkeypatch):
     dev, pooled = (ensembles[n]["result"] for n in ("dev", "pooled"))
     assert (dev["tuned_on"], pooled["tuned_on"]) == ("dev", "dev + dev_copy")
     assert pooled["weights"] == dev["weights"] and pooled["dev_wer"] == pytest.approx(dev["dev_wer"])
-    # the pooled search has a key of its own; the dev-only one keeps the key ensembles had before fusion_on existed
+    # the pooled search has a key of its own (the dev-only one is the key ensembles had before fusion_on existed:
+    # the committed recipes resume without a stage to run, RESULTS.md)
     assert ensembles["pooled"]["key"] != ensembles["dev"]["key"]
     recipe = load_recipe(tmp_path / "dev" / "recipe.yaml", [*select, "distill.fusion_on=[dev, dev_noisy10db]"])
     with pytest.raises(ValueError, match=r"'dev_noisy10db', which this experiment does not score.*\['dev', 'dev_copy'\]"):
