@@ -75,6 +75,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ctx.keys["features"] = config_hash(ctx.keys["data"], feature_cfg)
         ctx.features = Features.from_json(runner.run("features", ctx.keys["features"],
                                                      lambda: S.stage_features(ctx).to_json()))
+        if r.members and r.distill.fusion_tune != "none":
+            S.fusion_sets(ctx.features, r.distill.fusion_on)  # a set it does not score: say so before any training
         if stop_after == "features":
             return {}
         # models depend on the training data and features only: test sets may change freely

@@ -210,6 +210,18 @@ def stage_ensemble(ctx: Context, names: list[str], file: str = "ensemble.json") 
     return EnsembleResult(str(path), out)
 
 
+def fusion_sets(features: Features, sets: list[str]) -> dict[str, str]:
+    """The split of each dev set that distill.fusion_on names (set name -> split), or a ValueError naming
+    the dev sets this experiment scores. distill calls it right after the features, before any training."""
+    scored = features.scored_sets()
+    unknown = [name for name in sets if name not in scored]
+    if unknown:
+        known = [n for n in scored if n == "dev" or n.startswith("dev_")]
+        raise ValueError(f"distill.fusion_on names {unknown[0]!r}, which this experiment does not score; its dev sets "
+                         f"are {known} (copies of dev come from data.*.noisy_dev_snr_db)")
+    return {name: scored[name] for name in sets}
+
+
 def _dev_outputs(ctx: Context, members: list[Path], sets: list[str]) -> tuple[list[list[Any]], list[Any], Any]:
     """(member_log_probs[m][u] (T_u, V), refs[u], decode) on the utterances of the dev `sets` together
     ("dev" and copies of dev among the test sets, e.g. "dev_noisy10db"), for the fusion searches of
@@ -219,14 +231,7 @@ def _dev_outputs(ctx: Context, members: list[Path], sets: list[str]) -> tuple[li
     from ekd_compress.evaluate.error_rates import units_for
 
     metric = ctx.recipe.data.metric
-    scored = ctx.features.scored_sets()  # set name -> split
-    splits = {}
-    for name in sets:
-        if name not in scored:
-            known = [n for n in scored if n == "dev" or n.startswith("dev_")]
-            raise ValueError(f"distill.fusion_on names {name!r}, which this experiment does not score; its dev sets "
-                             f"are {known} (copies of dev come from data.*.noisy_dev_snr_db)")
-        splits[name] = ctx.cuts(scored[name])
+    splits = {name: ctx.cuts(split) for name, split in fusion_sets(ctx.features, sets).items()}
     outputs, refs = [], {}
     for path in members:
         per_utt = {}

@@ -266,7 +266,12 @@ def test_fusion_search_pools_the_named_dev_sets(exp, tmp_path, monkeypatch):
     assert ensembles["pooled"]["key"] != ensembles["dev"]["key"]
     recipe = load_recipe(tmp_path / "dev" / "recipe.yaml", [*select, "distill.fusion_on=[dev, dev_noisy10db]"])
     with pytest.raises(ValueError, match=r"'dev_noisy10db', which this experiment does not score.*\['dev', 'dev_copy'\]"):
-        run_distill(recipe, tmp_path / "dev", log=lambda line: None, tracking=False, stop_after="ensemble")
+        run_distill(recipe, tmp_path / "dev", log=lambda line: None, tracking=False)
+    # ... and in a new experiment it says so right after the features, before any model trains
+    with pytest.raises(ValueError, match=r"'dev_noisy10db', which this experiment does not score.*\['dev'\]"):
+        run_distill(recipe, tmp_path / "new", log=lambda line: None, tracking=False)
+    assert (tmp_path / "new" / "stages" / "features.json").exists()
+    assert not (tmp_path / "new" / "models").exists() or not any((tmp_path / "new" / "models").iterdir())
 
 
 def test_students_can_start_from_the_guides_weights(exp, tmp_path, monkeypatch):
