@@ -188,7 +188,7 @@ def stage_ensemble(ctx: Context, names: list[str], file: str = "ensemble.json") 
         out = {"tuned_on": on, "method": "grid", "weights": weights, "dev_wer": search.wer,
                "uniform_dev_wer": search.uniform_wer, "grid": [[w, wer] for w, wer in search.tried]}
         ctx.log(f"fusion weights tuned on {on}: {dict(zip(names, weights))} -> {on} {unit} {search.wer:.2f} "
-                f"(equal weights {search.uniform_wer:.2f}); dev now also tuned the ensemble, so judge it on test sets")
+                f"(equal weights {search.uniform_wer:.2f}); {on} now also tuned the ensemble, so judge it on test sets")
     elif d.fusion_tune == "select":
         from ekd_compress.ensemble.tune import forward_select
 
