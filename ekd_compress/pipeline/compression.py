@@ -25,7 +25,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -260,24 +260,32 @@ def merged_labels(points: Sequence[tuple[float, float, str]], rel: float = 0.4,
             for g in groups]
 
 
-SeedMean = tuple[float, float, list[float], str, str, Optional[str], list[str]]
+class SeedMean(NamedTuple):
+    """One seed mean of the compression plot: a size's students, or its CTC-only models."""
+
+    cost: float                # the cost `key` of seed_means (the CTC-only models' own mean cost)
+    wer: float                 # mean WER %
+    wers: list[float]          # the seeds' WERs %
+    name: str                  # the size, or "<size> CTC"
+    color: str
+    legend: Optional[str]      # legend label, on the first mean of each kind only
+    models: list[str]          # the models it stands for (the plot leaves out their own labels)
 
 
 def seed_means(comp: dict[str, Any], rows: Sequence[dict[str, Any]], key: str) -> list[SeedMean]:
-    """The seed means the compression plot draws: (cost `key`, mean WER, the seeds' WERs, name, colour,
-    legend label or None, the models it stands for) for each size with more than one student seed, and
-    for the CTC-only models of that size when it has more than one (`<size> CTC`, at their own mean cost)."""
+    """The seed means the compression plot draws, one SeedMean for each size with more than one student
+    seed, and for the CTC-only models of that size when it has more than one (`<size> CTC`)."""
     by_name = {r["name"]: r for r in rows}
     out: list[SeedMean] = []
     seeded = [g for g in comp.get("students") or [] if len(g["wers"]) > 1]
     for i, g in enumerate(seeded):
-        out.append((g[key], g["wer"], g["wers"], g["name"], "darkgreen",
-                    "student seed mean (min-max)" if i == 0 else None, list(g["models"])))
+        out.append(SeedMean(g[key], g["wer"], g["wers"], g["name"], "darkgreen",
+                            "student seed mean (min-max)" if i == 0 else None, list(g["models"])))
     ctc = [g for g in seeded if len(g.get("ctc_wers") or []) > 1]
     for i, g in enumerate(ctc):
         cost = float(np.mean([by_name[n][key] for n in g["ctc_models"]]))
-        out.append((cost, g["ctc_wer"], g["ctc_wers"], f"{g['name']} CTC", "dimgray",
-                    "CTC-only seed mean, same size (min-max)" if i == 0 else None, list(g["ctc_models"])))
+        out.append(SeedMean(cost, g["ctc_wer"], g["ctc_wers"], f"{g['name']} CTC", "dimgray",
+                            "CTC-only seed mean, same size (min-max)" if i == 0 else None, list(g["ctc_models"])))
     return out
 
 
@@ -305,11 +313,11 @@ def plot_compression(comp: dict[str, Any], path: Path) -> Path:
         # a size's seeds (students, and its CTC-only models): their mean, with a bar from the best to the worst,
         # named once at the mean instead of once per seed
         labels, in_means = [], set()
-        for x, mean, wers, name, color, what, models in seed_means(comp, rows, key):
-            ax.errorbar(x, mean, yerr=[[mean - min(wers)], [max(wers) - mean]], fmt="o", ms=12, mfc="none",
-                        mec=color, ecolor=color, capsize=4, alpha=0.8, zorder=4, label=what)
-            labels.append((x, mean, name))
-            in_means.update(models)
+        for m in seed_means(comp, rows, key):
+            ax.errorbar(m.cost, m.wer, yerr=[[m.wer - min(m.wers)], [max(m.wers) - m.wer]], fmt="o", ms=12,
+                        mfc="none", mec=m.color, ecolor=m.color, capsize=4, alpha=0.8, zorder=4, label=m.legend)
+            labels.append((m.cost, m.wer, m.name))
+            in_means.update(m.models)
         labels += [(r[key], r["wer"][split], r["name"]) for r in rows if r["name"] not in in_means]
         for x, y, names in merged_labels(labels):
             ax.annotate(names, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points", va="bottom")

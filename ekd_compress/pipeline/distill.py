@@ -113,7 +113,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
                     source, source_key, label = ctx.model_path(best), ctx.keys[best], f"{best}, the best member on dev"
                 log(f"reguide: the members train again from scratch, guided by {label} instead of {guide}")
                 _teacher_round(ctx, runner, SECOND_ROUND, source, config_hash(source_key, "reguide"), last=True)
-                on = " + ".join(r.distill.fusion_on)
+                on = ctx.first_round.tuning.get("tuned_on", "dev")  # the sets its search scored, as results.md says
                 log(f"reguide: ensemble {on} {r.data.metric.upper()} {_dev_score(ctx.first_round)} in the first round, "
                     f"{_dev_score(ctx.ensemble)} in the second (its teacher)")
             teacher_key = ctx.keys["ensemble" + ("" if reguide == "none" else SECOND_ROUND)]
