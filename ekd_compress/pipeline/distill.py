@@ -49,7 +49,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
     from ekd_compress.pipeline import teacher as S
     from ekd_compress.pipeline import students as ST
     from ekd_compress.pipeline.stages import StageRunner
-    from ekd_compress.train.distributed import init_distributed, on_main
+    from ekd_compress.train.distributed import init_distributed, on_main, shutdown_distributed
     from ekd_compress.train.fit import resolve_device
 
     info = init_distributed(use_cuda=resolve_device(recipe.train)[0] == "gpu")
@@ -148,6 +148,7 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
             write_json_atomic(exp_dir / "stages" / "last_run.json", {"ran": runner.ran, "skipped": runner.skipped})
         if ctx.tracker is not None:
             ctx.tracker.end(status)
+        shutdown_distributed(wait=status == "FINISHED")
 
 
 def baseline_job(r: Recipe, name: str, seed: int, out_dir: Path, params: Optional[dict] = None) -> TrainJob:

@@ -30,6 +30,9 @@ T = TypeVar("T")
 # rank 0 may prepare data or features for hours while the others wait at a barrier
 DEFAULT_TIMEOUT_S = 24 * 3600
 
+# whether init_distributed created the process group (and so shutdown_distributed may destroy it)
+_OWN_GROUP = False
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -99,7 +102,31 @@ def init_distributed(use_cuda: bool = False, timeout_s: Optional[float] = None) 
     timeout = timeout_s if timeout_s is not None else float(os.environ.get("EKD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+    global _OWN_GROUP
+    _OWN_GROUP = True
     return info
+
+
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the process group that `init_distributed` created (a no-op otherwise).
+
+    Destroying it before the interpreter exits stops the backend's threads in order: a group
+    left to exit-time destructors can abort a finished rank ("terminate called without an
+    active exception"). With `wait`, every rank first meets at a barrier, so none tears the
+    group down while another still uses it; pass `wait=False` on an error path, where the
+    other ranks may never reach the barrier.
+    """
+    global _OWN_GROUP
+    if not _OWN_GROUP:
+        return
+    import torch.distributed as dist
+
+    _OWN_GROUP = False
+    if not dist.is_initialized():  # destroyed by someone else already
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _initialized() -> bool:

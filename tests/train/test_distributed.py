@@ -79,10 +79,14 @@ def _fit(out_dir: Path, train: list, dev: list) -> dict:
 
 def _worker() -> None:  # one rank, started by test_ddp_matches_single_process through torchrun
     out = Path(sys.argv[2])
-    from ekd_compress.train.distributed import init_distributed
+    import torch.distributed as dist
+
+    from ekd_compress.train.distributed import init_distributed, shutdown_distributed
 
     info = init_distributed()
     res = _fit(out / "ddp", TRAIN[info.rank::2], DEV[info.rank::2])
+    shutdown_distributed()
+    res["group_left"] = not dist.is_initialized()
     (out / f"rank{info.rank}.json").write_text(json.dumps(res))
 
 
@@ -102,6 +106,7 @@ def test_ddp_matches_single_process(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["digest"] == ranks[1]["digest"], "ranks hold different weights after training"
     assert ranks[0]["best_score"] == ranks[1]["best_score"]
+    assert ranks[0]["group_left"] and ranks[1]["group_left"], "the process group outlived shutdown_distributed"
 
     single = _fit(tmp_path / "single", [_cat(TRAIN[0], TRAIN[1]), _cat(TRAIN[2], TRAIN[3])],
                   [_cat(DEV[0], DEV[1])])
