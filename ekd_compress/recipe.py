@@ -247,7 +247,9 @@ class DistillConfig:
     # the dev sets whose utterances the fusion search (fusion_tune dev or select) scores together: "dev" and any
     # copy of dev among the scored test sets, e.g. FSDD's "dev_noisy10db"; never a test split
     fusion_on: list[str] = field(default_factory=lambda: ["dev"])
-    guide: str = "best"            # best = the baseline seed with the lowest dev WER | first = seed 0
+    # best = the baseline seed with the lowest dev WER | first = seed 0 | a baseline's name (e.g. baseline_s1):
+    # that seed, whatever the others score, so seeds added later do not move the guide and retrain the teacher
+    guide: str = "best"
     # one more round of guidance: the members trained again from scratch, guided by the first round's
     # ensemble (or its best member on dev) instead of the baseline guide, and fused again; that second
     # ensemble is the students' teacher. none = one round

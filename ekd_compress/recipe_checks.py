@@ -164,8 +164,12 @@ def _check_guidance(r: Recipe) -> None:
     """distill.guide, reguide, drop_ratio and select_rounds."""
     d = r.distill
     names = [m.name for m in r.members]
-    if d.guide not in ("best", "first"):
-        raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds) or 'first'")
+    from ekd_compress.pipeline.plan import baseline_name
+
+    seeds = [baseline_name(i, s) for i, s in enumerate(d.seeds)]
+    if d.guide not in ("best", "first", *seeds):
+        raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds), 'first', "
+                          f"or the name of one of this recipe's baseline seeds: {seeds}")
     if d.reguide not in REGUIDE:
         raise RecipeError(f"distill.reguide={d.reguide!r}: use one of {list(REGUIDE)}")
     if d.reguide != "none" and not r.members:

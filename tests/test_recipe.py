@@ -102,6 +102,11 @@ def test_cross_field_checks(tmp_path):
     for bad in ("[dev, test]", "[test_noisy10db]", "[]", "[dev, dev]"):  # never a test split; each set once
         with pytest.raises(RecipeError, match=r"distill.fusion_on="):
             load_recipe(p, [f"distill.fusion_on={bad}"])
+    # the guide pinned by name (run O's is baseline_s1): seeds added later cannot move it
+    seeds = "distill.seeds=[0, 1, 2]"
+    assert load_recipe(p, [seeds, "distill.guide=baseline_s1"]).distill.guide == "baseline_s1"
+    with pytest.raises(RecipeError, match=r"guide='baseline_s3'.*\['baseline', 'baseline_s1', 'baseline_s2'\]"):
+        load_recipe(p, [seeds, "distill.guide=baseline_s3"])  # no such seed in the recipe
     assert load_recipe(p, ["distill.reguide=best_member"]).distill.reguide == "best_member"
     with pytest.raises(RecipeError, match=r"distill.reguide='first'.*'ensemble'"):
         load_recipe(p, ["distill.reguide=first"])

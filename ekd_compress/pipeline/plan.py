@@ -75,8 +75,14 @@ def seed_groups(d: DistillConfig, chosen_model: str) -> dict[str, list[str]]:
 
 def pick_start(dev: dict[str, float], guide: str) -> str:
     """The CTC-only model that others follow or start from, of `dev` ({name: dev score}, in seed order):
-    the lowest score with distill.guide=best, else the first seed's."""
-    return min(dev, key=dev.get) if guide == "best" else next(iter(dev))
+    the lowest score with distill.guide=best, the first seed's with first, else the model `guide` names."""
+    if guide == "best":
+        return min(dev, key=dev.get)
+    if guide == "first":
+        return next(iter(dev))
+    if guide not in dev:
+        raise ValueError(f"distill.guide={guide!r} names none of {list(dev)}; name one of them, or use best or first")
+    return guide
 
 
 def ctc_groups(d: DistillConfig) -> dict[str, list[str]]:

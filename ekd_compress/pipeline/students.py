@@ -226,14 +226,15 @@ def sweep_baseline_stage(ctx: Context, name: str, seed: int, params: dict) -> Tr
 def sweep_start(ctx: Context, size: str, done: dict[str, Any]) -> tuple[Optional[Path], list[Any]]:
     """Where the students of sweep size `size` start, and what their key adds for it: with
     distill.student_init=guide, the size's CTC-only seed with the best dev score (`done`: the
-    trained stages by name; distill.guide=first: its first seed), as the chosen student starts from
-    the guide; with scratch, (None, []) and the keys of earlier experiments."""
+    trained stages by name; distill.guide=first: its first seed; a guide named by its baseline: the best,
+    as the size's seeds have other names), as the chosen student starts from the guide; with scratch,
+    (None, []) and the keys of earlier experiments."""
     d = ctx.recipe.distill
     names = sweep_baseline_names(d, size)
     if not names:
         return None, []
     dev = {n: done[n].best_dev for n in names}
-    best = pick_start(dev, d.guide)
+    best = pick_start(dev, d.guide if d.guide in ("best", "first") else "best")
     ctx.log(f"sweep {size}: its students start from {best} (dev " + ", ".join(f"{n} {v:.2f}" for n, v in dev.items()) + ")")
     return ctx.model_path(best), [["init", ctx.keys[best]]]
 

@@ -1,4 +1,6 @@
 """Stage resume and invalidation."""
+import pytest
+
 from ekd_compress.pipeline.stages import StageRunner
 
 
@@ -37,6 +39,18 @@ def test_interrupted_stage_keeps_work_dir_only_for_same_key(tmp_path):
     (work / "last.ckpt").write_text("partial")
     runner.run("train", "k2", lambda: seen.update(changed=(work / "last.ckpt").exists()) or {}, work_dir=work)
     assert seen["changed"] is False  # new key: stale work removed
+
+
+def test_the_guide_is_the_best_the_first_or_the_named_seed():
+    from ekd_compress.pipeline.plan import pick_start
+
+    dev = {"baseline": 4.43, "baseline_s1": 3.52, "baseline_s2": 4.89}
+    assert pick_start(dev, "best") == "baseline_s1"
+    assert pick_start(dev, "first") == "baseline"
+    assert pick_start(dev, "baseline_s2") == "baseline_s2"  # named: not the best one
+    assert pick_start({**dev, "baseline_s3": 3.0}, "baseline_s1") == "baseline_s1"  # a better new seed does not move it
+    with pytest.raises(ValueError, match="baseline_s9"):
+        pick_start(dev, "baseline_s9")
 
 
 def test_stop_on_changes_the_training_key_only_when_set():
