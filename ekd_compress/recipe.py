@@ -293,6 +293,12 @@ SECOND_ROUND = "_r2"  # with distill.reguide: the suffix of the second round's s
 RESERVED_NAMES = {"baseline", "ensemble", "student", "kd_all", "control_baseline_teacher"}
 
 
+def baseline_name(index: int, seed: int) -> str:
+    """The model name of the baseline of `seed`, the `index`-th of distill.seeds: the first seed's
+    baseline is "baseline", the others "baseline_s<seed>" (names a recipe may give distill.guide)."""
+    return "baseline" if index == 0 else f"baseline_s{seed}"
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the fix."""
 

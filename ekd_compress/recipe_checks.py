@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ekd_compress.recipe import (REGUIDE, RESERVED_NAMES, SECOND_ROUND, VERDICT_TARGETS, Recipe, RecipeError,
-                                 TrainConfig, extra_speed_factors)
+                                 TrainConfig, baseline_name, extra_speed_factors)
 
 _CHOICES = {
     "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),
@@ -164,8 +164,6 @@ def _check_guidance(r: Recipe) -> None:
     """distill.guide, reguide, drop_ratio and select_rounds."""
     d = r.distill
     names = [m.name for m in r.members]
-    from ekd_compress.pipeline.plan import baseline_name
-
     seeds = [baseline_name(i, s) for i, s in enumerate(d.seeds)]
     if d.guide not in ("best", "first", *seeds):
         raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds), 'first', "

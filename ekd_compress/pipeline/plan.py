@@ -13,18 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ekd_compress.recipe import SECOND_ROUND, DistillConfig, Recipe, TrainConfig
+from ekd_compress.recipe import SECOND_ROUND, DistillConfig, Recipe, TrainConfig, baseline_name
 
 CONTROL = "control_baseline_teacher"  # the student taught by the best baseline alone
 CHOSEN = "student"                    # the registry's name of the chosen student (no stage of its own)
 
 
 # ------------------------------------------------------------------------ names
-def baseline_name(index: int, seed: int) -> str:
-    """The first seed's baseline is "baseline", the others "baseline_s<seed>"."""
-    return "baseline" if index == 0 else f"baseline_s{seed}"
-
-
+# baseline_name (the baseline seeds' names) lives with the recipe, whose distill.guide may name one
 def student_name(k: Any) -> str:
     """The student distilled with essence size k: "kd_all" for k = all (plain KD), else "essence_k<k>"."""
     return "kd_all" if k == "all" else f"essence_k{k}"
