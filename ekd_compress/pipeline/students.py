@@ -4,6 +4,7 @@ each), and the evaluation of every model -> results.json and the report.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from ekd_compress.pipeline.plan import (
 )
 from ekd_compress.pipeline.teacher import model_outputs, teacher_path
 from ekd_compress.pipeline.stages import StageRunner
-from ekd_compress.recipe import DistillConfig, config_hash
+from ekd_compress.recipe import DistillConfig, TrainConfig, config_hash
 from ekd_compress.train.job import EssenceTargets, TrainJob
 
 
@@ -126,92 +127,125 @@ def stage_essence(ctx: Context, teacher_file: Path, ks: list[Any], out_root: Pat
 
 
 # ---------------------------------------------------------------------------- students
-def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
-    """Essence caches, a student per k, the control student, more seeds of the chosen one, and the
-    size sweep (with student_init=guide each size first trains CTC-only seeds to start from)."""
-    r = ctx.recipe
-    d = r.distill
-    cfg = r.student_train or r.train
-    arch, params = r.baseline.arch, r.baseline.params
-    seeds = list(d.seeds)
-    ks = list(d.ks)
-    teacher_file = teacher_path(ctx)
-    sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["trainset"])
-    fly = d.cache == "fly"
-    if not fly:  # without a cache, each student's frozen teacher computes its targets in every step
-        ess_key = config_hash(teacher_key, sel_key, ks)
-        ess_dir = ctx.exp_dir / "essence" / "teacher"
-        ctx.essence = EssenceResult.from_json(runner.run(
-            "essence", ess_key, lambda: stage_essence(ctx, teacher_file, ks, ess_dir).to_json(),
-            work_dir=ess_dir, all_ranks=True))
-    # distill.student_init=guide: the students of the student's size start from the guide's weights (and depend on it)
-    init_file = ctx.model_path(ctx.guide) if d.student_init == "guide" else None
-    init_extras: list[Any] = [["init", ctx.keys["guide"]]] if init_file else []
+@dataclass
+class StudentPlan:
+    """What every student stage of one run shares: its teacher, the essence selection and where the
+    students of the student's size start (`init_file`: the guide's weights with distill.student_init=guide,
+    else None, from scratch; `init_extras`: what that start adds to their keys)."""
 
-    def teaching_key(model_params: dict, start: list[Any]) -> str:
+    ctx: Context
+    teacher_key: str
+    teacher_file: Path
+    sel_key: str  # the essence selection and the training data
+    init_file: Optional[Path]
+    init_extras: list[Any]
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.ctx.recipe.student_train or self.ctx.recipe.train
+
+    def teaching_key(self, model_params: dict, start: list[Any]) -> str:
         """What a student of size `model_params` depends on besides its teacher, k and seed: the loss and training
         settings and where it starts (`start`: [] from scratch); not on the other ks."""
-        return config_hash(sel_key, train_key(cfg), d.lam, d.blank_weight, d.cache, arch, model_params,
-                           r.features.specaugment, *teaching_key_extras(d), *start)
+        r, d = self.ctx.recipe, self.ctx.recipe.distill
+        return config_hash(self.sel_key, train_key(self.cfg), d.lam, d.blank_weight, d.cache, r.baseline.arch,
+                           model_params, r.features.specaugment, *teaching_key_extras(d), *start)
 
-    student_key = teaching_key(params, init_extras)
+    def stage(self, name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
+              t_file: Path, start: Optional[Path], size: Optional[dict] = None) -> TrainingStage:
+        """The training stage of student `name` (essence size `k`, the teacher in `t_file` or its `cache`),
+        of the student's size or `size`, starting from `start` (None: from scratch)."""
+        ctx, d, base = self.ctx, self.ctx.recipe.distill, self.ctx.recipe.baseline
 
-    def student_stage(name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
-                      t_file: Path, size: Optional[dict] = None, start: Optional[Path] = init_file) -> TrainingStage:
         def make_job() -> TrainJob:
-            return TrainJob(name, kind, arch, size or params, seed, cfg, ctx.exp_dir / "models" / name,
+            return TrainJob(name, kind, base.arch, size or base.params, seed, self.cfg, ctx.exp_dir / "models" / name,
                             losses={"ctc": d.lam, "essence_kd": 1.0 - d.lam},
                             essence=essence_targets(ctx, k, t_file, cache), init_from=start)
 
         ctx.keys[name] = key
         return TrainingStage(name, key, make_job, ctx.exp_dir / "models" / name)
 
-    # the first round: a student per k, and the control student (taught by the best baseline seed)
-    first = [student_stage(student_name(k), student_kind(k), k, seeds[0], config_hash(student_key, teacher_key, k, seeds[0]),
-                           ctx.essence, teacher_file) for k in ks]
+
+def run_students(ctx: Context, runner: StageRunner, teacher_key: str) -> None:
+    """Essence caches, then the students in rounds: a student per k and the control student (the
+    round that chooses k), then more seeds of the chosen one and the size sweep (with
+    student_init=guide each size first trains CTC-only seeds to start from)."""
+    d = ctx.recipe.distill
+    teacher_file = teacher_path(ctx)
+    sel_key = config_hash(d.temperature, d.mode, d.top_p if d.mode == "top_p" else None, ctx.keys["trainset"])
+    if d.cache != "fly":  # without a cache, each student's frozen teacher computes its targets in every step
+        ess_key = config_hash(teacher_key, sel_key, list(d.ks))
+        ess_dir = ctx.exp_dir / "essence" / "teacher"
+        ctx.essence = EssenceResult.from_json(runner.run(
+            "essence", ess_key, lambda: stage_essence(ctx, teacher_file, list(d.ks), ess_dir).to_json(),
+            work_dir=ess_dir, all_ranks=True))
+    # distill.student_init=guide: the students of the student's size start from the guide's weights (and depend on it)
+    init_file = ctx.model_path(ctx.guide) if d.student_init == "guide" else None
+    plan = StudentPlan(ctx, teacher_key, teacher_file, sel_key, init_file,
+                       [["init", ctx.keys["guide"]]] if init_file else [])
+    chosen = _first_round(plan, runner)
+    _seeds_and_sweep(plan, runner, chosen)
+
+
+def _first_round(plan: StudentPlan, runner: StageRunner) -> Any:
+    """A student per k and the control student (taught by the guide alone); registers the student of
+    the chosen k (the best on dev, or distill.student_k) as `student` and returns that k."""
+    ctx, d = plan.ctx, plan.ctx.recipe.distill
+    seed0, ks = d.seeds[0], list(d.ks)
+    student_key = plan.teaching_key(ctx.recipe.baseline.params, plan.init_extras)
+    first = [plan.stage(student_name(k), student_kind(k), k, seed0, config_hash(student_key, plan.teacher_key, k, seed0),
+                        ctx.essence, plan.teacher_file, plan.init_file) for k in ks]
     if d.control:
         base_file = ctx.model_path(ctx.guide)  # the best baseline seed
         ctl: Optional[EssenceResult] = None
-        if not fly:
-            ctl_key = config_hash(ctx.keys["guide"], sel_key, ["all"])
+        if d.cache != "fly":
+            ctl_key = config_hash(ctx.keys["guide"], plan.sel_key, ["all"])
             ctl_dir = ctx.exp_dir / "essence" / "control"
             ctl = EssenceResult.from_json(runner.run("essence_control", ctl_key, lambda: stage_essence(
                 ctx, base_file, ["all"], ctl_dir).to_json(), work_dir=ctl_dir, all_ranks=True))
-        first.append(student_stage(CONTROL, "kd", "all", seeds[0],
-                                   config_hash(student_key, ctx.keys["guide"], "all", seeds[0]), ctl, base_file))
-    done = train_stages(ctx, runner, first, cfg)
+        first.append(plan.stage(CONTROL, "kd", "all", seed0, config_hash(student_key, ctx.keys["guide"], "all", seed0),
+                                ctl, base_file, plan.init_file))
+    done = train_stages(ctx, runner, first, plan.cfg)
     rows = {k: (student_name(k), done[student_name(k)]) for k in ks}
 
     chosen = min(ks, key=lambda k: rows[k][1].best_dev) if d.student_k == "auto" else d.student_k
     name, res = rows[chosen]
-    ctx.log(f"chosen student: {name} (k={chosen}, dev {cfg.select_on} {res.best_dev:.2f}; "
-            f"the recipe's metric is {r.data.metric})")
+    ctx.log(f"chosen student: {name} (k={chosen}, dev {plan.cfg.select_on} {res.best_dev:.2f}; "
+            f"the recipe's metric is {ctx.recipe.data.metric})")
     from ekd_compress.train.distributed import on_main
 
-    seed = res.seed if res.seed is not None else seeds[0]
+    seed = res.seed if res.seed is not None else seed0
     on_main(lambda: record_model(ctx.exp_dir, CHOSEN, "student", Path(res.model), seed=seed,
                                  same_as=name, k=str(chosen)), "registering the student")
     ctx.chosen_k = str(chosen)
-    # the second round: more seeds of the chosen student, and with student_init=guide each size's CTC-only starts
-    second = [student_stage(seed_student_name(seed), "student", chosen, seed,
-                            config_hash(student_key, teacher_key, chosen, seed), ctx.essence, teacher_file)
-              for seed in seeds[1:]]
+    return chosen
+
+
+def _seeds_and_sweep(plan: StudentPlan, runner: StageRunner, chosen: Any) -> None:
+    """More seeds of the chosen student (k = `chosen`), and the size sweep: distill.sweep_seeds students
+    of each size, at the chosen k. With student_init=guide each size's CTC-only starts train with the
+    seeds, and the size's students follow in a round of their own, from its best start."""
+    ctx, d = plan.ctx, plan.ctx.recipe.distill
+    seeds, params = list(d.seeds), ctx.recipe.baseline.params
+    student_key = plan.teaching_key(params, plan.init_extras)
+    group = [plan.stage(seed_student_name(seed), "student", chosen, seed,
+                        config_hash(student_key, plan.teacher_key, chosen, seed), ctx.essence, plan.teacher_file,
+                        plan.init_file)
+             for seed in seeds[1:]]
     sizes = {size.name: {**params, **size.params} for size in d.student_sizes}
-    second += [sweep_baseline_stage(ctx, name, seed, sizes[size])
-               for size in sizes for name, seed in zip(sweep_baseline_names(d, size), seeds)]
-    # the size sweep (the chosen k; distill.sweep_seeds seeds): in a third round when each size starts from its best
-    # CTC-only seed, else with the second
+    group += [sweep_baseline_stage(ctx, name, seed, sizes[size])
+              for size in sizes for name, seed in zip(sweep_baseline_names(d, size), seeds)]
     done: dict[str, Any] = {}
-    if any(sweep_baseline_names(d, size) for size in sizes):
-        done, second = train_stages(ctx, runner, second, cfg), []
+    if any(sweep_baseline_names(d, size) for size in sizes):  # the sizes' students need their starts first
+        done, group = train_stages(ctx, runner, group, plan.cfg), []
     for size, size_params in sizes.items():
         start, start_extras = sweep_start(ctx, size, done)
-        size_key = teaching_key(size_params, start_extras)
+        size_key = plan.teaching_key(size_params, start_extras)
         for i, seed in enumerate(seeds[:d.sweep_seeds]):
-            second.append(student_stage(sweep_name(size, i, seed), "student", chosen, seed,
-                                        config_hash(size_key, teacher_key, chosen, seed), ctx.essence, teacher_file,
-                                        size=size_params, start=start))
-    train_stages(ctx, runner, second, cfg)
+            group.append(plan.stage(sweep_name(size, i, seed), "student", chosen, seed,
+                                    config_hash(size_key, plan.teacher_key, chosen, seed), ctx.essence,
+                                    plan.teacher_file, start, size=size_params))
+    train_stages(ctx, runner, group, plan.cfg)
 
 
 def sweep_baseline_stage(ctx: Context, name: str, seed: int, params: dict) -> TrainingStage:
