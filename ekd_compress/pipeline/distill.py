@@ -26,19 +26,18 @@ step and its losses). The stages hand each other typed results (context.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Features, PreparedData
+from ekd_compress.pipeline.jobs import ctc_stage, member_job
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     baseline_name, expected_models, extra_data_key, pick_start, planned_stages, train_key, trainset_config,
 )
 from ekd_compress.pipeline.report import dev_score
-from ekd_compress.recipe import SECOND_ROUND, ModelConfig, Recipe, config_hash, save_recipe
-from ekd_compress.train.job import TrainJob
+from ekd_compress.recipe import SECOND_ROUND, Recipe, config_hash, save_recipe
 
 
 def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[str], None] = print,
@@ -83,12 +82,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *extra_data_key(r))
 
         train_cfg = r.train
-        base_stages = []
-        for i, seed in enumerate(r.distill.seeds):
-            name = baseline_name(i, seed)
-            job = baseline_job(r, name, seed, exp_dir / "models" / name)
-            ctx.keys[name] = baseline_key(ctx, r.baseline.params, seed)
-            base_stages.append(TrainingStage(name, ctx.keys[name], lambda j=job: j, job.out_dir))
+        base_stages = [ctc_stage(ctx, baseline_name(i, seed), seed, r.baseline.params)
+                       for i, seed in enumerate(r.distill.seeds)]
         base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
         # the guide (whose spikes the members follow, and the control student's teacher): the best
         # CTC-only model of the student architecture on dev, not seed 0 by fiat
@@ -149,31 +144,6 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         if ctx.tracker is not None:
             ctx.tracker.end(status)
         shutdown_distributed(wait=status == "FINISHED")
-
-
-def baseline_job(r: Recipe, name: str, seed: int, out_dir: Path, params: Optional[dict] = None) -> TrainJob:
-    """A baseline seed: the student architecture on CTC alone (train settings); `params` (default
-    baseline.params) for the CTC-only start of a size of the sweep."""
-    return TrainJob(name, "baseline", r.baseline.arch, r.baseline.params if params is None else params, seed, r.train,
-                    out_dir, losses={"ctc": 1.0})
-
-
-def baseline_key(ctx: Context, params: dict, seed: int) -> str:
-    """The stage key of a CTC-only model of the student architecture with `params`: the training data,
-    the architecture, the train settings, SpecAugment and the seed (the teacher is not part of it)."""
-    r = ctx.recipe
-    return config_hash(config_hash(ctx.keys["trainset"], r.baseline.arch, params, train_key(r.train),
-                                   r.features.specaugment), seed)
-
-
-def member_job(r: Recipe, m: ModelConfig, name: str, out_dir: Path, align_path: Path) -> TrainJob:
-    """Member `m` (model `name`) on CTC + beta * frame CE to the alignment in `align_path`, with
-    member_train settings and its own peak LR (members[].lr) when it has one."""
-    cfg = r.member_train or r.train
-    if m.lr is not None:
-        cfg = dataclasses.replace(cfg, lr=m.lr)
-    return TrainJob(name, "member", m.arch, m.params, m.seed, cfg, out_dir, losses={"ctc": 1.0, "guide_ce": m.beta},
-                    align_path=align_path)
 
 
 def _teacher_round(ctx: Context, runner: Any, suffix: str, source: Path, align_key: str,

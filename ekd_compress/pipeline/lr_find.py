@@ -1,7 +1,7 @@
 """`ekd-compress lr-find`: the learning-rate range test for the models of a distill experiment.
 
 For each named model (the baseline architecture, which is also the students', and the recipe's
-members) the test builds the job `distill` would train (`distill.baseline_job` / `member_job`:
+members) the test builds the job `distill` would train (`jobs.baseline_job` / `member_job`:
 its recipe settings, first seed, losses; members with the guide's alignment) and runs
 `train.lr_range.lr_range_test` on the experiment's prepared training data. Results:
 EXP/lr_range/NAME.json per model and EXP/plots/lr_range.png (`plot_lr_range`).
@@ -47,7 +47,7 @@ def find_learning_rates(exp_dir: Path, names: Sequence[str] = (), steps: int = 1
     from tqdm import tqdm
 
     from ekd_compress.pipeline.context import Alignment, Context, Features
-    from ekd_compress.pipeline.distill import baseline_job, member_job
+    from ekd_compress.pipeline.jobs import baseline_job, member_job
     from ekd_compress.recipe import load_recipe
     from ekd_compress.train.lr_range import lr_range_test
 

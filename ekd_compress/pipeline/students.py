@@ -13,6 +13,7 @@ import numpy as np
 from ekd_compress.evaluate.scoring import score_models
 from ekd_compress.experiment import load_any, load_registered, model_file_hash, record_model
 from ekd_compress.pipeline.context import Context, EnsembleResult, EssenceResult
+from ekd_compress.pipeline.jobs import ctc_stage
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
     CHOSEN, CONTROL, ctc_groups, pick_start, seed_groups, seed_student_name, student_kind, student_name,
@@ -233,7 +234,7 @@ def _seeds_and_sweep(plan: StudentPlan, runner: StageRunner, chosen: Any) -> Non
                         plan.init_file)
              for seed in seeds[1:]]
     sizes = {size.name: {**params, **size.params} for size in d.student_sizes}
-    group += [sweep_baseline_stage(ctx, name, seed, sizes[size])
+    group += [ctc_stage(ctx, name, seed, sizes[size])
               for size in sizes for name, seed in zip(sweep_baseline_names(d, size), seeds)]
     done: dict[str, Any] = {}
     if any(sweep_baseline_names(d, size) for size in sizes):  # the sizes' students need their starts first
@@ -246,15 +247,6 @@ def _seeds_and_sweep(plan: StudentPlan, runner: StageRunner, chosen: Any) -> Non
                                     config_hash(size_key, plan.teacher_key, chosen, seed), ctx.essence,
                                     plan.teacher_file, start, size=size_params))
     train_stages(ctx, runner, group, plan.cfg)
-
-
-def sweep_baseline_stage(ctx: Context, name: str, seed: int, params: dict) -> TrainingStage:
-    """The CTC-only model `name` of a size of the sweep (`params`): trained like the baselines."""
-    from ekd_compress.pipeline.distill import baseline_job, baseline_key  # here: distill imports this module
-
-    out_dir = ctx.exp_dir / "models" / name
-    ctx.keys[name] = baseline_key(ctx, params, seed)
-    return TrainingStage(name, ctx.keys[name], lambda: baseline_job(ctx.recipe, name, seed, out_dir, params), out_dir)
 
 
 def sweep_start(ctx: Context, size: str, done: dict[str, Any]) -> tuple[Optional[Path], list[Any]]:
