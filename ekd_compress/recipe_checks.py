@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from ekd_compress.recipe import (REGUIDE, RESERVED_NAMES, SECOND_ROUND, VERDICT_TARGETS, Recipe, RecipeError,
-                                 TrainConfig, baseline_name, extra_speed_factors)
+from ekd_compress.recipe_schema import (REGUIDE, RESERVED_NAMES, SECOND_ROUND, VERDICT_TARGETS, Recipe, RecipeError,
+                                        TrainConfig, baseline_name, extra_speed_factors)
 
 _CHOICES = {
     "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),

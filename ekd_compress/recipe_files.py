@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ekd_compress.recipe import Recipe, RecipeError, recipe_to_dict
+from ekd_compress.recipe_schema import Recipe, RecipeError, recipe_to_dict
 
 ENV_RECIPES = "EKD_RECIPES"
 # settings that change how fast a run goes or where it is tracked, not what it makes
