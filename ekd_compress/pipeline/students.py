@@ -152,6 +152,11 @@ class StudentPlan:
         return config_hash(self.sel_key, train_key(self.cfg), d.lam, d.blank_weight, d.cache, r.baseline.arch,
                            model_params, r.features.specaugment, *teaching_key_extras(d), *start)
 
+    @property
+    def student_key(self) -> str:
+        """The teaching key of the students of the student's size (the chosen k, the other ks, its seeds, the control)."""
+        return self.teaching_key(self.ctx.recipe.baseline.params, self.init_extras)
+
     def stage(self, name: str, kind: str, k: Any, seed: int, key: str, cache: Optional[EssenceResult],
               t_file: Path, start: Optional[Path], size: Optional[dict] = None) -> TrainingStage:
         """The training stage of student `name` (essence size `k`, the teacher in `t_file` or its `cache`),
@@ -193,11 +198,11 @@ def _first_round(plan: StudentPlan, runner: StageRunner) -> Any:
     the chosen k (the best on dev, or distill.student_k) as `student` and returns that k."""
     ctx, d = plan.ctx, plan.ctx.recipe.distill
     seed0, ks = d.seeds[0], list(d.ks)
-    student_key = plan.teaching_key(ctx.recipe.baseline.params, plan.init_extras)
+    student_key = plan.student_key
     first = [plan.stage(student_name(k), student_kind(k), k, seed0, config_hash(student_key, plan.teacher_key, k, seed0),
                         ctx.essence, plan.teacher_file, plan.init_file) for k in ks]
     if d.control:
-        base_file = ctx.model_path(ctx.guide)  # the best baseline seed
+        base_file = ctx.model_path(ctx.guide)  # the guide: the best baseline seed on dev, or the one named
         ctl: Optional[EssenceResult] = None
         if d.cache != "fly":
             ctl_key = config_hash(ctx.keys["guide"], plan.sel_key, ["all"])
@@ -228,7 +233,7 @@ def _seeds_and_sweep(plan: StudentPlan, runner: StageRunner, chosen: Any) -> Non
     seeds, and the size's students follow in a round of their own, from its best start."""
     ctx, d = plan.ctx, plan.ctx.recipe.distill
     seeds, params = list(d.seeds), ctx.recipe.baseline.params
-    student_key = plan.teaching_key(params, plan.init_extras)
+    student_key = plan.student_key
     group = [plan.stage(seed_student_name(seed), "student", chosen, seed,
                         config_hash(student_key, plan.teacher_key, chosen, seed), ctx.essence, plan.teacher_file,
                         plan.init_file)
