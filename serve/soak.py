@@ -34,8 +34,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ekd_compress.serve.bench import (BenchConfig, ServerProcess, StreamStats, _http_json, _q, check_bundle, load_audio_dir,
-                         pcm16, stream_client, synthetic_audio)
+from ekd_compress.serve.bench import (BenchConfig, ServerProcess, _http_json, _q, check_bundle, load_audio_dir,
+                                      synthetic_audio)
+from ekd_compress.serve.bench_client import StreamStats, pcm16, stream_client
 
 MAX_MISMATCH_EXAMPLES = 5
 ERROR_PAUSE_S = 0.2  # a stream waits this long after a failed utterance (bounds the retries per second)
