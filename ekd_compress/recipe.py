@@ -21,14 +21,15 @@ from ekd_compress.recipe_files import find_recipe
 from ekd_compress.recipe_schema import (
     DataConfig, DistillConfig, FeatureConfig, FsddData, KaldiData, ModelConfig, REGUIDE, RESERVED_NAMES, Recipe,
     RecipeError, SECOND_ROUND, SpecAugmentConfig, StudentSize, SwitchboardData, SyntheticData, TokenConfig,
-    TrackingConfig, TrainConfig, VERDICT_TARGETS, baseline_name, config_hash, extra_speed_factors, recipe_to_dict,
+    TrackingConfig, TrainConfig, VERDICT_TARGETS, baseline_name, baseline_names, config_hash, extra_speed_factors,
+    recipe_to_dict,
 )
 
 __all__ = [  # the schema's names, handed on: `from ekd_compress.recipe import Recipe` and the like
     "load_recipe", "save_recipe", "DataConfig", "DistillConfig", "FeatureConfig", "FsddData", "KaldiData",
     "ModelConfig", "REGUIDE", "RESERVED_NAMES", "Recipe", "RecipeError", "SECOND_ROUND", "SpecAugmentConfig",
     "StudentSize", "SwitchboardData", "SyntheticData", "TokenConfig", "TrackingConfig", "TrainConfig",
-    "VERDICT_TARGETS", "baseline_name", "config_hash", "extra_speed_factors", "recipe_to_dict",
+    "VERDICT_TARGETS", "baseline_name", "baseline_names", "config_hash", "extra_speed_factors", "recipe_to_dict",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ekd_compress.recipe_schema import (REGUIDE, RESERVED_NAMES, SECOND_ROUND, VERDICT_TARGETS, Recipe, RecipeError,
-                                        TrainConfig, baseline_name, extra_speed_factors)
+                                        TrainConfig, baseline_names, extra_speed_factors)
 
 _CHOICES = {
     "data.corpus": ("synthetic", "fsdd", "kaldi", "switchboard"),
@@ -164,7 +164,7 @@ def _check_guidance(r: Recipe) -> None:
     """distill.guide, reguide, drop_ratio and select_rounds."""
     d = r.distill
     names = [m.name for m in r.members]
-    seeds = [baseline_name(i, s) for i, s in enumerate(d.seeds)]
+    seeds = baseline_names(d)
     if d.guide not in ("best", "first", *seeds):
         raise RecipeError(f"distill.guide={d.guide!r}: use 'best' (lowest dev WER among the baseline seeds), 'first', "
                           f"or the name of one of this recipe's baseline seeds: {seeds}")

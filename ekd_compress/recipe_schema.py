@@ -295,6 +295,11 @@ def baseline_name(index: int, seed: int) -> str:
     return "baseline" if index == 0 else f"baseline_s{seed}"
 
 
+def baseline_names(d: DistillConfig) -> list[str]:
+    """The baseline seeds' model names, in the order of distill.seeds."""
+    return [baseline_name(i, s) for i, s in enumerate(d.seeds)]
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key and the fix."""
 

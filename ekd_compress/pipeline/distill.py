@@ -34,7 +34,7 @@ from ekd_compress.pipeline.context import Alignment, Context, EnsembleResult, Fe
 from ekd_compress.pipeline.jobs import ctc_stage, member_job
 from ekd_compress.pipeline.parallel import TrainingStage, train_stages
 from ekd_compress.pipeline.plan import (
-    baseline_name, expected_models, extra_data_key, pick_start, planned_stages, train_key, trainset_config,
+    baseline_names, expected_models, extra_data_key, pick_start, planned_stages, train_key, trainset_config,
 )
 from ekd_compress.pipeline.report import dev_score
 from ekd_compress.recipe import SECOND_ROUND, Recipe, config_hash, save_recipe
@@ -82,8 +82,8 @@ def run_distill(recipe: Recipe, exp_dir: Optional[Path] = None, log: Callable[[s
         ctx.keys["trainset"] = config_hash(r.seed, trainset_config(r), r.tokens, feature_cfg, *extra_data_key(r))
 
         train_cfg = r.train
-        base_stages = [ctc_stage(ctx, baseline_name(i, seed), seed, r.baseline.params)
-                       for i, seed in enumerate(r.distill.seeds)]
+        base_stages = [ctc_stage(ctx, name, seed, r.baseline.params)
+                       for name, seed in zip(baseline_names(r.distill), r.distill.seeds)]
         base_dev = {name: res.best_dev for name, res in train_stages(ctx, runner, base_stages, train_cfg).items()}
         # the guide (whose spikes the members follow, and the control student's teacher): the best
         # CTC-only model of the student architecture on dev, not seed 0 by fiat

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ekd_compress.recipe import SECOND_ROUND, DistillConfig, Recipe, TrainConfig, baseline_name
+from ekd_compress.recipe import SECOND_ROUND, DistillConfig, Recipe, TrainConfig, baseline_names
 
 CONTROL = "control_baseline_teacher"  # the student taught by the best baseline alone
 CHOSEN = "student"                    # the registry's name of the chosen student (no stage of its own)
 
 
 # ------------------------------------------------------------------------ names
-# baseline_name (the baseline seeds' names) lives with the recipe, whose distill.guide may name one
+# baseline_name(s) (the baseline seeds' names) live with the recipe, whose distill.guide may name one
 def student_name(k: Any) -> str:
     """The student distilled with essence size k: "kd_all" for k = all (plain KD), else "essence_k<k>"."""
     return "kd_all" if k == "all" else f"essence_k{k}"
@@ -84,7 +84,7 @@ def pick_start(dev: dict[str, float], guide: str) -> str:
 def ctc_groups(d: DistillConfig) -> dict[str, list[str]]:
     """The CTC-only models of each group of `seed_groups`' size: the baseline seeds for the chosen
     student, each size's CTC-only starts (`sweep_baseline_names`) for the sweep."""
-    groups = {CHOSEN: [baseline_name(i, s) for i, s in enumerate(d.seeds)]}
+    groups = {CHOSEN: baseline_names(d)}
     groups.update({sweep_name(s.name): sweep_baseline_names(d, s.name) for s in d.student_sizes})
     return groups
 
@@ -101,7 +101,7 @@ def plan(r: Recipe) -> list[Step]:
     d = r.distill
     fly = d.cache == "fly"
     steps = [Step("data"), Step("features")]
-    steps += [Step(baseline_name(i, s), baseline_name(i, s)) for i, s in enumerate(d.seeds)]
+    steps += [Step(name, name) for name in baseline_names(d)]
     if r.members:  # a round of guided members and their fusion; with distill.reguide, a second one is the teacher
         suffixes = [""] if d.reguide == "none" else ["", SECOND_ROUND]
         for sfx in suffixes:
