@@ -52,18 +52,24 @@ def utterance_counts(rows: Sequence[dict[str, Any]], metric: str) -> Optional[tu
 
 
 def bootstrap_rates(rows: Sequence[dict[str, Any]], metric: str, resamples: int = RESAMPLES,
-                    seed: int = 0) -> Optional[dict[str, np.ndarray]]:
+                    seed: int = 0, scale: int = 1) -> Optional[dict[str, np.ndarray]]:
     """Each row's error rate of `metric` (percent) on `resamples` draws of the set's utterances with
     replacement, the same draws for every row -> {name: (resamples,)}; None without per-utterance
-    counts (see `utterance_counts`). Deterministic for a given `seed`."""
+    counts (see `utterance_counts`). Deterministic for a given `seed`.
+
+    Each draw takes `scale` x N utterances from the N of the set: `scale` > 1 shows how the rates
+    would spread on a set `scale` times larger whose utterances fail as this set's do (an
+    extrapolation: it keeps the present error pattern, so it cannot say what another set's would be)."""
     counts = utterance_counts(rows, metric)
     if counts is None:
         return None
     if resamples < 1:
         raise ValueError(f"resamples={resamples}: draw at least 1 (e.g. {RESAMPLES})")
+    if scale < 1:
+        raise ValueError(f"scale={scale}: draw at least the set's own size (scale 1)")
     names, errors, units = counts
     n = units.shape[0]
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (R, N) times drawn
+    draws = np.random.default_rng(seed).multinomial(scale * n, np.full(n, 1.0 / n), size=resamples)  # (R, N) times drawn
     drawn_units = draws @ units  # (R,)
     drawn_units = np.where(drawn_units > 0, drawn_units, 1)  # a draw of only empty references: rate 0, not NaN
     rates = 100.0 * (errors @ draws.T) / drawn_units  # (M, R)

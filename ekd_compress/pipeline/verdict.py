@@ -17,6 +17,9 @@ them as "verdict_targets"). A claim
 is met when its ratio is at most its target. Each ratio also gets a 95 % interval from the
 paired bootstrap over the set's utterances (ekd_compress.evaluate.bootstrap): a few hundred
 test words cannot tell a 0.9 from a 1.1, and the interval says when the set decides a claim.
+When it does not, the verdict also says how many times larger a set would have to be to decide
+it, if its utterances failed as this set's do (draws of 2, 4, ... 64 x N utterances; an
+extrapolation that keeps the present ratio, so it sizes a test set rather than predicting one).
 The verdict is read on the internal test split (`test`, never looked at by any choice) when
 the experiment has one; a verdict on dev says so, because dev selected checkpoints, the
 student k and the fusion weights.
@@ -32,6 +35,7 @@ from ekd_compress.evaluate.bootstrap import RESAMPLES, bootstrap_rates, interval
 from ekd_compress.recipe import VERDICT_TARGETS
 
 TARGETS = VERDICT_TARGETS  # the defaults; the claims in the order the tables list them
+DECIDING_SCALES = (2, 4, 8, 16, 32, 64)  # set sizes, in multiples of the scored set, tried for an undecided claim
 
 
 def _seeds(by: dict[str, Any], prefix: str) -> list[str]:
@@ -54,30 +58,54 @@ def verdict(models: list[dict[str, Any]], chosen_k: Optional[str],
             resamples: int = RESAMPLES, targets: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
     """models: one scored set's rows ({"name", "kind", metric}) -> one row per claim that the
     experiment can judge: {"claim", "wer", "vs", "ratio", "target", "met", "metric", "ci95",
-    "decided"}, where "wer" and "vs" hold the two error rates in `metric` (percent; the key names
-    predate the metric). "ci95" is the 95 % interval of the ratio over `resamples` paired bootstrap
-    draws of the set's utterances (ekd_compress.evaluate.bootstrap), and "decided" says whether that
-    interval lies at or below the target ("met"), above it ("not met") or around it ("undecided");
-    both are None for rows without per-utterance counts. `dev_models` (the dev rows) picks the
-    essence k when the chosen student is k = all. `targets` replaces some of `TARGETS`."""
+    "decided", "decides_at"}, where "wer" and "vs" hold the two error rates in `metric` (percent; the
+    key names predate the metric). "ci95" is the 95 % interval of the ratio over `resamples` paired
+    bootstrap draws of the set's utterances (ekd_compress.evaluate.bootstrap), and "decided" says
+    whether that interval lies at or below the target ("met"), above it ("not met") or around it
+    ("undecided"). "decides_at" is {"scale", "decided"}: the smallest set size, in multiples of this
+    set (1, then `DECIDING_SCALES`), whose interval would decide the claim were its utterances to fail
+    as these do, and how; scale None when even 64 x would not. All three are None for rows without
+    per-utterance counts. `dev_models` (the dev rows) picks the essence k when the chosen student is
+    k = all. `targets` replaces some of `TARGETS`."""
     targets = {**TARGETS, **(targets or {})}
     by = {r["name"]: float(r[metric]) for r in models if r.get(metric) is not None}
     members = [r["name"] for r in models if r["kind"] == "member" and r["name"] in by]
     k = best_essence_k(chosen_k, dev_models or [], metric)
     point = _claims(by, members, k)
-    drawn = bootstrap_rates([r for r in models if r["name"] in by], metric, resamples) if resamples else None
-    spread = _claims(drawn, members, k) if drawn is not None else {}
+    scored = [r for r in models if r["name"] in by]
+
+    def spread_at(scale: int) -> dict[str, tuple[Any, Any]]:
+        drawn = bootstrap_rates(scored, metric, resamples, scale=scale) if resamples else None
+        return _claims(drawn, members, k) if drawn is not None else {}
+
+    spread = spread_at(1)
     rows = []
     for claim, (wer, vs) in point.items():
         ratio = float(_ratio(np.float64(wer), np.float64(vs)))
         target = targets[claim]
-        ci = decided = None
+        ci = decided = decides_at = None
         if claim in spread:
             ci = list(interval(_ratio(*spread[claim])))
-            decided = "met" if ci[1] <= target + 1e-9 else "not met" if ci[0] > target + 1e-9 else "undecided"
+            decided = _decision(ci, target)
+            decides_at = {"scale": 1 if decided != "undecided" else None, "decided": decided}
         rows.append({"claim": claim, "wer": float(wer), "vs": float(vs), "ratio": ratio, "target": target,
-                     "met": ratio <= target + 1e-9, "metric": metric, "ci95": ci, "decided": decided})
+                     "met": ratio <= target + 1e-9, "metric": metric, "ci95": ci, "decided": decided,
+                     "decides_at": decides_at})
+    for scale in DECIDING_SCALES:
+        open_rows = [r for r in rows if r["decides_at"] and r["decides_at"]["scale"] is None]
+        if not open_rows:
+            break
+        larger = spread_at(scale)
+        for r in open_rows:
+            decided = _decision(list(interval(_ratio(*larger[r["claim"]]))), r["target"])
+            if decided != "undecided":
+                r["decides_at"] = {"scale": scale, "decided": decided}
     return rows
+
+
+def _decision(ci: list[float], target: float) -> str:
+    """Whether a ratio's interval lies at or below `target` ("met"), above it ("not met") or around it."""
+    return "met" if ci[1] <= target + 1e-9 else "not met" if ci[0] > target + 1e-9 else "undecided"
 
 
 def _claims(by: dict[str, Any], members: list[str], k: Optional[str]) -> dict[str, tuple[Any, Any]]:
@@ -122,11 +150,13 @@ def verdict_table(rows: list[dict[str, Any]], where: str, label: str = "WER") ->
     """One scored set's verdict rows (from `verdict`) as a Markdown table under a heading line."""
     out = [f"Verdict on {where}: {label} %, ratio = first / second, met when ratio <= target; "
            "95 % interval of the ratio over paired bootstrap draws of the utterances, and whether it "
-           "decides the claim (test-set noise only: the seed spreads show training noise)", "",
-           f"| claim | {label} | vs | ratio | target | met | 95 % interval | decided by the set |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "decides the claim (test-set noise only: the seed spreads show training noise); when it does not, "
+           "how many times larger a set would decide it if its utterances failed as these do", "",
+           f"| claim | {label} | vs | ratio | target | met | 95 % interval | decided by the set | set to decide |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     out += [f"| {r['claim']} | {r['wer']:.2f} | {r['vs']:.2f} | {r['ratio']:.3f} | <= {r['target']:g} | "
-            f"{'yes' if r['met'] else '**no**'} | {_interval_text(r.get('ci95'))} | {r.get('decided') or 'n/a'} |"
+            f"{'yes' if r['met'] else '**no**'} | {_interval_text(r.get('ci95'))} | {r.get('decided') or 'n/a'} | "
+            f"{_scale_text(r.get('decides_at'))} |"
             for r in rows]
     return "\n".join(out)
 
@@ -189,3 +219,12 @@ def _attempt_line(name: str, a: dict[str, Any], verb: str, label: str) -> str:
 
 def _interval_text(ci: Optional[list[float]]) -> str:
     return "n/a" if not ci else f"{ci[0]:.2f}–{ci[1]:.2f}"
+
+
+def _scale_text(decides_at: Optional[dict[str, Any]]) -> str:
+    """"this set", "4× (not met)" or "> 64×" for a verdict row's "decides_at"; "n/a" without counts."""
+    if not decides_at:
+        return "n/a"
+    if decides_at["scale"] is None:
+        return f"> {DECIDING_SCALES[-1]}×"
+    return "this set" if decides_at["scale"] == 1 else f"{decides_at['scale']}× ({decides_at['decided']})"

@@ -95,6 +95,41 @@ def test_verdict_says_whether_the_set_decides_a_claim():
 def test_rows_without_counts_keep_the_old_verdict_and_say_n_a():
     plain = [{"name": "baseline", "kind": "baseline", "wer": 10.0}, {"name": "student", "kind": "student", "wer": 5.0}]
     v = verdict(plain, None)
-    assert v and all(r["ci95"] is None and r["decided"] is None for r in v)
+    assert v and all(r["ci95"] is None and r["decided"] is None and r["decides_at"] is None for r in v)
     md = verdict_markdown({"tests": {"test": {"models": plain}}})
-    assert "| student vs baseline (seed mean) | 5.00 | 10.00 | 0.500 | <= 0.6 | yes | n/a | n/a |" in md
+    assert "| student vs baseline (seed mean) | 5.00 | 10.00 | 0.500 | <= 0.6 | yes | n/a | n/a | n/a |" in md
+
+
+def test_a_larger_scale_draws_a_larger_set_and_narrows_the_spread():
+    units = [5] * 60
+    a = row("a", "baseline", [1, 0, 2] * 20, units)
+    one, four = (bootstrap_rates([a], "wer", resamples=2000, seed=3, scale=s)["a"] for s in (1, 4))
+    assert one.mean() == pytest.approx(a["wer"], rel=0.03) and four.mean() == pytest.approx(a["wer"], rel=0.03)
+    assert four.std() == pytest.approx(one.std() / 2, rel=0.15), "4x the utterances: half the spread"
+    with pytest.raises(ValueError, match="scale=0"):
+        bootstrap_rates([a], "wer", scale=0)
+
+
+def test_verdict_sizes_the_set_that_would_decide_an_undecided_claim():
+    units = [4] * 300
+    claim = "student vs baseline (best seed)"
+    # 20 against 30 errors on different utterances: 0.667, undecided on this set, decided on a larger one
+    mid = verdict_rows([1] * 20 + [0] * 280, [0] * 100 + [1] * 30 + [0] * 170, units)
+    v = {r["claim"]: r for r in verdict(mid, None)}[claim]
+    assert v["decided"] == "undecided" and v["decides_at"]["decided"] == "met"
+    scale = v["decides_at"]["scale"]
+    assert scale in (2, 4, 8, 16), scale
+    for s, decided in ((scale // 2, False), (scale, True)):  # the first size whose interval lies under the target
+        drawn = bootstrap_rates(mid, "wer", scale=s)
+        assert (interval(drawn["student"] / drawn["baseline"])[1] <= 1.0) == decided, s
+    assert f"| {scale}× (met) |" in verdict_markdown({"tests": {"test": {"models": mid}}})
+    # 10 against 11: a ratio this near its target stays undecided even on 64 x the set
+    close = verdict_rows([1] * 10 + [0] * 290, [0] * 100 + [1] * 11 + [0] * 189, units)
+    v = {r["claim"]: r for r in verdict(close, None)}[claim]
+    assert v["decides_at"] == {"scale": None, "decided": "undecided"}
+    assert "| undecided | > 64× |" in verdict_markdown({"tests": {"test": {"models": close}}})
+    # decided on the set itself: scale 1, written as "this set"
+    far = verdict_rows([1] * 150 + [0] * 150, [1] * 20 + [0] * 280, units)
+    v = {r["claim"]: r for r in verdict(far, None)}[claim]
+    assert v["decides_at"] == {"scale": 1, "decided": "not met"}
+    assert "| not met | this set |" in verdict_markdown({"tests": {"test": {"models": far}}})
