@@ -69,7 +69,7 @@ def bootstrap_rates(rows: Sequence[dict[str, Any]], metric: str, resamples: int 
         raise ValueError(f"scale={scale}: draw at least the set's own size (scale 1)")
     names, errors, units = counts
     n = units.shape[0]
-    draws = np.random.default_rng(seed).multinomial(scale * n, np.full(n, 1.0 / n), size=resamples)  # (R, N) times drawn
+    draws = np.random.default_rng(seed).multinomial(scale * n, np.full(n, 1.0 / n), size=resamples)  # (R, N) counts
     drawn_units = draws @ units  # (R,)
     drawn_units = np.where(drawn_units > 0, drawn_units, 1)  # a draw of only empty references: rate 0, not NaN
     rates = 100.0 * (errors @ draws.T) / drawn_units  # (M, R)

@@ -13,6 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
+from ekd_compress.pipeline.verdict import DECIDING_SCALES
+
 KIND_COLOURS = {"member": "#8c8c8c", "ensemble": "#1f77b4", "baseline": "#d62728", "kd": "#ff7f0e",
                 "student": "#2ca02c"}
 
@@ -96,11 +98,18 @@ DECIDED_COLOURS = {"met": "#2ca02c", "not met": "#d62728", "undecided": "#7f7f7f
 
 def plot_verdict(ax, rows: list[dict[str, Any]], split: str) -> None:
     """One line per claim: the ratio (dot, coloured by what the interval decides), its 95 %
-    interval (bar) and its target (|); ratio 1 (equal error rates) dashed."""
+    interval (bar) and its target (|); ratio 1 (equal error rates) dashed. An undecided claim is
+    labelled with the set size that would decide it (the verdict's "decides_at")."""
     for i, r in enumerate(rows):
         colour = DECIDED_COLOURS.get(r.get("decided"), "#1f77b4")
         if r.get("ci95"):
             ax.plot(r["ci95"], [i, i], color=colour, lw=2.5, alpha=0.6, solid_capstyle="butt")
+            at = r.get("decides_at") or {}
+            if r.get("decided") == "undecided" and at:
+                text = (f"{at['scale']}× the set: {at['decided']}" if at["scale"]
+                        else f"> {DECIDING_SCALES[-1]}× the set")
+                ax.annotate(text, (1.0, i), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                            textcoords="offset points", va="center", fontsize=7, color="#555555")
         ax.plot([r["ratio"]], [i], marker="o", color=colour, ms=7)
         ax.plot([r["target"]], [i], marker="|", color="black", ms=16, mew=2)
     ax.axvline(1.0, color="black", ls="--", lw=0.8)
@@ -113,7 +122,9 @@ def plot_verdict(ax, rows: list[dict[str, Any]], split: str) -> None:
     handles.append(ax.plot([], [], marker="|", ls="none", color="black", ms=10, mew=2, label="target")[0])
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=4, frameon=False)
     ax.set(xlabel="ratio (first / second error rate; lower is better for the first)",
-           title=f"Verdict on {split}: ratios with 95 % bootstrap intervals")
+           title=f"Verdict on {split}: ratios with 95 % bootstrap intervals"
+                 + ("\n(right: the set size that would decide an undecided claim)"
+                    if any(r.get("decided") == "undecided" for r in rows) else ""))
     ax.grid(alpha=0.3, axis="x")
 
 

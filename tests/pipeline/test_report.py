@@ -89,3 +89,25 @@ def test_oov_report_does_not_move_the_plots_off_the_verdict_set(tmp_path):
         return 120 * (0.8 + 0.28 * len(results["tests"][split]["models"]))
 
     assert abs(height - pixels("test")) <= 1 < abs(height - pixels("dev")), "model_wer.png shows dev, not test"
+
+
+def test_verdict_plot_labels_each_undecided_claim_with_the_set_size_that_decides_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ekd_compress.pipeline.plots import plot_verdict
+
+    def claim(name: str, decided: str, at: dict) -> dict:
+        return {"claim": name, "ratio": 0.9, "target": 0.8, "ci95": [0.6, 1.2], "decided": decided, "decides_at": at}
+
+    rows = [claim("a", "undecided", {"scale": 16, "decided": "not met"}),
+            claim("b", "undecided", {"scale": None, "decided": "undecided"}),
+            claim("c", "not met", {"scale": 1, "decided": "not met"})]
+    fig, ax = plt.subplots()
+    plot_verdict(ax, rows, "test")
+    texts = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    assert texts == ["16× the set: not met", "> 64× the set"], texts  # nothing beside the decided claim
+    assert "set size that would decide" in ax.get_title()
