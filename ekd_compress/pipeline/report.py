@@ -121,15 +121,12 @@ def markdown_table(results: dict[str, Any], temperature: float | None = None) ->
 
 
 def write_report(exp_dir: Path, results: dict[str, Any], recipe) -> None:
-    from ekd_compress.pipeline.verdict import verdict, verdict_markdown, verdict_split
+    from ekd_compress.pipeline.verdict import verdict_markdown, verdict_sets, verdict_split
 
     exp_dir = Path(exp_dir)
     split = verdict_split(results["tests"])
-    dev = results["tests"].get("dev", {}).get("models")
     metric = results.get("metric", "wer")
-    results["verdict"] = {t: verdict(results["tests"][t]["models"], results.get("chosen_k"), dev, metric,
-                                     targets=results.get("verdict_targets"))
-                          for t in results["tests"] if t == split or t.startswith(split + "_noisy")}
+    results["verdict"] = verdict_sets(results)  # verdict_markdown below writes these rows
     write_json_atomic(exp_dir / "results.json", results)
     guide = f"Guide (and control teacher): {results['guide']}.\n\n" if results.get("guide") else ""
     oov = {split: o for split, o in (results.get("oov") or {}).items() if o.get("utterances")}

@@ -179,19 +179,25 @@ def verdict_on_data(scored: dict[str, Any], exp_dir: Path) -> tuple[list[dict[st
     return rows, (verdict_table(rows, f"`{scored['data']}`", LABELS[metric]) if rows else "")
 
 
+def verdict_sets(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """{split: verdict rows} for the verdict's split (`verdict_split`) and its noisy copies, as
+    results.json keeps them under "verdict"."""
+    tests = results["tests"]
+    main = verdict_split(tests)
+    dev = tests.get("dev", {}).get("models")
+    return {t: verdict(tests[t]["models"], results.get("chosen_k"), dev, results.get("metric", "wer"),
+                       targets=results.get("verdict_targets"))
+            for t in [main] + [t for t in tests if t.startswith(main + "_noisy")]}
+
+
 def verdict_markdown(results: dict[str, Any]) -> str:
-    """The verdict tables (the main split, and its noisy copy when scored) as Markdown."""
+    """The verdict tables (the main split, and its noisy copy when scored) as Markdown: the rows of
+    results["verdict"] (`verdict_sets`), computed here when results has none."""
     from ekd_compress.evaluate.error_rates import LABELS
 
-    tests = results["tests"]
-    metric = results.get("metric", "wer")
-    label = LABELS[metric]
-    main = verdict_split(tests)
-    splits = [main] + [t for t in tests if t.startswith(main + "_noisy")]
+    label = LABELS[results.get("metric", "wer")]
     out = []
-    for split in splits:
-        rows = verdict(tests[split]["models"], results.get("chosen_k"), tests.get("dev", {}).get("models"), metric,
-                       targets=results.get("verdict_targets"))
+    for split, rows in (results.get("verdict") or verdict_sets(results)).items():
         if not rows:
             continue
         caveat = "" if split != "dev" else " (dev also selected checkpoints, k and fusion weights: flattering)"
